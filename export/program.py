@@ -1,0 +1,152 @@
+"""Checkpoint -> scheme transform -> torch.export -> backend lowering -> `.pte`, written atomically."""
+
+from __future__ import annotations
+
+import collections
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+from handheld.atomic import atomic_path
+from handheld.checkpoints import build_model, read_checkpoint
+from handheld.errors import HandheldError
+from handheld.export.backends import Backend, get_backend
+from handheld.export.metadata import program_metadata
+from handheld.quant.schemes import Scheme, get_scheme
+from handheld.tokenizer import NUM_SPECIAL, Tokenizer
+
+# Graph plumbing, not computation: left out of operator counts.
+_PLUMBING = {"getitem", "executorch_call_delegate", "copy_", "sym_size"}
+
+
+@dataclass(frozen=True)
+class ExportResult:
+    path: Path
+    file_bytes: int
+    seconds: float
+    op_counts: dict[str, dict[str, int]]
+
+
+def special_ids(tokenizer_path: Path | None, vocab_size: int) -> tuple[int, list[int]]:
+    """BOS and stop ids from the tokenizer; without one, Llama 3's layout (specials after the ranks)."""
+    if tokenizer_path is not None:
+        tok = Tokenizer(tokenizer_path)
+        if tok.vocab_size > vocab_size:
+            raise HandheldError(f"tokenizer {tokenizer_path} has {tok.vocab_size} ids but the model only {vocab_size}")
+        return tok.bos_id, tok.stop_ids
+    first_special = vocab_size - NUM_SPECIAL
+    return first_special, [first_special + 1, first_special + 8, first_special + 9]
+
+
+def export_checkpoint(
+    checkpoint_dir: Path,
+    output: Path,
+    *,
+    scheme_name: str,
+    backend_name: str,
+    max_seq_len: int,
+    tokenizer_path: Path | None = None,
+    log: Callable[[str], None] = print,
+) -> ExportResult:
+    scheme, backend = get_scheme(scheme_name), get_backend(backend_name)  # fail before any heavy work
+    if max_seq_len < 2:
+        raise HandheldError(f"--max-seq-len must be at least 2, got {max_seq_len}")
+    start = time.perf_counter()
+    checkpoint = read_checkpoint(checkpoint_dir)
+    tokenizer_path = tokenizer_path or checkpoint.tokenizer_path
+    bos_id, eos_ids = special_ids(tokenizer_path, checkpoint.args.vocab_size)
+    if tokenizer_path is None:
+        log(f"no tokenizer given: BOS/EOS ids assume Llama 3's layout (BOS {bos_id})")
+    log(f"loaded {checkpoint.format} checkpoint {checkpoint_dir}")
+    model = scheme.transform(build_model(checkpoint, max_seq_len=max_seq_len, full_logits=False))
+    metadata = program_metadata(
+        checkpoint.args,
+        max_seq_len=max_seq_len,
+        bos_id=bos_id,
+        eos_ids=eos_ids,
+        scheme=scheme.name,
+        backend=backend.name,
+        full_logits=False,
+    )
+    with atomic_path(output) as tmp:
+        op_counts = lower_to_file(model, scheme, backend, metadata, max_seq_len, tmp, log)
+    seconds = time.perf_counter() - start
+    return ExportResult(output, output.stat().st_size, seconds, op_counts)
+
+
+def lower_to_file(
+    model: nn.Module,
+    scheme: Scheme,
+    backend: Backend,
+    metadata: dict[str, Any],
+    max_seq_len: int,
+    path: Path,
+    log: Callable[[str], None] = print,
+) -> dict[str, dict[str, int]]:
+    from executorch.exir import (
+        EdgeCompileConfig,
+        EdgeProgramManager,
+        ExecutorchBackendConfig,
+        to_edge_transform_and_lower,
+    )
+    from executorch.exir.passes import MemoryPlanningPass
+    from executorch.exir.passes.sym_shape_eval_pass import ConstraintBasedSymShapeEvalPass
+
+    log("tracing with torch.export")
+    exported = trace(model, max_seq_len)
+    log(f"lowering to {backend.name} (the slow step)")
+    compile_config = EdgeCompileConfig(_check_ir_validity=False)
+    lowered = to_edge_transform_and_lower(exported, partitioner=backend.partitioners(scheme), compile_config=compile_config)
+    op_counts = count_ops(lowered.exported_program().graph_module)
+    # The operator split is only known after lowering, and it travels in the .pte too.
+    constant_methods = metadata | {"handheld_op_counts": json.dumps(op_counts, sort_keys=True)}
+    program = EdgeProgramManager(lowered.exported_program(), constant_methods, compile_config)
+    log("emitting the ExecuTorch program")
+    config = ExecutorchBackendConfig(
+        extract_delegate_segments=True,
+        do_quant_fusion_and_const_prop=True,
+        run_reinplace_pass=True,  # write the KV cache in place instead of copying it every step
+        memory_planning_pass=MemoryPlanningPass(alloc_graph_input=False),
+        sym_shape_eval_pass=ConstraintBasedSymShapeEvalPass(),
+    )
+    with open(path, "wb") as f:
+        program.to_executorch(config).write_to_file(f)
+    return op_counts
+
+
+def trace(model: nn.Module, max_seq_len: int) -> torch.export.ExportedProgram:
+    example = (torch.zeros(1, 2, dtype=torch.long), torch.zeros(1, dtype=torch.long))
+    # One graph for prefill and decode: the token count is dynamic, positions come in as a tensor.
+    dynamic = ({1: torch.export.Dim.DYNAMIC(min=1, max=max_seq_len)}, None)
+    with torch.no_grad():
+        return torch.export.export(model, example, dynamic_shapes=dynamic).run_decompositions({})
+
+
+def count_ops(graph_module: torch.fx.GraphModule) -> dict[str, dict[str, int]]:
+    """Operator counts inside backend delegates and outside them (run by ExecuTorch's kernels)."""
+    delegated: collections.Counter[str] = collections.Counter()
+    portable: collections.Counter[str] = collections.Counter()
+    for node in graph_module.graph.nodes:
+        if node.op == "get_attr" and node.target.startswith("lowered_module"):
+            lowered = getattr(graph_module, node.target)
+            delegated.update(_op_names(lowered.original_module.graph_module))
+    portable.update(_op_names(graph_module))
+    return {"delegated": dict(delegated), "portable": dict(portable)}
+
+
+def _op_names(graph_module: torch.fx.GraphModule) -> list[str]:
+    names = []
+    for node in graph_module.graph.nodes:
+        if node.op != "call_function":
+            continue
+        name = str(getattr(node.target, "__name__", node.target))
+        name = name.removeprefix("aten.").removesuffix(".default")
+        if name.split(".")[0] in _PLUMBING:
+            continue
+        names.append(name)
+    return names

@@ -1,0 +1,77 @@
+"""What `handheld inspect` reports: a `.pte`'s metadata, size and operator split, or a checkpoint's shape."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from handheld.checkpoints import read_checkpoint
+from handheld.export.metadata import model_name
+from handheld.runtime_bindings.pte import PteProgram
+
+
+def describe_pte(path: Path) -> dict[str, Any]:
+    program = PteProgram(path)
+    counts = program.op_counts or {"delegated": {}, "portable": {}}
+    delegated, portable = sum(counts["delegated"].values()), sum(counts["portable"].values())
+    total = delegated + portable
+    return {
+        "file": str(path),
+        "file_bytes": path.stat().st_size,
+        "methods": program.method_names,
+        "metadata": {k: v for k, v in program.metadata.items() if k != "handheld_op_counts"},
+        "ops_delegated": counts["delegated"],
+        "ops_not_delegated": counts["portable"],
+        "delegated_share": delegated / total if total else None,
+    }
+
+
+def describe_checkpoint(directory: Path) -> dict[str, Any]:
+    checkpoint = read_checkpoint(directory)
+    dtypes = sorted({str(t.dtype).removeprefix("torch.") for t in checkpoint.state.values()})
+    return {
+        "checkpoint": str(directory),
+        "format": checkpoint.format,
+        "model": model_name(checkpoint.args),
+        "parameters": sum(t.numel() for t in checkpoint.state.values()),
+        "tied_embeddings": checkpoint.tied,
+        "dtypes": dtypes,
+        "params": checkpoint.args.to_dict(),
+        "tokenizer": str(checkpoint.tokenizer_path) if checkpoint.tokenizer_path else None,
+    }
+
+
+def format_pte(info: dict[str, Any]) -> str:
+    lines = [
+        f"file        {info['file']}",
+        f"size        {info['file_bytes']:,} bytes ({info['file_bytes'] / 2**20:.1f} MiB)",
+        f"methods     {', '.join(info['methods'])}",
+        "metadata",
+    ]
+    lines += [f"  {key:24} {value}" for key, value in info["metadata"].items()]
+    share = info["delegated_share"]
+    lines.append(f"operators   {'unknown' if share is None else f'{share:.0%} delegated to the backend'}")
+    lines += _op_table("  delegated", info["ops_delegated"])
+    lines += _op_table("  not delegated (ExecuTorch kernels)", info["ops_not_delegated"])
+    return "\n".join(lines)
+
+
+def _op_table(title: str, counts: dict[str, int]) -> list[str]:
+    if not counts:
+        return [f"{title}: none"]
+    rows = sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))
+    return [f"{title}:"] + [f"    {name:32} {n}" for name, n in rows]
+
+
+def format_checkpoint(info: dict[str, Any]) -> str:
+    lines = [
+        f"checkpoint  {info['checkpoint']} ({info['format']} format)",
+        f"model       {info['model']}",
+        f"parameters  {info['parameters']:,}",
+        f"tied        {info['tied_embeddings']}",
+        f"dtypes      {', '.join(info['dtypes'])}",
+        f"tokenizer   {info['tokenizer'] or 'none in the directory'}",
+        "params",
+    ]
+    lines += [f"  {key:24} {value}" for key, value in info["params"].items()]
+    return "\n".join(lines)

@@ -1,0 +1,113 @@
+"""Load and write checkpoints in Meta's and Hugging Face's formats, validated against their params.
+
+`load_model(dir)` is the one entry point: it detects the format, checks every tensor's name and shape
+against what the params imply (naming the tensor and both shapes on a mismatch) and returns a model.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from handheld.config import ModelArgs
+from handheld.errors import HandheldError
+from handheld.checkpoints import hf, meta
+from handheld.model import Transformer
+
+FORMATS = ("meta", "hf")
+TOKENIZER = "tokenizer.model"
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    args: ModelArgs
+    state: dict[str, torch.Tensor]
+    format: str
+    directory: Path
+
+    @property
+    def tied(self) -> bool:
+        return "output.weight" not in self.state
+
+    @property
+    def tokenizer_path(self) -> Path | None:
+        path = self.directory / TOKENIZER
+        return path if path.is_file() else None
+
+
+def read_checkpoint(directory: str | Path) -> Checkpoint:
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise HandheldError(f"checkpoint directory {directory} not found")
+    if meta.is_meta_checkpoint(directory):
+        args, state = meta.read_meta(directory)
+        fmt = "meta"
+    elif hf.is_hf_checkpoint(directory):
+        args, state = hf.read_hf(directory)
+        fmt = "hf"
+    else:
+        raise HandheldError(f"{directory} is not a checkpoint: expected params.json (Meta) or config.json (Hugging Face)")
+    checkpoint = Checkpoint(args, state, fmt, directory)
+    validate_state(args, state, tied=checkpoint.tied)
+    return checkpoint
+
+
+def expected_shapes(args: ModelArgs, tied: bool) -> dict[str, tuple[int, ...]]:
+    with torch.device("meta"):
+        model = Transformer(args, max_seq_len=1, tied=tied)
+    shapes = {name: tuple(t.shape) for name, t in model.state_dict().items()}
+    if tied:
+        shapes.pop("output.weight")
+    return shapes
+
+
+def validate_state(args: ModelArgs, state: dict[str, torch.Tensor], tied: bool) -> None:
+    expected = expected_shapes(args, tied)
+    missing = sorted(set(expected) - set(state))
+    if missing:
+        more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
+        raise HandheldError(f"checkpoint is missing tensor {missing[0]}{more}")
+    unexpected = sorted(set(state) - set(expected))
+    if unexpected:
+        raise HandheldError(f"checkpoint has unexpected tensor {unexpected[0]} (not part of a {args.n_layers}-layer Llama)")
+    for name, shape in expected.items():
+        if tuple(state[name].shape) != shape:
+            raise HandheldError(
+                f"tensor {name} has shape {tuple(state[name].shape)} but the params imply {shape}"
+            )
+        if not state[name].is_floating_point():
+            raise HandheldError(f"tensor {name} has dtype {state[name].dtype}; a float checkpoint was expected")
+
+
+def build_model(checkpoint: Checkpoint, max_seq_len: int = 128, full_logits: bool = True) -> Transformer:
+    model = Transformer(checkpoint.args, max_seq_len=max_seq_len, full_logits=full_logits, tied=checkpoint.tied)
+    state = {name: t.float() for name, t in checkpoint.state.items()}
+    model.load_state_dict(state, strict=not checkpoint.tied)
+    return model.eval()
+
+
+def load_model(directory: str | Path, max_seq_len: int = 128, full_logits: bool = True) -> Transformer:
+    return build_model(read_checkpoint(directory), max_seq_len=max_seq_len, full_logits=full_logits)
+
+
+def random_state(args: ModelArgs, seed: int, dtype: torch.dtype = torch.bfloat16) -> dict[str, torch.Tensor]:
+    """Llama-like random weights (std 0.02, unit norms), tied embedding; values don't matter for speed."""
+    generator = torch.Generator().manual_seed(seed)
+    state = {}
+    for name, shape in expected_shapes(args, tied=True).items():
+        if name.endswith("norm.weight"):
+            state[name] = torch.ones(shape, dtype=dtype)
+        else:
+            state[name] = (torch.randn(shape, generator=generator) * 0.02).to(dtype)
+    return state
+
+
+def write_checkpoint(directory: Path, args: ModelArgs, state: dict[str, torch.Tensor], fmt: str) -> None:
+    if fmt == "meta":
+        meta.write_meta(directory, args, state)
+    elif fmt == "hf":
+        hf.write_hf(directory, args, state)
+    else:
+        raise HandheldError(f"unknown checkpoint format {fmt!r}; known formats: {', '.join(FORMATS)}")

@@ -1,0 +1,156 @@
+"""The `handheld` command line. Each subcommand is a small function taking its parsed arguments.
+
+User errors (`HandheldError`) print one line and exit 1; nothing else is caught.
+"""
+
+from __future__ import annotations
+
+import argparse
+import codecs
+import json
+import sys
+from pathlib import Path
+
+from handheld import __version__
+from handheld.errors import HandheldError
+
+DEFAULT_MAX_SEQ_LEN = 128
+
+
+def cmd_init_random(args: argparse.Namespace) -> None:
+    from handheld.atomic import atomic_dir
+    from handheld.checkpoints import TOKENIZER, random_state, write_checkpoint, FORMATS
+    from handheld.config import named_model_args
+    from handheld.tokenizer import write_byte_tokenizer
+
+    if args.format not in FORMATS:
+        raise HandheldError(f"unknown format {args.format!r}; known formats: {', '.join(FORMATS)}")
+    model_args = named_model_args(args.model)
+    state = random_state(model_args, seed=args.seed)
+    with atomic_dir(args.output) as tmp:
+        write_checkpoint(tmp, model_args, state, args.format)
+        if model_args.vocab_size == 512:  # exactly a byte-level tokenizer's 256 ranks + 256 specials
+            write_byte_tokenizer(tmp / TOKENIZER)
+    print(f"wrote random-weight {args.model} checkpoint ({args.format} format) to {args.output}")
+
+
+def cmd_inspect(args: argparse.Namespace) -> None:
+    from handheld.export.summary import describe_checkpoint, describe_pte, format_checkpoint, format_pte
+
+    path = Path(args.path)
+    if path.is_dir():
+        info = describe_checkpoint(path)
+        text = format_checkpoint(info)
+    else:
+        info = describe_pte(path)
+        text = format_pte(info)
+    print(json.dumps(info, indent=2) if args.json else text)
+
+
+def cmd_export(args: argparse.Namespace) -> None:
+    from handheld.export.program import export_checkpoint
+
+    result = export_checkpoint(
+        Path(args.checkpoint),
+        Path(args.output),
+        scheme_name=args.scheme,
+        backend_name=args.backend,
+        max_seq_len=args.max_seq_len,
+        tokenizer_path=Path(args.tokenizer) if args.tokenizer else None,
+        log=lambda msg: print(f"[export] {msg}", flush=True),
+    )
+    print(f"wrote {result.path} ({result.file_bytes / 2**20:.1f} MiB) in {result.seconds:.0f} s")
+
+
+def cmd_generate(args: argparse.Namespace) -> None:
+    from handheld.runtime_bindings.generation import generate
+    from handheld.runtime_bindings.pte import PteProgram
+    from handheld.tokenizer import Message, Tokenizer
+
+    tokenizer = Tokenizer(args.tokenizer)
+    program = PteProgram(args.model)
+    if tokenizer.vocab_size > program.vocab_size:
+        raise HandheldError(f"tokenizer has {tokenizer.vocab_size} ids but {args.model} only {program.vocab_size}")
+    if args.chat:
+        prompt = tokenizer.encode_dialog_prompt([Message("user", args.prompt)])
+    else:
+        prompt = tokenizer.encode(args.prompt, bos=True)
+    # Byte-level BPE splits multi-byte characters across tokens: decode bytes incrementally.
+    decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+
+    def show(token: int) -> None:
+        sys.stdout.write(decoder.decode(tokenizer.decode_bytes([token])))
+        sys.stdout.flush()
+
+    _, stats = generate(program, prompt, args.max_new_tokens, program.eos_ids or tokenizer.stop_ids, on_token=show)
+    sys.stdout.write(decoder.decode(b"", final=True) + "\n")
+    print(stats.line())
+
+
+def cmd_demo(args: argparse.Namespace) -> None:
+    from handheld.demo import run_demo
+
+    run_demo(Path(args.out))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from handheld.config import known_model_names
+
+    parser = argparse.ArgumentParser(
+        prog="handheld",
+        description="Take Llama 3.2 class models onto phones and Arm boards: load a checkpoint, "
+        "quantize it, lower it to an ExecuTorch .pte and measure it.",
+    )
+    parser.add_argument("--version", action="version", version=f"handheld {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("init-random", help="write a checkpoint with random weights (for benchmarks and tests)")
+    p.add_argument("--model", required=True, help=f"named shape: {', '.join(known_model_names())}")
+    p.add_argument("--format", default="meta", help="meta (consolidated.00.pth + params.json) or hf (safetensors + config.json)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("-o", "--output", required=True, help="directory to create (must not exist or be empty)")
+    p.set_defaults(func=cmd_init_random)
+
+    p = sub.add_parser("inspect", help="describe a .pte (metadata, size, delegation) or a checkpoint directory")
+    p.add_argument("path")
+    p.add_argument("--json", action="store_true", help="print JSON instead of text")
+    p.set_defaults(func=cmd_inspect)
+
+    p = sub.add_parser("export", help="lower a checkpoint to an ExecuTorch .pte")
+    p.add_argument("--checkpoint", required=True, help="Meta or Hugging Face checkpoint directory")
+    p.add_argument("--scheme", default="fp32", help="numeric scheme (fp32, bf16, ...)")
+    p.add_argument("--backend", default="xnnpack", help="delegate to lower to (xnnpack, ...)")
+    p.add_argument("--max-seq-len", type=int, default=DEFAULT_MAX_SEQ_LEN, help="KV cache length: prompt + generated tokens")
+    p.add_argument("--tokenizer", help="tokenizer.model for the BOS/EOS ids (default: the checkpoint's own)")
+    p.add_argument("-o", "--output", required=True, help=".pte file to write (written atomically)")
+    p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("generate", help="generate text from a .pte with ExecuTorch's runtime")
+    p.add_argument("model", help="the .pte program")
+    p.add_argument("--tokenizer", required=True, help="tiktoken tokenizer.model (Llama 3 format)")
+    p.add_argument("--prompt", required=True)
+    p.add_argument("--max-new-tokens", type=int, default=64)
+    p.add_argument("--chat", action="store_true", help="wrap the prompt in Llama 3's chat format as a user turn")
+    p.set_defaults(func=cmd_generate)
+
+    p = sub.add_parser("demo", help="the main job: build, export, run and compare the built-in default model")
+    p.add_argument("--out", default="handheld-demo", help="folder for checkpoints, programs and the report")
+    p.set_defaults(func=cmd_demo)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        args.func(args)
+    except HandheldError as e:
+        print(f"handheld: error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("handheld: interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,166 @@
+"""The Llama 3.2 model, written once and shaped for `torch.export`.
+
+- Meta's parameter names (`tok_embeddings`, `layers.N.attention.wq`, `feed_forward.w1`, `output`),
+  so Meta checkpoints load with `load_state_dict` as they are.
+- A preallocated KV cache per layer (buffers, not state), written in place at the positions passed in.
+- `forward(tokens[1, T], input_pos[1])`: `input_pos` holds the position of `tokens[:, 0]`; T is
+  dynamic, so one graph serves prefill and decode (ExecuTorch's LLM runner calls it this way).
+- Real-valued RoPE over interleaved pairs (Meta's layout) with Llama 3.1 frequency scaling.
+- No Python branches on tensor values: positions index the tables, the mask and the cache.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from handheld.config import ModelArgs
+
+
+def rope_frequencies(args: ModelArgs) -> torch.Tensor:
+    """Per-pair rotation frequencies, with Llama 3.1's long-context scaling when enabled."""
+    head_dim = args.attn_head_dim
+    freqs = 1.0 / (args.rope_theta ** (torch.arange(0, head_dim, 2, dtype=torch.float64) / head_dim))
+    if not args.use_scaled_rope:
+        return freqs
+    low_freq_wavelen = args.rope_original_context / args.rope_low_freq_factor
+    high_freq_wavelen = args.rope_original_context / args.rope_high_freq_factor
+    wavelen = 2 * math.pi / freqs
+    smooth = (args.rope_original_context / wavelen - args.rope_low_freq_factor) / (
+        args.rope_high_freq_factor - args.rope_low_freq_factor
+    )
+    blended = (1 - smooth) * freqs / args.rope_scale_factor + smooth * freqs
+    scaled = torch.where(wavelen > low_freq_wavelen, freqs / args.rope_scale_factor, blended)
+    return torch.where(wavelen < high_freq_wavelen, freqs, scaled)
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate pairs (x[2i], x[2i+1]) of x[1, T, heads, head_dim] by angles given as cos/sin[T, head_dim/2]."""
+    x_float = x.float()
+    even, odd = x_float[..., 0::2], x_float[..., 1::2]
+    cos = cos[None, :, None, :]
+    sin = sin[None, :, None, :]
+    rotated = torch.stack((even * cos - odd * sin, even * sin + odd * cos), dim=-1)
+    return rotated.flatten(-2).type_as(x)
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, dim: int, eps: float):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x_float = x.float()
+        normed = x_float * torch.rsqrt(x_float.pow(2).mean(-1, keepdim=True) + self.eps)
+        return normed.type_as(x) * self.weight
+
+
+class Attention(nn.Module):
+    def __init__(self, args: ModelArgs, max_seq_len: int):
+        super().__init__()
+        self.n_heads = args.n_heads
+        self.n_kv_heads = args.kv_heads
+        self.head_dim = args.attn_head_dim
+        self.wq = nn.Linear(args.dim, self.n_heads * self.head_dim, bias=False)
+        self.wk = nn.Linear(args.dim, self.n_kv_heads * self.head_dim, bias=False)
+        self.wv = nn.Linear(args.dim, self.n_kv_heads * self.head_dim, bias=False)
+        self.wo = nn.Linear(self.n_heads * self.head_dim, args.dim, bias=False)
+        # No batch axis: ExecuTorch's in-place index_put needs values with the cache's rank.
+        cache_shape = (self.n_kv_heads, max_seq_len, self.head_dim)
+        self.register_buffer("k_cache", torch.zeros(cache_shape), persistent=False)
+        self.register_buffer("v_cache", torch.zeros(cache_shape), persistent=False)
+
+    def forward(self, x, positions, cos, sin, mask):
+        _, seq_len, _ = x.shape
+        q = apply_rope(self.wq(x).view(1, seq_len, self.n_heads, self.head_dim), cos, sin)
+        k = apply_rope(self.wk(x).view(1, seq_len, self.n_kv_heads, self.head_dim), cos, sin)
+        v = self.wv(x).view(1, seq_len, self.n_kv_heads, self.head_dim)
+        self.k_cache[:, positions] = k[0].transpose(0, 1)
+        self.v_cache[:, positions] = v[0].transpose(0, 1)
+
+        # GQA without copying the cache: fold each KV head's query group into the row axis.
+        group = self.n_heads // self.n_kv_heads
+        q = q.transpose(1, 2).reshape(self.n_kv_heads, group * seq_len, self.head_dim)
+        scores = torch.bmm(q, self.k_cache.transpose(1, 2)).float() * (1.0 / math.sqrt(self.head_dim))
+        scores = scores.reshape(self.n_kv_heads, group, seq_len, -1) + mask
+        probs = scores.softmax(dim=-1).type_as(q).reshape(self.n_kv_heads, group * seq_len, -1)
+        out = torch.bmm(probs, self.v_cache).reshape(self.n_heads, seq_len, self.head_dim)
+        return self.wo(out.transpose(0, 1).reshape(1, seq_len, self.n_heads * self.head_dim))
+
+
+class FeedForward(nn.Module):
+    def __init__(self, dim: int, hidden_dim: int):
+        super().__init__()
+        self.w1 = nn.Linear(dim, hidden_dim, bias=False)
+        self.w2 = nn.Linear(hidden_dim, dim, bias=False)
+        self.w3 = nn.Linear(dim, hidden_dim, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.w2(F.silu(self.w1(x)) * self.w3(x))
+
+
+class TransformerBlock(nn.Module):
+    def __init__(self, args: ModelArgs, max_seq_len: int):
+        super().__init__()
+        self.attention = Attention(args, max_seq_len)
+        self.feed_forward = FeedForward(args.dim, args.ffn_hidden_dim)
+        self.attention_norm = RMSNorm(args.dim, args.norm_eps)
+        self.ffn_norm = RMSNorm(args.dim, args.norm_eps)
+
+    def forward(self, x, positions, cos, sin, mask):
+        h = x + self.attention(self.attention_norm(x), positions, cos, sin, mask)
+        return h + self.feed_forward(self.ffn_norm(h))
+
+
+class Transformer(nn.Module):
+    """Llama 3.2. `output` shares `tok_embeddings`' weight unless the checkpoint has its own."""
+
+    def __init__(self, args: ModelArgs, max_seq_len: int = 128, full_logits: bool = True, tied: bool = True):
+        super().__init__()
+        self.args = args
+        self.max_seq_len = max_seq_len
+        # Decoding only needs the last position's logits; evaluation needs all of them.
+        self.full_logits = full_logits
+        self.tok_embeddings = nn.Embedding(args.vocab_size, args.dim)
+        self.layers = nn.ModuleList(TransformerBlock(args, max_seq_len) for _ in range(args.n_layers))
+        self.norm = RMSNorm(args.dim, args.norm_eps)
+        self.output = nn.Linear(args.dim, args.vocab_size, bias=False)
+        if tied:
+            self.output.weight = self.tok_embeddings.weight
+
+        angles = torch.outer(torch.arange(max_seq_len, dtype=torch.float64), rope_frequencies(args))
+        self.register_buffer("rope_cos", angles.cos().float(), persistent=False)
+        self.register_buffer("rope_sin", angles.sin().float(), persistent=False)
+        self.register_buffer("cache_positions", torch.arange(max_seq_len), persistent=False)
+
+    @property
+    def tied(self) -> bool:
+        return self.output.weight is self.tok_embeddings.weight
+
+    def forward(self, tokens: torch.Tensor, input_pos: torch.Tensor) -> torch.Tensor:
+        seq_len = tokens.shape[1]
+        positions = input_pos + torch.arange(seq_len, device=tokens.device)
+        cos, sin = self.rope_cos[positions].float(), self.rope_sin[positions].float()
+        # Causal mask over the whole cache, computed rather than stored (max_seq_len² floats).
+        future = self.cache_positions[None, :] > positions[:, None]
+        mask = torch.where(future, float("-inf"), 0.0)
+        h = self.tok_embeddings(tokens)
+        for layer in self.layers:
+            h = layer(h, positions, cos, sin, mask)
+        if not self.full_logits:
+            h = h[:, -1:, :]
+        return self.output(self.norm(h))
+
+    def reset_cache(self) -> None:
+        for layer in self.layers:
+            layer.attention.k_cache.zero_()
+            layer.attention.v_cache.zero_()
+
+
+def parameter_count(model: nn.Module) -> int:
+    """Distinct parameters (a tied embedding counts once)."""
+    return sum(p.numel() for p in model.parameters())

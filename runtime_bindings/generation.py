@@ -1,0 +1,89 @@
+"""Greedy generation with a KV cache, and the statistics ExecuTorch's LLM runner reports.
+
+Works with any object that has `forward(tokens, start_pos) -> logits[n, vocab]` and `max_seq_len`:
+a `.pte` program or the eager model (through `EagerRunner`), so both are measured the same way.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass
+from typing import Callable, Protocol
+
+import torch
+
+from handheld.errors import HandheldError
+
+
+class StepModel(Protocol):
+    max_seq_len: int
+
+    def forward(self, tokens: list[int], start_pos: int) -> torch.Tensor: ...
+
+
+@dataclass(frozen=True)
+class GenerationStats:
+    prompt_tokens: int
+    generated_tokens: int
+    ttft_s: float  # prompt in -> first token out
+    prefill_tok_s: float  # prompt tokens / prefill time
+    decode_tok_s: float  # decode steps / decode time (the first token comes from prefill)
+
+    def line(self) -> str:
+        return (
+            f"prompt tokens {self.prompt_tokens} | generated {self.generated_tokens} | "
+            f"TTFT {self.ttft_s:.3f} s | prefill {self.prefill_tok_s:.1f} tok/s | decode {self.decode_tok_s:.1f} tok/s"
+        )
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+class EagerRunner:
+    """The eager PyTorch model behind the same step interface as a `.pte`."""
+
+    def __init__(self, model: torch.nn.Module):
+        self.model = model
+        self.max_seq_len = model.max_seq_len
+        model.reset_cache()
+
+    @torch.no_grad()
+    def forward(self, tokens: list[int], start_pos: int) -> torch.Tensor:
+        logits = self.model(torch.tensor([tokens]), torch.tensor([start_pos]))
+        return logits[0].float()
+
+
+def generate(
+    model: StepModel,
+    prompt: list[int],
+    max_new_tokens: int,
+    stop_ids: list[int],
+    on_token: Callable[[int], None] = lambda _: None,
+) -> tuple[list[int], GenerationStats]:
+    if not prompt:
+        raise HandheldError("the prompt is empty")
+    if len(prompt) >= model.max_seq_len:
+        raise HandheldError(f"prompt has {len(prompt)} tokens but the program's max sequence length is {model.max_seq_len}")
+    start = time.perf_counter()
+    token = int(model.forward(prompt, 0)[-1].argmax())
+    first = time.perf_counter()
+    generated = []
+    position = len(prompt)
+    decode_steps = 0
+    while token not in stop_ids:
+        generated.append(token)
+        on_token(token)
+        if len(generated) >= max_new_tokens or position >= model.max_seq_len:
+            break
+        token = int(model.forward([token], position)[-1].argmax())
+        position += 1
+        decode_steps += 1
+    end = time.perf_counter()
+    stats = GenerationStats(
+        prompt_tokens=len(prompt),
+        generated_tokens=len(generated),
+        ttft_s=first - start,
+        prefill_tok_s=len(prompt) / (first - start),
+        decode_tok_s=decode_steps / (end - first) if decode_steps else 0.0,
+    )
+    return generated, stats
