@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import codecs
 import json
+import logging
 import sys
 from pathlib import Path
 
@@ -140,6 +141,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    # torchao warns at import about GPU-only extensions it cannot load on a CPU machine.
+    logging.getLogger("torchao").setLevel(logging.ERROR)
     args = build_parser().parse_args(argv)
     try:
         args.func(args)

@@ -17,6 +17,13 @@ from typing import Any
 from handheld.errors import HandheldError
 
 
+# The keys of Meta's Llama 3.2 params.json.
+META_KEYS = frozenset(
+    {"dim", "ffn_dim_multiplier", "multiple_of", "n_heads", "n_kv_heads", "n_layers", "norm_eps", "rope_theta",
+     "use_scaled_rope", "vocab_size"}
+)
+
+
 @dataclass(frozen=True)
 class ModelArgs:
     dim: int
@@ -77,11 +84,11 @@ class ModelArgs:
         return cls(**raw)
 
     def to_dict(self) -> dict[str, Any]:
-        """The params.json form: defaults that Meta's files leave out stay out."""
+        """The params.json form: Meta's keys always, handheld's extensions only when not default."""
         out = {}
         for field in dataclasses.fields(self):
             value = getattr(self, field.name)
-            if field.default is dataclasses.MISSING or value != field.default:
+            if field.name in META_KEYS or value != field.default:
                 out[field.name] = value
         return out
 

@@ -7,6 +7,8 @@
   dynamic, so one graph serves prefill and decode (ExecuTorch's LLM runner calls it this way).
 - Real-valued RoPE over interleaved pairs (Meta's layout) with Llama 3.1 frequency scaling.
 - No Python branches on tensor values: positions index the tables, the mask and the cache.
+- Cache slots past the current position are masked out; like ExecuTorch's own non-custom-op cache,
+  this relies on the runtime handing out zeroed planned memory (so 0 * slot is never NaN).
 """
 
 from __future__ import annotations
@@ -83,12 +85,13 @@ class Attention(nn.Module):
         self.v_cache[:, positions] = v[0].transpose(0, 1)
 
         # GQA without copying the cache: fold each KV head's query group into the row axis.
+        # Attention math runs in float32 (XNNPACK has no bf16 batched matmul; it is also more accurate).
         group = self.n_heads // self.n_kv_heads
-        q = q.transpose(1, 2).reshape(self.n_kv_heads, group * seq_len, self.head_dim)
-        scores = torch.bmm(q, self.k_cache.transpose(1, 2)).float() * (1.0 / math.sqrt(self.head_dim))
+        q = q.transpose(1, 2).reshape(self.n_kv_heads, group * seq_len, self.head_dim).float()
+        scores = torch.bmm(q, self.k_cache.float().transpose(1, 2)) * (1.0 / math.sqrt(self.head_dim))
         scores = scores.reshape(self.n_kv_heads, group, seq_len, -1) + mask
-        probs = scores.softmax(dim=-1).type_as(q).reshape(self.n_kv_heads, group * seq_len, -1)
-        out = torch.bmm(probs, self.v_cache).reshape(self.n_heads, seq_len, self.head_dim)
+        probs = scores.softmax(dim=-1).reshape(self.n_kv_heads, group * seq_len, -1)
+        out = torch.bmm(probs, self.v_cache.float()).type_as(x).reshape(self.n_heads, seq_len, self.head_dim)
         return self.wo(out.transpose(0, 1).reshape(1, seq_len, self.n_heads * self.head_dim))
 
 

