@@ -28,7 +28,7 @@ RUNNER_KEYS = (
 def model_name(args: ModelArgs) -> str:
     """The named shape these params are, or a description of a custom Llama."""
     for name in known_model_names():
-        if named_model_args(name) == args:
+        if named_model_args(name).architecture() == args.architecture():
             return name
     return f"llama(dim={args.dim}, n_layers={args.n_layers}, n_heads={args.n_heads}, vocab_size={args.vocab_size})"
 

@@ -72,6 +72,14 @@ class ModelArgs:
             hidden = int(self.ffn_dim_multiplier * hidden)
         return self.multiple_of * ((hidden + self.multiple_of - 1) // self.multiple_of)
 
+    def architecture(self) -> tuple:
+        """Resolved shape and RoPE: equal for params that build the same network (Meta's or HF's way)."""
+        rope = (self.rope_theta, self.use_scaled_rope)
+        if self.use_scaled_rope:
+            rope += (self.rope_scale_factor, self.rope_low_freq_factor, self.rope_high_freq_factor, self.rope_original_context)
+        shape = (self.dim, self.n_layers, self.n_heads, self.kv_heads, self.attn_head_dim, self.ffn_hidden_dim, self.vocab_size)
+        return shape + (self.norm_eps,) + rope
+
     @classmethod
     def from_dict(cls, raw: dict[str, Any], source: str = "params") -> "ModelArgs":
         known = {f.name for f in dataclasses.fields(cls)}
