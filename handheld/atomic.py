@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import contextlib
 import os
+import secrets
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Iterator
@@ -14,9 +16,8 @@ def atomic_path(destination: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path beside `destination`; rename it into place only on success."""
     destination = Path(destination)
     destination.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{destination.name}.", suffix=".partial", dir=destination.parent)
-    os.close(fd)
-    tmp = Path(tmp_name)
+    # Not created here: the writer creates it, so it gets the usual permissions (mkstemp's are 0600).
+    tmp = destination.with_name(f".{destination.name}.{os.getpid()}.{secrets.token_hex(4)}.partial")
     try:
         yield tmp
         os.replace(tmp, destination)
@@ -30,8 +31,6 @@ def atomic_dir(destination: str | os.PathLike) -> Iterator[Path]:
 
     `destination` must not exist yet or be empty: checkpoints are never overwritten piecemeal.
     """
-    import shutil
-
     destination = Path(destination)
     if destination.exists() and any(destination.iterdir()):
         from handheld.errors import HandheldError
@@ -39,6 +38,7 @@ def atomic_dir(destination: str | os.PathLike) -> Iterator[Path]:
         raise HandheldError(f"output directory {destination} exists and is not empty")
     destination.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{destination.name}.", suffix=".partial", dir=destination.parent))
+    tmp.chmod(0o755)  # mkdtemp's 0700 would otherwise stick to the finished directory
     try:
         yield tmp
         if destination.exists():
