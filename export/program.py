@@ -17,9 +17,12 @@ from handheld.checkpoints import build_model, read_checkpoint
 from handheld.errors import HandheldError
 from handheld.export.backends import Backend, get_backend
 from handheld.export.metadata import program_metadata
-from handheld.quant.schemes import Scheme, get_scheme
+from handheld.quant.mobile_8da4w import weight_bytes_by_kind
+from handheld.quant.schemes import Scheme, SchemeOptions, get_scheme
 from handheld.tokenizer import NUM_SPECIAL, Tokenizer
 
+# Operators that only appear outside a delegate if a quantized linear was not delegated.
+_QUANTIZED_LINEAR_OPS = {"linear", "addmm", "mm", "torchao.choose_qparams_affine", "torchao.quantize_affine"}
 # Graph plumbing, not computation: left out of operator counts.
 _PLUMBING = {"getitem", "executorch_call_delegate", "copy_", "sym_size"}
 
@@ -51,6 +54,7 @@ def export_checkpoint(
     backend_name: str,
     max_seq_len: int,
     tokenizer_path: Path | None = None,
+    options: SchemeOptions = SchemeOptions(),
     log: Callable[[str], None] = print,
 ) -> ExportResult:
     scheme, backend = get_scheme(scheme_name), get_backend(backend_name)  # fail before any heavy work
@@ -63,7 +67,7 @@ def export_checkpoint(
     if tokenizer_path is None:
         log(f"no tokenizer given: BOS/EOS ids assume Llama 3's layout (BOS {bos_id})")
     log(f"loaded {checkpoint.format} checkpoint {checkpoint_dir}")
-    model = scheme.transform(build_model(checkpoint, max_seq_len=max_seq_len, full_logits=False))
+    model = scheme.transform(build_model(checkpoint, max_seq_len=max_seq_len, full_logits=False), options)
     metadata = program_metadata(
         checkpoint.args,
         max_seq_len=max_seq_len,
@@ -73,6 +77,9 @@ def export_checkpoint(
         backend=backend.name,
         full_logits=False,
     )
+    if scheme.quantized:
+        metadata["handheld_group_size"] = options.group_size
+    metadata["handheld_weight_bytes"] = json.dumps(weight_bytes_by_kind(model))
     with atomic_path(output) as tmp:
         op_counts = lower_to_file(model, scheme, backend, metadata, max_seq_len, tmp, log)
     seconds = time.perf_counter() - start
@@ -103,6 +110,8 @@ def lower_to_file(
     compile_config = EdgeCompileConfig(_check_ir_validity=False)
     lowered = to_edge_transform_and_lower(exported, partitioner=backend.partitioners(scheme), compile_config=compile_config)
     op_counts = count_ops(lowered.exported_program().graph_module)
+    if scheme.quantized:
+        check_quantized_linears_delegated(op_counts, backend.name)
     # The operator split is only known after lowering, and it travels in the .pte too.
     constant_methods = metadata | {"handheld_op_counts": json.dumps(op_counts, sort_keys=True)}
     program = EdgeProgramManager(lowered.exported_program(), constant_methods, compile_config)
@@ -114,9 +123,17 @@ def lower_to_file(
         memory_planning_pass=MemoryPlanningPass(alloc_graph_input=False),
         sym_shape_eval_pass=ConstraintBasedSymShapeEvalPass(),
     )
-    with open(path, "wb") as f:
+    with torch.no_grad(), open(path, "wb") as f:  # constant propagation runs in-place cache writes
         program.to_executorch(config).write_to_file(f)
     return op_counts
+
+
+def check_quantized_linears_delegated(op_counts: dict[str, dict[str, int]], backend: str) -> None:
+    """A quantized linear left to ExecuTorch's portable kernels runs dequantized and slow: refuse it."""
+    left = {op: n for op, n in op_counts["portable"].items() if op in _QUANTIZED_LINEAR_OPS}
+    if left:
+        found = ", ".join(f"{op} x{n}" for op, n in sorted(left.items()))
+        raise HandheldError(f"{backend} did not take every quantized linear; left undelegated: {found}")
 
 
 def trace(model: nn.Module, max_seq_len: int) -> torch.export.ExportedProgram:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -19,11 +20,15 @@ def describe_pte(path: Path) -> dict[str, Any]:
         "file": str(path),
         "file_bytes": path.stat().st_size,
         "methods": program.method_names,
-        "metadata": {k: v for k, v in program.metadata.items() if k != "handheld_op_counts"},
+        "metadata": {k: v for k, v in program.metadata.items() if k not in _STRUCTURED},
+        "weight_bytes": json.loads(program.metadata.get("handheld_weight_bytes", "{}")),
         "ops_delegated": counts["delegated"],
         "ops_not_delegated": counts["portable"],
         "delegated_share": delegated / total if total else None,
     }
+
+
+_STRUCTURED = {"handheld_op_counts", "handheld_weight_bytes"}
 
 
 def describe_checkpoint(directory: Path) -> dict[str, Any]:
@@ -49,6 +54,9 @@ def format_pte(info: dict[str, Any]) -> str:
         "metadata",
     ]
     lines += [f"  {key:24} {value}" for key, value in info["metadata"].items()]
+    if info["weight_bytes"]:
+        lines.append("weights by kind")
+        lines += [f"  {kind:24} {n:>15,} bytes ({n / 2**20:.1f} MiB)" for kind, n in info["weight_bytes"].items()]
     share = info["delegated_share"]
     lines.append(f"operators   {'unknown' if share is None else f'{share:.0%} delegated to the backend'}")
     lines += _op_table("  delegated", info["ops_delegated"])

@@ -50,6 +50,7 @@ def cmd_inspect(args: argparse.Namespace) -> None:
 
 def cmd_export(args: argparse.Namespace) -> None:
     from handheld.export.program import export_checkpoint
+    from handheld.quant.schemes import SchemeOptions
 
     result = export_checkpoint(
         Path(args.checkpoint),
@@ -58,6 +59,7 @@ def cmd_export(args: argparse.Namespace) -> None:
         backend_name=args.backend,
         max_seq_len=args.max_seq_len,
         tokenizer_path=Path(args.tokenizer) if args.tokenizer else None,
+        options=SchemeOptions(group_size=args.group_size),
         log=lambda msg: print(f"[export] {msg}", flush=True),
     )
     print(f"wrote {result.path} ({result.file_bytes / 2**20:.1f} MiB) in {result.seconds:.0f} s")
@@ -119,7 +121,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("export", help="lower a checkpoint to an ExecuTorch .pte")
     p.add_argument("--checkpoint", required=True, help="Meta or Hugging Face checkpoint directory")
-    p.add_argument("--scheme", default="fp32", help="numeric scheme (fp32, bf16, ...)")
+    p.add_argument("--scheme", default="fp32", help="numeric scheme: fp32, bf16, 8da4w (Llama 3.2 mobile 4-bit)")
+    p.add_argument("--group-size", type=int, default=32, help="weight group size of 4-bit schemes (default 32)")
     p.add_argument("--backend", default="xnnpack", help="delegate to lower to (xnnpack, ...)")
     p.add_argument("--max-seq-len", type=int, default=DEFAULT_MAX_SEQ_LEN, help="KV cache length: prompt + generated tokens")
     p.add_argument("--tokenizer", help="tokenizer.model for the BOS/EOS ids (default: the checkpoint's own)")

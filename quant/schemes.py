@@ -16,18 +16,30 @@ from handheld.errors import HandheldError
 
 
 @dataclass(frozen=True)
+class SchemeOptions:
+    group_size: int = 32  # weight group size of 4-bit schemes
+
+
+@dataclass(frozen=True)
 class Scheme:
     name: str
     description: str
     dtype: torch.dtype  # activation dtype of the exported program
-    transform: Callable[[nn.Module], nn.Module]
+    transform: Callable[[nn.Module, SchemeOptions], nn.Module]
+    quantized: bool = False  # every linear must then run as a backend's quantized kernel
 
 
-def _to_fp32(model: nn.Module) -> nn.Module:
+def _to_fp32(model: nn.Module, options: SchemeOptions) -> nn.Module:
     return model.float()
 
 
-def _to_bf16(model: nn.Module) -> nn.Module:
+def _to_8da4w(model: nn.Module, options: SchemeOptions) -> nn.Module:
+    from handheld.quant.mobile_8da4w import quantize_8da4w
+
+    return quantize_8da4w(model.float(), group_size=options.group_size)
+
+
+def _to_bf16(model: nn.Module, options: SchemeOptions) -> nn.Module:
     # RoPE angles stay float32: bf16 cos/sin lose too much precision at long positions.
     rope_tables = {name: buf for name, buf in model.named_buffers() if name.startswith("rope_")}
     model = model.to(torch.bfloat16)
@@ -39,6 +51,13 @@ def _to_bf16(model: nn.Module) -> nn.Module:
 SCHEMES: dict[str, Scheme] = {
     "fp32": Scheme("fp32", "unquantized, float32", torch.float32, _to_fp32),
     "bf16": Scheme("bf16", "unquantized, bfloat16 weights and activations", torch.bfloat16, _to_bf16),
+    "8da4w": Scheme(
+        "8da4w",
+        "Llama 3.2 mobile: 4-bit g32 linears + 8-bit dynamic activations, 8-bit classifier and embedding",
+        torch.float32,
+        _to_8da4w,
+        quantized=True,
+    ),
 }
 
 
@@ -46,3 +65,8 @@ def get_scheme(name: str) -> Scheme:
     if name not in SCHEMES:
         raise HandheldError(f"unknown scheme {name!r}; known schemes: {', '.join(SCHEMES)}")
     return SCHEMES[name]
+
+
+def apply_scheme(model: nn.Module, name: str, options: SchemeOptions = SchemeOptions()) -> nn.Module:
+    """The eager model a scheme's `.pte` is exported from: its oracle."""
+    return get_scheme(name).transform(model, options)

@@ -6,7 +6,7 @@ import torch
 from conftest import PARITY_MAX_SEQ_LEN
 from handheld.checkpoints import build_model, read_checkpoint
 from handheld.export.summary import describe_pte
-from handheld.quant.schemes import get_scheme
+from handheld.quant.schemes import apply_scheme
 from handheld.runtime_bindings.generation import EagerRunner
 from handheld.runtime_bindings.pte import PteProgram
 
@@ -20,7 +20,7 @@ TOLERANCES = {"fp32": dict(atol=1e-4, rtol=1e-4), "bf16": dict(atol=0.12, rtol=0
 
 def _run_both(checkpoint, pte_path, scheme):
     eager = EagerRunner(
-        get_scheme(scheme).transform(build_model(read_checkpoint(checkpoint), PARITY_MAX_SEQ_LEN, full_logits=False))
+        apply_scheme(build_model(read_checkpoint(checkpoint), PARITY_MAX_SEQ_LEN, full_logits=False), scheme)
     )
     program = PteProgram(pte_path)
     pairs = [(program.forward(PROMPT, 0)[-1], eager.forward(PROMPT, 0)[-1])]
