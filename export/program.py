@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from handheld.atomic import atomic_path
-from handheld.checkpoints import build_model, read_checkpoint
+from handheld.checkpoints import Checkpoint, build_model, read_checkpoint
 from handheld.errors import HandheldError
 from handheld.export.backends import Backend, get_backend
 from handheld.export.metadata import program_metadata
@@ -50,14 +50,17 @@ def export_checkpoint(
     checkpoint_dir: Path,
     output: Path,
     *,
-    scheme_name: str,
+    scheme_name: str | None,
     backend_name: str,
     max_seq_len: int,
     tokenizer_path: Path | None = None,
     options: SchemeOptions = SchemeOptions(),
     log: Callable[[str], None] = print,
 ) -> ExportResult:
-    scheme, backend = get_scheme(scheme_name), get_backend(backend_name)  # fail before any heavy work
+    """`scheme_name` None means: the checkpoint's own (pre-quantized) scheme, else fp32."""
+    backend = get_backend(backend_name)  # fail on bad names before any heavy work
+    if scheme_name is not None:
+        get_scheme(scheme_name)
     if max_seq_len < 2:
         raise HandheldError(f"--max-seq-len must be at least 2, got {max_seq_len}")
     start = time.perf_counter()
@@ -67,23 +70,40 @@ def export_checkpoint(
     if tokenizer_path is None:
         log(f"no tokenizer given: BOS/EOS ids assume Llama 3's layout (BOS {bos_id})")
     log(f"loaded {checkpoint.format} checkpoint {checkpoint_dir}")
-    model = scheme.transform(build_model(checkpoint, max_seq_len=max_seq_len, full_logits=False), options)
+    scheme, label, group_size = _resolve_scheme(checkpoint, scheme_name, options)
+    model = build_model(checkpoint, max_seq_len=max_seq_len, full_logits=False)
+    if not checkpoint.args.prequantized:
+        model = scheme.transform(model, options)
     metadata = program_metadata(
         checkpoint.args,
         max_seq_len=max_seq_len,
         bos_id=bos_id,
         eos_ids=eos_ids,
-        scheme=scheme.name,
+        scheme=label,
         backend=backend.name,
         full_logits=False,
     )
-    if scheme.quantized:
-        metadata["handheld_group_size"] = options.group_size
+    if group_size is not None:
+        metadata["handheld_group_size"] = group_size
     metadata["handheld_weight_bytes"] = json.dumps(weight_bytes_by_kind(model))
     with atomic_path(output) as tmp:
         op_counts = lower_to_file(model, scheme, backend, metadata, max_seq_len, tmp, log)
     seconds = time.perf_counter() - start
     return ExportResult(output, output.stat().st_size, seconds, op_counts)
+
+
+def _resolve_scheme(checkpoint: Checkpoint, requested: str | None, options: SchemeOptions) -> tuple[Scheme, str, int | None]:
+    """(scheme to lower with, its name in the metadata, weight group size)."""
+    if checkpoint.args.prequantized:
+        quant = checkpoint.args.quantization_args
+        if requested not in (None, "8da4w"):
+            raise HandheldError(
+                f"{checkpoint.directory} is pre-quantized (8da4w, group size {quant.group_size}, per its params.json); "
+                f"it cannot be exported as --scheme {requested}: leave --scheme out"
+            )
+        return get_scheme("8da4w"), checkpoint.scheme_label, quant.group_size
+    scheme = get_scheme(requested or "fp32")
+    return scheme, scheme.name, options.group_size if scheme.quantized else None
 
 
 def lower_to_file(

@@ -121,7 +121,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("export", help="lower a checkpoint to an ExecuTorch .pte")
     p.add_argument("--checkpoint", required=True, help="Meta or Hugging Face checkpoint directory")
-    p.add_argument("--scheme", default="fp32", help="numeric scheme: fp32, bf16, 8da4w (Llama 3.2 mobile 4-bit)")
+    p.add_argument("--scheme", help="numeric scheme: fp32 (default), bf16, 8da4w (Llama 3.2 mobile 4-bit); "
+                   "pre-quantized checkpoints (SpinQuant, QLoRA) bring their own")
     p.add_argument("--group-size", type=int, default=32, help="weight group size of 4-bit schemes (default 32)")
     p.add_argument("--backend", default="xnnpack", help="delegate to lower to (xnnpack, ...)")
     p.add_argument("--max-seq-len", type=int, default=DEFAULT_MAX_SEQ_LEN, help="KV cache length: prompt + generated tokens")

@@ -25,6 +25,40 @@ META_KEYS = frozenset(
 
 
 @dataclass(frozen=True)
+class QuantizationArgs:
+    """`quantization_args` of Meta's pre-quantized releases (SpinQuant_INT4_EO8, QLORA_INT4_EO8)."""
+
+    group_size: int
+    spinquant: bool = False
+    scheme: str | None = None
+    quantize_embedding: bool | None = None
+
+
+@dataclass(frozen=True)
+class LoraArgs:
+    """`lora_args` of Meta's QLoRA releases: adapter rank and output scale (alpha / rank)."""
+
+    rank: int
+    scale: float
+
+
+def _typed_from_dict(cls, raw: Any, source: str):
+    if not isinstance(raw, dict):
+        raise HandheldError(f"{source}: must be a JSON object, got {raw!r}")
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(raw) - known)
+    if unknown:
+        raise HandheldError(f"{source}: unknown key(s) {', '.join(unknown)}; known keys: {', '.join(sorted(known))}")
+    missing = [f.name for f in dataclasses.fields(cls) if f.default is dataclasses.MISSING and f.name not in raw]
+    if missing:
+        raise HandheldError(f"{source}: missing required key(s) {', '.join(missing)}")
+    hints = typing.get_type_hints(cls)
+    for name, value in raw.items():
+        _check_type(f"{source}.{name}" if source else name, value, hints[name])
+    return cls(**raw)
+
+
+@dataclass(frozen=True)
 class ModelArgs:
     dim: int
     n_layers: int
@@ -43,6 +77,9 @@ class ModelArgs:
     rope_low_freq_factor: float = 1.0
     rope_high_freq_factor: float = 4.0
     rope_original_context: int = 8192
+    # Present only in pre-quantized checkpoints (Meta's SpinQuant / QLoRA releases and handheld's own).
+    quantization_args: QuantizationArgs | None = None
+    lora_args: LoraArgs | None = None
 
     def __post_init__(self) -> None:
         for field in dataclasses.fields(self):
@@ -80,16 +117,18 @@ class ModelArgs:
         shape = (self.dim, self.n_layers, self.n_heads, self.kv_heads, self.attn_head_dim, self.ffn_hidden_dim, self.vocab_size)
         return shape + (self.norm_eps,) + rope
 
+    @property
+    def prequantized(self) -> bool:
+        return self.quantization_args is not None
+
     @classmethod
     def from_dict(cls, raw: dict[str, Any], source: str = "params") -> "ModelArgs":
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(raw) - known)
-        if unknown:
-            raise HandheldError(f"{source}: unknown key(s) {', '.join(unknown)}; known keys: {', '.join(sorted(known))}")
-        missing = [f.name for f in dataclasses.fields(cls) if f.default is dataclasses.MISSING and f.name not in raw]
-        if missing:
-            raise HandheldError(f"{source}: missing required key(s) {', '.join(missing)}")
-        return cls(**raw)
+        raw = dict(raw)
+        if raw.get("quantization_args") is not None:
+            raw["quantization_args"] = _typed_from_dict(QuantizationArgs, raw["quantization_args"], f"{source}: quantization_args")
+        if raw.get("lora_args") is not None:
+            raw["lora_args"] = _typed_from_dict(LoraArgs, raw["lora_args"], f"{source}: lora_args")
+        return _typed_from_dict(cls, raw, source)
 
     def to_dict(self) -> dict[str, Any]:
         """The params.json form: Meta's keys always, handheld's extensions only when not default."""
@@ -97,8 +136,14 @@ class ModelArgs:
         for field in dataclasses.fields(self):
             value = getattr(self, field.name)
             if field.name in META_KEYS or value != field.default:
-                out[field.name] = value
+                out[field.name] = _plain(value)
         return out
+
+
+def _plain(value: Any) -> Any:
+    if dataclasses.is_dataclass(value):
+        return {k: v for k, v in dataclasses.asdict(value).items() if v is not None}
+    return value
 
 
 def _field_types() -> dict[str, Any]:
@@ -109,8 +154,13 @@ def _check_type(name: str, value: Any, hint: Any) -> None:
     allowed = typing.get_args(hint) or (hint,)
     if value is None and type(None) in allowed:
         return
-    if bool in allowed:
+    dataclass_types = tuple(t for t in allowed if dataclasses.is_dataclass(t))
+    if dataclass_types:
+        ok = isinstance(value, dataclass_types)
+    elif bool in allowed:
         ok = isinstance(value, bool)
+    elif str in allowed:
+        ok = isinstance(value, str)
     elif int in allowed:
         ok = isinstance(value, int) and not isinstance(value, bool)
     else:  # float: JSON writes 500000.0 and 500000 alike

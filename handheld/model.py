@@ -95,15 +95,32 @@ class Attention(nn.Module):
         return self.wo(out.transpose(0, 1).reshape(1, seq_len, self.n_heads * self.head_dim))
 
 
+def hadamard_transform(x: torch.Tensor) -> torch.Tensor:
+    """Orthonormal Walsh-Hadamard transform of the last axis (a power of two), as log2(n) butterflies."""
+    n = x.shape[-1]
+    rows = x.reshape(-1, n)
+    span = 1
+    while span < n:
+        pairs = rows.reshape(-1, n // (2 * span), 2, span)
+        rows = torch.stack((pairs[:, :, 0] + pairs[:, :, 1], pairs[:, :, 0] - pairs[:, :, 1]), dim=2).reshape(-1, n)
+        span *= 2
+    return (rows * (1.0 / math.sqrt(n))).reshape(x.shape)
+
+
 class FeedForward(nn.Module):
     def __init__(self, dim: int, hidden_dim: int):
         super().__init__()
         self.w1 = nn.Linear(dim, hidden_dim, bias=False)
         self.w2 = nn.Linear(hidden_dim, dim, bias=False)
         self.w3 = nn.Linear(dim, hidden_dim, bias=False)
+        # SpinQuant's R4: an online Hadamard on the down projection's input (its inverse is in w2).
+        self.online_hadamard = False
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.w2(F.silu(self.w1(x)) * self.w3(x))
+        hidden = F.silu(self.w1(x)) * self.w3(x)
+        if self.online_hadamard:
+            hidden = hadamard_transform(hidden)
+        return self.w2(hidden)
 
 
 class TransformerBlock(nn.Module):

@@ -13,7 +13,7 @@ import torch
 
 from handheld.config import ModelArgs
 from handheld.errors import HandheldError
-from handheld.checkpoints import hf, meta
+from handheld.checkpoints import hf, meta, prequantized
 from handheld.model import Transformer
 
 FORMATS = ("meta", "hf")
@@ -30,6 +30,16 @@ class Checkpoint:
     @property
     def tied(self) -> bool:
         return "output.weight" not in self.state
+
+    @property
+    def scheme_label(self) -> str | None:
+        """The scheme a pre-quantized checkpoint was made with, as reports name it; None for float."""
+        quant = self.args.quantization_args
+        if quant is None:
+            return None
+        if quant.spinquant:
+            return "spinquant"
+        return "qat-lora" if self.args.lora_args is not None else "8da4w"
 
     @property
     def tokenizer_path(self) -> Path | None:
@@ -50,7 +60,10 @@ def read_checkpoint(directory: str | Path) -> Checkpoint:
     else:
         raise HandheldError(f"{directory} is not a checkpoint: expected params.json (Meta) or config.json (Hugging Face)")
     checkpoint = Checkpoint(args, state, fmt, directory)
-    validate_state(args, state, tied=checkpoint.tied)
+    if args.prequantized:
+        prequantized.validate_prequantized(args, state)
+    else:
+        validate_state(args, state, tied=checkpoint.tied)
     return checkpoint
 
 
@@ -82,6 +95,8 @@ def validate_state(args: ModelArgs, state: dict[str, torch.Tensor], tied: bool) 
 
 
 def build_model(checkpoint: Checkpoint, max_seq_len: int = 128, full_logits: bool = True) -> Transformer:
+    if checkpoint.args.prequantized:
+        return prequantized.build_prequantized_model(checkpoint.args, checkpoint.state, max_seq_len, full_logits)
     model = Transformer(checkpoint.args, max_seq_len=max_seq_len, full_logits=full_logits, tied=checkpoint.tied)
     state = {name: t.float() for name, t in checkpoint.state.items()}
     model.load_state_dict(state, strict=not checkpoint.tied)
