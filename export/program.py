@@ -13,12 +13,12 @@ import torch
 from torch import nn
 
 from handheld.atomic import atomic_path
-from handheld.checkpoints import Checkpoint, build_model, read_checkpoint
+from handheld.checkpoints import read_checkpoint
 from handheld.errors import HandheldError
 from handheld.export.backends import Backend, get_backend
 from handheld.export.metadata import program_metadata
 from handheld.quant.mobile_8da4w import weight_bytes_by_kind
-from handheld.quant.schemes import Scheme, SchemeOptions, get_scheme
+from handheld.quant.schemes import Scheme, SchemeOptions, get_scheme, prepare_model
 from handheld.tokenizer import NUM_SPECIAL, Tokenizer
 
 # Operators that only appear outside a delegate if a quantized linear was not delegated.
@@ -70,40 +70,24 @@ def export_checkpoint(
     if tokenizer_path is None:
         log(f"no tokenizer given: BOS/EOS ids assume Llama 3's layout (BOS {bos_id})")
     log(f"loaded {checkpoint.format} checkpoint {checkpoint_dir}")
-    scheme, label, group_size = _resolve_scheme(checkpoint, scheme_name, options)
-    model = build_model(checkpoint, max_seq_len=max_seq_len, full_logits=False)
-    if not checkpoint.args.prequantized:
-        model = scheme.transform(model, options)
+    prepared = prepare_model(checkpoint, scheme_name, options, max_seq_len=max_seq_len, full_logits=False)
+    model, scheme = prepared.model, prepared.scheme
     metadata = program_metadata(
         checkpoint.args,
         max_seq_len=max_seq_len,
         bos_id=bos_id,
         eos_ids=eos_ids,
-        scheme=label,
+        scheme=prepared.label,
         backend=backend.name,
         full_logits=False,
     )
-    if group_size is not None:
-        metadata["handheld_group_size"] = group_size
+    if prepared.group_size is not None:
+        metadata["handheld_group_size"] = prepared.group_size
     metadata["handheld_weight_bytes"] = json.dumps(weight_bytes_by_kind(model))
     with atomic_path(output) as tmp:
         op_counts = lower_to_file(model, scheme, backend, metadata, max_seq_len, tmp, log)
     seconds = time.perf_counter() - start
     return ExportResult(output, output.stat().st_size, seconds, op_counts)
-
-
-def _resolve_scheme(checkpoint: Checkpoint, requested: str | None, options: SchemeOptions) -> tuple[Scheme, str, int | None]:
-    """(scheme to lower with, its name in the metadata, weight group size)."""
-    if checkpoint.args.prequantized:
-        quant = checkpoint.args.quantization_args
-        if requested not in (None, "8da4w"):
-            raise HandheldError(
-                f"{checkpoint.directory} is pre-quantized (8da4w, group size {quant.group_size}, per its params.json); "
-                f"it cannot be exported as --scheme {requested}: leave --scheme out"
-            )
-        return get_scheme("8da4w"), checkpoint.scheme_label, quant.group_size
-    scheme = get_scheme(requested or "fp32")
-    return scheme, scheme.name, options.group_size if scheme.quantized else None
 
 
 def lower_to_file(

@@ -67,13 +67,12 @@ def cmd_export(args: argparse.Namespace) -> None:
 
 def cmd_generate(args: argparse.Namespace) -> None:
     from handheld.runtime_bindings.generation import generate
-    from handheld.runtime_bindings.pte import PteProgram
     from handheld.tokenizer import Message, Tokenizer
 
     tokenizer = Tokenizer(args.tokenizer)
-    program = PteProgram(args.model)
-    if tokenizer.vocab_size > program.vocab_size:
-        raise HandheldError(f"tokenizer has {tokenizer.vocab_size} ids but {args.model} only {program.vocab_size}")
+    runner, stop_ids, vocab_size = _step_model(args)
+    if tokenizer.vocab_size > vocab_size:
+        raise HandheldError(f"tokenizer has {tokenizer.vocab_size} ids but {args.model} only {vocab_size}")
     if args.chat:
         prompt = tokenizer.encode_dialog_prompt([Message("user", args.prompt)])
     else:
@@ -85,9 +84,30 @@ def cmd_generate(args: argparse.Namespace) -> None:
         sys.stdout.write(decoder.decode(tokenizer.decode_bytes([token])))
         sys.stdout.flush()
 
-    _, stats = generate(program, prompt, args.max_new_tokens, program.eos_ids or tokenizer.stop_ids, on_token=show)
+    _, stats = generate(runner, prompt, args.max_new_tokens, stop_ids or tokenizer.stop_ids, on_token=show)
     sys.stdout.write(decoder.decode(b"", final=True) + "\n")
     print(stats.line())
+
+
+def _step_model(args: argparse.Namespace):
+    """A `.pte` through ExecuTorch, or a checkpoint directory in eager PyTorch under a scheme."""
+    from handheld.runtime_bindings.generation import EagerRunner
+
+    if not Path(args.model).is_dir():
+        from handheld.runtime_bindings.pte import PteProgram
+
+        if args.scheme:
+            raise HandheldError("--scheme applies to checkpoint directories; a .pte already has its scheme")
+        program = PteProgram(args.model)
+        return program, program.eos_ids, program.vocab_size
+    from handheld.checkpoints import read_checkpoint
+    from handheld.quant.schemes import SchemeOptions, prepare_model
+
+    checkpoint = read_checkpoint(args.model)
+    prepared = prepare_model(checkpoint, args.scheme, SchemeOptions(group_size=args.group_size),
+                             max_seq_len=args.max_seq_len, full_logits=False)
+    print(f"[eager PyTorch, scheme {prepared.label}]", file=sys.stderr)
+    return EagerRunner(prepared.model), [], checkpoint.args.vocab_size
 
 
 def cmd_demo(args: argparse.Namespace) -> None:
@@ -130,12 +150,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", required=True, help=".pte file to write (written atomically)")
     p.set_defaults(func=cmd_export)
 
-    p = sub.add_parser("generate", help="generate text from a .pte with ExecuTorch's runtime")
-    p.add_argument("model", help="the .pte program")
+    p = sub.add_parser("generate", help="generate text from a .pte (ExecuTorch runtime) or a checkpoint (eager PyTorch)")
+    p.add_argument("model", help="a .pte program, or a checkpoint directory to run in eager PyTorch")
     p.add_argument("--tokenizer", required=True, help="tiktoken tokenizer.model (Llama 3 format)")
     p.add_argument("--prompt", required=True)
     p.add_argument("--max-new-tokens", type=int, default=64)
     p.add_argument("--chat", action="store_true", help="wrap the prompt in Llama 3's chat format as a user turn")
+    p.add_argument("--scheme", help="checkpoints only: numeric scheme applied in eager PyTorch (default fp32)")
+    p.add_argument("--group-size", type=int, default=32, help="checkpoints only: 4-bit group size")
+    p.add_argument("--max-seq-len", type=int, default=DEFAULT_MAX_SEQ_LEN, help="checkpoints only: KV cache length")
     p.set_defaults(func=cmd_generate)
 
     p = sub.add_parser("demo", help="the main job: build, export, run and compare the built-in default model")

@@ -70,3 +70,32 @@ def get_scheme(name: str) -> Scheme:
 def apply_scheme(model: nn.Module, name: str, options: SchemeOptions = SchemeOptions()) -> nn.Module:
     """The eager model a scheme's `.pte` is exported from: its oracle."""
     return get_scheme(name).transform(model, options)
+
+
+@dataclass(frozen=True)
+class PreparedModel:
+    model: nn.Module
+    scheme: Scheme  # what to lower with
+    label: str  # the scheme's name in reports and metadata (spinquant, qat-lora, ...)
+    group_size: int | None
+
+
+def prepare_model(checkpoint, requested: str | None, options: SchemeOptions = SchemeOptions(), *,
+                  max_seq_len: int, full_logits: bool) -> PreparedModel:
+    """The eager model for a checkpoint under a scheme: what export lowers and eager runs check against.
+
+    A pre-quantized checkpoint brings its own scheme; `requested` None means that one, else fp32.
+    """
+    from handheld.checkpoints import build_model
+
+    model = build_model(checkpoint, max_seq_len=max_seq_len, full_logits=full_logits)
+    quant = checkpoint.args.quantization_args
+    if quant is not None:
+        if requested not in (None, "8da4w"):
+            raise HandheldError(
+                f"{checkpoint.directory} is pre-quantized (8da4w, group size {quant.group_size}, per its params.json); "
+                f"it cannot be exported as --scheme {requested}: leave --scheme out"
+            )
+        return PreparedModel(model, get_scheme("8da4w"), checkpoint.scheme_label, quant.group_size)
+    scheme = get_scheme(requested or "fp32")
+    return PreparedModel(scheme.transform(model, options), scheme, scheme.name, options.group_size if scheme.quantized else None)

@@ -126,14 +126,35 @@ def test_failed_lowering_leaves_no_file(capsys, tmp_path, odd_checkpoint, monkey
     assert code == 1 and out_existing.read_bytes() == b"an earlier good export"
 
 
-def test_prompt_longer_than_max_seq_len(capsys, tmp_path, odd_fp32_pte):
-    tok = tmp_path / "tokenizer.model"
-    # A 44-rank tokenizer puts its specials where the odd model expects them (vocab 300 = 44 + 256).
+@pytest.fixture
+def odd_tokenizer(tmp_path):
+    """44 single-letter ranks: specials land where the odd model expects them (vocab 300 = 44 + 256)."""
     import base64
 
+    tok = tmp_path / "tokenizer.model"
     tok.write_text("".join(f"{base64.b64encode(bytes([97 + i])).decode()} {i}\n" for i in range(26)))
-    code, _, err = run_cli(capsys, "generate", str(odd_fp32_pte), "--tokenizer", str(tok), "--prompt", "a" * 60)
+    return tok
+
+
+def test_prompt_longer_than_max_seq_len(capsys, odd_tokenizer, odd_fp32_pte):
+    code, _, err = run_cli(capsys, "generate", str(odd_fp32_pte), "--tokenizer", str(odd_tokenizer), "--prompt", "a" * 60)
     assert_clean_error(code, err, r"prompt has 61 tokens but the program's max sequence length is 48")
+
+
+def test_eager_checkpoint_and_pte_generate_the_same_text(capsys, odd_tokenizer, odd_checkpoint, odd_fp32_pte):
+    common = ["--tokenizer", str(odd_tokenizer), "--prompt", "abcabd", "--max-new-tokens", "12"]
+    code, from_pte, _ = run_cli(capsys, "generate", str(odd_fp32_pte), *common)
+    assert code == 0
+    code, from_eager, err = run_cli(capsys, "generate", str(odd_checkpoint), *common, "--max-seq-len", "48")
+    assert code == 0 and "eager PyTorch, scheme fp32" in err
+    assert from_pte.splitlines()[0] == from_eager.splitlines()[0]
+    assert "generated 12" in from_pte.splitlines()[-1]
+
+
+def test_eager_generation_applies_the_scheme(capsys, odd_tokenizer, odd_checkpoint):
+    code, out, err = run_cli(capsys, "generate", str(odd_checkpoint), "--tokenizer", str(odd_tokenizer),
+                             "--prompt", "abc", "--scheme", "8da4w", "--max-new-tokens", "3")
+    assert code == 0 and "scheme 8da4w" in err and "generated 3" in out
 
 
 def test_tokenizer_larger_than_the_model(capsys, tmp_path, odd_fp32_pte):

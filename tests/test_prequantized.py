@@ -73,7 +73,7 @@ def meta_layout(args, state, spinquant=False, lora_rank=None):
 
 
 @pytest.fixture(scope="module")
-def spin_dir(tmp_path_factory):
+def spinquant_dir(tmp_path_factory):
     d = tmp_path_factory.mktemp("spinquant")
     write_meta(d, SPIN, meta_layout(SPIN, float_state(), spinquant=True))
     return d
@@ -208,7 +208,7 @@ def test_lora_rank_disagreeing_with_lora_args(tmp_path):
         read_checkpoint(tmp_path)
 
 
-def test_prequantized_checkpoint_refuses_another_scheme(spin_dir, tmp_path):
+def test_prequantized_checkpoint_refuses_another_scheme(spinquant_dir, tmp_path):
     with pytest.raises(HandheldError, match="is pre-quantized .* cannot be exported as --scheme bf16"):
-        export_checkpoint(spin_dir, tmp_path / "x.pte", scheme_name="bf16", backend_name="xnnpack", max_seq_len=16, log=lambda _: None)
+        export_checkpoint(spinquant_dir, tmp_path / "x.pte", scheme_name="bf16", backend_name="xnnpack", max_seq_len=16, log=lambda _: None)
     assert not list(tmp_path.iterdir())
