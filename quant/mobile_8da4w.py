@@ -51,8 +51,12 @@ def quantize_8da4w(model: nn.Module, group_size: int = 32) -> nn.Module:
     return model
 
 
+# XNNPACK stores 4-bit group scales as bf16 (torchao keeps them fp32 in eager).
+GROUP_SCALE_BYTES = 2
+
+
 def weight_bytes_by_kind(model: nn.Module) -> dict[str, int]:
-    """Bytes of stored weights by kind, as the backend packs them (4-bit values two to a byte)."""
+    """Bytes of stored weights by kind, as XNNPACK packs them: 4-bit values two to a byte, bf16 group scales."""
     from torchao.quantization import IntxUnpackedToInt8Tensor
 
     split = {"4-bit linears": 0, "scales": 0, "8-bit embedding": 0, "8-bit classifier": 0, "other": 0}
@@ -68,5 +72,6 @@ def weight_bytes_by_kind(model: nn.Module) -> dict[str, int]:
             split["8-bit classifier"] += values
         else:
             split["4-bit linears"] += values
-        split["scales"] += param.scale.numel() * param.scale.element_size()
+        scale_bytes = GROUP_SCALE_BYTES if bits == 4 else param.scale.element_size()
+        split["scales"] += param.scale.numel() * scale_bytes
     return split
