@@ -55,9 +55,11 @@ def export_checkpoint(
     max_seq_len: int,
     tokenizer_path: Path | None = None,
     options: SchemeOptions = SchemeOptions(),
+    full_logits: bool = False,
     log: Callable[[str], None] = print,
 ) -> ExportResult:
-    """`scheme_name` None means: the checkpoint's own (pre-quantized) scheme, else fp32."""
+    """`scheme_name` None means: the checkpoint's own (pre-quantized) scheme, else fp32.
+    `full_logits` returns logits for every input position (for evaluation), not just the last."""
     backend = get_backend(backend_name)  # fail on bad names before any heavy work
     if scheme_name is not None:
         get_scheme(scheme_name)
@@ -70,7 +72,7 @@ def export_checkpoint(
     if tokenizer_path is None:
         log(f"no tokenizer given: BOS/EOS ids assume Llama 3's layout (BOS {bos_id})")
     log(f"loaded {checkpoint.format} checkpoint {checkpoint_dir}")
-    prepared = prepare_model(checkpoint, scheme_name, options, max_seq_len=max_seq_len, full_logits=False)
+    prepared = prepare_model(checkpoint, scheme_name, options, max_seq_len=max_seq_len, full_logits=full_logits)
     model, scheme = prepared.model, prepared.scheme
     metadata = program_metadata(
         checkpoint.args,
@@ -79,7 +81,7 @@ def export_checkpoint(
         eos_ids=eos_ids,
         scheme=prepared.label,
         backend=backend.name,
-        full_logits=False,
+        full_logits=full_logits,
     )
     if prepared.group_size is not None:
         metadata["handheld_group_size"] = prepared.group_size

@@ -94,6 +94,17 @@ class Attention(nn.Module):
         out = torch.bmm(probs, self.v_cache.float()).type_as(x).reshape(self.n_heads, seq_len, self.head_dim)
         return self.wo(out.transpose(0, 1).reshape(1, seq_len, self.n_heads * self.head_dim))
 
+    def forward_batch(self, x, cos, sin):
+        """Training and evaluation: a batch of whole sequences from position 0, no cache."""
+        batch, seq_len, _ = x.shape
+        q = apply_rope(self.wq(x).view(batch, seq_len, self.n_heads, self.head_dim), cos, sin)
+        k = apply_rope(self.wk(x).view(batch, seq_len, self.n_kv_heads, self.head_dim), cos, sin)
+        v = self.wv(x).view(batch, seq_len, self.n_kv_heads, self.head_dim)
+        out = F.scaled_dot_product_attention(
+            q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), is_causal=True, enable_gqa=True
+        )
+        return self.wo(out.transpose(1, 2).reshape(batch, seq_len, self.n_heads * self.head_dim))
+
 
 def hadamard_transform(x: torch.Tensor) -> torch.Tensor:
     """Orthonormal Walsh-Hadamard transform of the last axis (a power of two), as log2(n) butterflies."""
@@ -135,6 +146,10 @@ class TransformerBlock(nn.Module):
         h = x + self.attention(self.attention_norm(x), positions, cos, sin, mask)
         return h + self.feed_forward(self.ffn_norm(h))
 
+    def forward_batch(self, x, cos, sin):
+        h = x + self.attention.forward_batch(self.attention_norm(x), cos, sin)
+        return h + self.feed_forward(self.ffn_norm(h))
+
 
 class Transformer(nn.Module):
     """Llama 3.2. `output` shares `tok_embeddings`' weight unless the checkpoint has its own."""
@@ -173,6 +188,16 @@ class Transformer(nn.Module):
             h = layer(h, positions, cos, sin, mask)
         if not self.full_logits:
             h = h[:, -1:, :]
+        return self.output(self.norm(h))
+
+    def forward_batch(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Logits [B, T, vocab] for whole sequences [B, T] from position 0, without the KV cache:
+        the training and evaluation path (same weights and math as `forward`, batched)."""
+        seq_len = tokens.shape[1]
+        cos, sin = self.rope_cos[:seq_len].float(), self.rope_sin[:seq_len].float()
+        h = self.tok_embeddings(tokens)
+        for layer in self.layers:
+            h = layer.forward_batch(h, cos, sin)
         return self.output(self.norm(h))
 
     def reset_cache(self) -> None:

@@ -55,3 +55,13 @@ def test_untied_checkpoint_keeps_its_own_classifier(tmp_path):
     tokens = [5, 9, 200, 3]
     out = model(torch.tensor([tokens]), torch.tensor([0]))[0]
     torch.testing.assert_close(out, reference_logits(ODD_ARGS, state, tokens), atol=2e-5, rtol=1e-4)
+
+
+@torch.no_grad()
+def test_batched_training_path_equals_cached_path():
+    tokens = torch.randint(0, ODD_ARGS.vocab_size, (3, 12), generator=torch.Generator().manual_seed(5))
+    model = _model()
+    batched = model.forward_batch(tokens)
+    for row in range(3):
+        model.reset_cache()
+        torch.testing.assert_close(batched[row], model(tokens[row : row + 1], torch.tensor([0]))[0], atol=2e-5, rtol=1e-4)

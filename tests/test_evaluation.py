@@ -1,0 +1,65 @@
+"""Perplexity and agreement: the window arithmetic, and eager vs `.pte` on the same text."""
+
+import math
+
+import pytest
+import torch
+
+from conftest import PARITY_MAX_SEQ_LEN
+from handheld.checkpoints import build_model, read_checkpoint
+from handheld.errors import HandheldError
+from handheld.evaluation import eager_logits_fn, evaluate, pte_logits_fn, windows
+from handheld.export.program import export_checkpoint
+from handheld.runtime_bindings.pte import PteProgram
+
+
+def test_every_target_is_scored_exactly_once():
+    for n, context, stride in [(10, 4, 2), (10, 4, 4), (100, 16, 5), (3, 8, 4)]:
+        scored = []
+        for begin, end, first in windows(n, context, stride):
+            assert end - begin <= context and begin < first <= end
+            scored += range(first, end)
+        assert len(scored) == len(set(scored))
+        assert set(scored) <= set(range(1, n))
+        if stride < context:
+            assert scored == list(range(1, n))
+
+
+def test_uniform_model_has_perplexity_equal_to_vocab():
+    result = evaluate(lambda window: torch.zeros(len(window), 50), list(range(40)), context=8, stride=4, progress=False)
+    assert math.isclose(result.perplexity, 50, rel_tol=1e-5)
+    assert result.tokens_scored == 39
+
+
+def test_a_model_equal_to_its_reference_agrees_fully():
+    fn = lambda window: torch.randn(len(window), 30, generator=torch.Generator().manual_seed(len(window)))  # noqa: E731
+    result = evaluate(fn, list(range(25)), 8, 4, reference_fn=fn, progress=False)
+    assert result.top1_agreement == 1.0 and abs(result.mean_kl) < 1e-6
+
+
+def test_bad_window_arguments():
+    with pytest.raises(HandheldError, match="stride"):
+        list(windows(10, 4, 0))
+
+
+@pytest.fixture(scope="module")
+def odd_full_logits_pte(odd_checkpoint, tmp_path_factory):
+    out = tmp_path_factory.mktemp("pte") / "odd_full.pte"
+    export_checkpoint(odd_checkpoint, out, scheme_name="fp32", backend_name="xnnpack", max_seq_len=PARITY_MAX_SEQ_LEN,
+                      full_logits=True, log=lambda _: None)
+    return out
+
+
+def test_eager_and_pte_perplexity_agree(odd_checkpoint, odd_full_logits_pte):
+    ids = torch.randint(44, 300, (400,), generator=torch.Generator().manual_seed(9)).tolist()
+    eager = evaluate(eager_logits_fn(build_model(read_checkpoint(odd_checkpoint), PARITY_MAX_SEQ_LEN)), ids, 48, 24, progress=False)
+    program = PteProgram(odd_full_logits_pte)
+    assert program.metadata["handheld_full_logits"] is True
+    on_pte = evaluate(pte_logits_fn(program), ids, 48, 24, progress=False)
+    assert on_pte.tokens_scored == eager.tokens_scored == 399
+    assert abs(on_pte.perplexity / eager.perplexity - 1) < 0.005
+
+
+def test_last_logits_pte_cannot_be_evaluated(odd_fp32_pte):
+    with pytest.raises(HandheldError, match="re-export it with --full-logits"):
+        pte_logits_fn(PteProgram(odd_fp32_pte))
