@@ -60,6 +60,7 @@ def cmd_export(args: argparse.Namespace) -> None:
         max_seq_len=args.max_seq_len,
         tokenizer_path=Path(args.tokenizer) if args.tokenizer else None,
         options=SchemeOptions(group_size=args.group_size),
+        full_logits=args.full_logits,
         log=lambda msg: print(f"[export] {msg}", flush=True),
     )
     print(f"wrote {result.path} ({result.file_bytes / 2**20:.1f} MiB) in {result.seconds:.0f} s")
@@ -110,6 +111,47 @@ def _step_model(args: argparse.Namespace):
     return EagerRunner(prepared.model), [], checkpoint.args.vocab_size
 
 
+def cmd_eval(args: argparse.Namespace) -> None:
+    from handheld.evaluation import eager_logits_fn, evaluate, pte_logits_fn
+    from handheld.tokenizer import Tokenizer
+
+    text_path = Path(args.text)
+    if not text_path.is_file():
+        raise HandheldError(f"text file {text_path} not found")
+    tokenizer = Tokenizer(args.tokenizer)
+    ids = tokenizer.encode(text_path.read_text(encoding="utf-8"), bos=False)
+    if args.max_tokens:
+        ids = ids[: args.max_tokens]
+    if Path(args.model).is_dir():
+        from handheld.checkpoints import read_checkpoint
+        from handheld.quant.schemes import SchemeOptions, prepare_model
+
+        prepared = prepare_model(read_checkpoint(args.model), args.scheme, SchemeOptions(group_size=args.group_size),
+                                 max_seq_len=args.context, full_logits=True)
+        logits_fn, label = eager_logits_fn(prepared.model), f"eager, scheme {prepared.label}"
+    else:
+        from handheld.runtime_bindings.pte import PteProgram
+
+        program = PteProgram(args.model)
+        if args.context > program.max_seq_len:
+            raise HandheldError(f"--context {args.context} exceeds {args.model}'s max sequence length {program.max_seq_len}")
+        logits_fn, label = pte_logits_fn(program), f".pte, scheme {program.metadata.get('handheld_scheme')}"
+    reference_fn = None
+    if args.reference:
+        from handheld.checkpoints import load_model
+
+        reference_fn = eager_logits_fn(load_model(args.reference, max_seq_len=args.context))
+    result = evaluate(logits_fn, ids, args.context, args.stride, reference_fn=reference_fn)
+    if args.json:
+        print(json.dumps({"model": str(args.model), "mode": label, "text": str(text_path), **result.as_dict()}, indent=2))
+        return
+    line = f"{args.model} ({label}): perplexity {result.perplexity:.4f} over {result.tokens_scored} tokens " \
+           f"(context {result.context}, stride {result.stride})"
+    if result.top1_agreement is not None:
+        line += f" | top-1 agreement {result.top1_agreement:.2%} | mean KL {result.mean_kl:.5f} nats"
+    print(line)
+
+
 def cmd_demo(args: argparse.Namespace) -> None:
     from handheld.demo import run_demo
 
@@ -147,6 +189,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--backend", default="xnnpack", help="delegate to lower to (xnnpack, ...)")
     p.add_argument("--max-seq-len", type=int, default=DEFAULT_MAX_SEQ_LEN, help="KV cache length: prompt + generated tokens")
     p.add_argument("--tokenizer", help="tokenizer.model for the BOS/EOS ids (default: the checkpoint's own)")
+    p.add_argument("--full-logits", action="store_true", help="return logits for every position (needed by `handheld eval`)")
     p.add_argument("-o", "--output", required=True, help=".pte file to write (written atomically)")
     p.set_defaults(func=cmd_export)
 
@@ -160,6 +203,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--group-size", type=int, default=32, help="checkpoints only: 4-bit group size")
     p.add_argument("--max-seq-len", type=int, default=DEFAULT_MAX_SEQ_LEN, help="checkpoints only: KV cache length")
     p.set_defaults(func=cmd_generate)
+
+    p = sub.add_parser("eval", help="perplexity of a .pte or a checkpoint on a text, and agreement with a float reference")
+    p.add_argument("model", help="a .pte exported with --full-logits, or a checkpoint directory (eager PyTorch)")
+    p.add_argument("--text", required=True, help="UTF-8 text file to score")
+    p.add_argument("--tokenizer", required=True, help="tiktoken tokenizer.model")
+    p.add_argument("--context", type=int, default=256, help="window length in tokens (default 256)")
+    p.add_argument("--stride", type=int, default=128, help="window step; each window scores its last `stride` tokens")
+    p.add_argument("--max-tokens", type=int, help="score only the text's first N tokens")
+    p.add_argument("--reference", help="float checkpoint to compare with: top-1 agreement and mean KL divergence")
+    p.add_argument("--scheme", help="checkpoints only: scheme applied in eager PyTorch (default fp32)")
+    p.add_argument("--group-size", type=int, default=32, help="checkpoints only: 4-bit group size")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("demo", help="the main job: build, export, run and compare the built-in default model")
     p.add_argument("--out", default="handheld-demo", help="folder for checkpoints, programs and the report")
