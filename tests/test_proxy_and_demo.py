@@ -3,7 +3,6 @@
 import json
 
 import pytest
-import torch
 
 from handheld.checkpoints import TOKENIZER, load_model, read_checkpoint
 from handheld.cli import main
