@@ -101,14 +101,18 @@ def _step_model(args: argparse.Namespace):
             raise HandheldError("--scheme applies to checkpoint directories; a .pte already has its scheme")
         program = PteProgram(args.model)
         return program, program.eos_ids, program.vocab_size
+    prepared = _eager_model(args, max_seq_len=args.max_seq_len, full_logits=False)
+    print(f"[eager PyTorch, scheme {prepared.label}]", file=sys.stderr)
+    return EagerRunner(prepared.model), [], prepared.model.args.vocab_size
+
+
+def _eager_model(args: argparse.Namespace, max_seq_len: int, full_logits: bool):
+    """A checkpoint directory's model under `--scheme` / `--group-size`, in eager PyTorch."""
     from handheld.checkpoints import read_checkpoint
     from handheld.quant.schemes import SchemeOptions, prepare_model
 
-    checkpoint = read_checkpoint(args.model)
-    prepared = prepare_model(checkpoint, args.scheme, SchemeOptions(group_size=args.group_size),
-                             max_seq_len=args.max_seq_len, full_logits=False)
-    print(f"[eager PyTorch, scheme {prepared.label}]", file=sys.stderr)
-    return EagerRunner(prepared.model), [], checkpoint.args.vocab_size
+    return prepare_model(read_checkpoint(args.model), args.scheme, SchemeOptions(group_size=args.group_size),
+                         max_seq_len=max_seq_len, full_logits=full_logits)
 
 
 def cmd_eval(args: argparse.Namespace) -> None:
@@ -123,11 +127,7 @@ def cmd_eval(args: argparse.Namespace) -> None:
     if args.max_tokens:
         ids = ids[: args.max_tokens]
     if Path(args.model).is_dir():
-        from handheld.checkpoints import read_checkpoint
-        from handheld.quant.schemes import SchemeOptions, prepare_model
-
-        prepared = prepare_model(read_checkpoint(args.model), args.scheme, SchemeOptions(group_size=args.group_size),
-                                 max_seq_len=args.context, full_logits=True)
+        prepared = _eager_model(args, max_seq_len=args.context, full_logits=True)
         logits_fn, label = eager_logits_fn(prepared.model), f"eager, scheme {prepared.label}"
     else:
         from handheld.runtime_bindings.pte import PteProgram

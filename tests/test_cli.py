@@ -69,10 +69,15 @@ def test_missing_checkpoint(capsys, tmp_path):
     assert_nothing_written(tmp_path)
 
 
-def test_truncated_checkpoint(capsys, tmp_path):
+def _odd_checkpoint_dir(tmp_path):
     ckpt = tmp_path / "ckpt"
     ckpt.mkdir()
     write_checkpoint(ckpt, ODD_ARGS, odd_state(), "meta")
+    return ckpt
+
+
+def test_truncated_checkpoint(capsys, tmp_path):
+    ckpt = _odd_checkpoint_dir(tmp_path)
     weights = ckpt / "consolidated.00.pth"
     weights.write_bytes(weights.read_bytes()[:5000])
     code, _, err = run_cli(capsys, "export", "--checkpoint", str(ckpt), "-o", str(tmp_path / "m.pte"))
@@ -81,9 +86,7 @@ def test_truncated_checkpoint(capsys, tmp_path):
 
 
 def test_params_disagreeing_with_weights(capsys, tmp_path):
-    ckpt = tmp_path / "ckpt"
-    ckpt.mkdir()
-    write_checkpoint(ckpt, ODD_ARGS, odd_state(), "meta")
+    ckpt = _odd_checkpoint_dir(tmp_path)
     params = json.loads((ckpt / "params.json").read_text()) | {"n_kv_heads": 4}
     (ckpt / "params.json").write_text(json.dumps(params))
     code, _, err = run_cli(capsys, "export", "--checkpoint", str(ckpt), "-o", str(tmp_path / "m.pte"))
