@@ -152,6 +152,27 @@ def cmd_eval(args: argparse.Namespace) -> None:
     print(line)
 
 
+def cmd_spinquant(args: argparse.Namespace) -> None:
+    from handheld.distributed import join_group, leave_group
+    from handheld.recipes.spinquant import SpinQuantOptions, run_spinquant
+
+    options = SpinQuantOptions(
+        checkpoint=Path(args.checkpoint), calib=Path(args.calib), output=Path(args.output), steps=args.steps, lr=args.lr,
+        seq_len=args.seq_len, samples=args.samples, batch_size=args.batch_size, weight_quant=args.weight_quant,
+        group_size=args.group_size, seed=args.seed, resume=args.resume, save_every=args.save_every,
+        tokenizer=Path(args.tokenizer) if args.tokenizer else None,
+    )
+    group = join_group()
+    try:
+        result = run_spinquant(options, group)
+    finally:
+        leave_group(group)
+    if group.is_main:
+        losses = f"quantized loss {result.first_loss:.4f} -> {result.last_loss:.4f} | " if result.steps else ""
+        print(f"wrote SpinQuant checkpoint ({options.weight_quant.upper()}) to {options.output} | {losses}"
+              f"learning {result.learn_seconds:.0f} s, quantization {result.quantize_seconds:.0f} s")
+
+
 def cmd_demo(args: argparse.Namespace) -> None:
     from handheld.demo import run_demo
 
@@ -216,6 +237,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--group-size", type=int, default=32, help="checkpoints only: 4-bit group size")
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser(
+        "spinquant", help="learn SpinQuant rotations on calibration text and write Meta's SpinQuant checkpoint",
+        description="Fold norms, learn R1/R2 by Cayley SGD on the 8da4w fake-quantized loss, fold R4 (online "
+        "Hadamard), quantize with RTN or GPTQ, and write Meta's pre-quantized SpinQuant layout. Runs data-parallel "
+        "under `torchrun --nproc-per-node N` (gloo on CPU, NCCL on GPUs).")
+    p.add_argument("--checkpoint", required=True, help="float checkpoint directory (Meta or Hugging Face format)")
+    p.add_argument("--calib", required=True, help="plain UTF-8 calibration text")
+    p.add_argument("-o", "--output", required=True, help="directory to write (created atomically)")
+    p.add_argument("--steps", type=int, default=100, help="Cayley SGD steps (default 100, as the paper)")
+    p.add_argument("--lr", type=float, default=1.5, help="Cayley SGD learning rate (default 1.5, as the paper)")
+    p.add_argument("--seq-len", type=int, default=256, help="calibration sequence length in tokens")
+    p.add_argument("--samples", type=int, default=128, help="calibration sequences drawn from the text (default 128)")
+    p.add_argument("--batch-size", type=int, default=4, help="sequences per step, over all processes")
+    p.add_argument("--weight-quant", default="rtn", help="rtn (round to nearest) or gptq (its own calibration pass)")
+    p.add_argument("--group-size", type=int, default=32, help="4-bit weight group size (default 32)")
+    p.add_argument("--seed", type=int, default=0, help="seeds the initial random Hadamards and the sample order")
+    p.add_argument("--save-every", type=int, default=10, help="save resumable state every N steps")
+    p.add_argument("--resume", action="store_true", help="continue an interrupted run from OUTPUT.resume/")
+    p.add_argument("--tokenizer", help="tokenizer.model (default: the checkpoint's own)")
+    p.set_defaults(func=cmd_spinquant)
 
     p = sub.add_parser("demo", help="the main job: build, export, run and compare the built-in default model")
     p.add_argument("--out", default="handheld-demo", help="folder for checkpoints, programs and the report")

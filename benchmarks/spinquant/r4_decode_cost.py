@@ -1,0 +1,89 @@
+"""What SpinQuant's online R4 Hadamard costs at decode time, on a given checkpoint's shape.
+
+Builds two 8da4w programs from one float checkpoint (random weights are fine: speed does not depend
+on values): plain, and with R4 folded into every down projection and applied online. Then runs both
+alternately in this process on the same synthetic prompt and prints decode/prefill tok/s for each.
+
+    python benchmarks/spinquant/r4_decode_cost.py --checkpoint CKPT --work DIR [--baseline-pte PLAIN.pte]
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import statistics
+from pathlib import Path
+
+import torch
+
+
+def write_r4_checkpoint(checkpoint: Path, out: Path) -> None:
+    from handheld.atomic import atomic_dir
+    from handheld.checkpoints import load_model, read_checkpoint
+    from handheld.checkpoints.prequantized import write_prequantized
+    from handheld.config import QuantizationArgs
+    from handheld.quant.mobile_8da4w import quantize_8da4w
+    from handheld.quant.spinquant_r4 import fold_r4
+
+    args = read_checkpoint(checkpoint).args
+    model = quantize_8da4w(fold_r4(load_model(checkpoint, max_seq_len=8).float()), group_size=32)
+    spin_args = dataclasses.replace(args, quantization_args=QuantizationArgs(group_size=32, spinquant=True))
+    with atomic_dir(out) as tmp:
+        write_prequantized(tmp, spin_args, model)
+
+
+def export(checkpoint: Path, pte: Path, scheme: str | None, max_seq_len: int) -> None:
+    from handheld.export.program import export_checkpoint
+
+    if not pte.exists():
+        export_checkpoint(checkpoint, pte, scheme_name=scheme, backend_name="xnnpack", max_seq_len=max_seq_len,
+                          log=lambda m: print(f"[export {pte.name}] {m}", flush=True))
+
+
+def measure(ptes: dict[str, Path], prompt_len: int, gen_len: int, runs: int) -> dict:
+    from handheld.runtime_bindings.generation import generate
+    from handheld.runtime_bindings.pte import PteProgram
+
+    programs = {name: PteProgram(path) for name, path in ptes.items()}
+    prompt = [int(t) for t in torch.randint(1000, 100000, (prompt_len,), generator=torch.Generator().manual_seed(0))]
+    rows = {name: [] for name in programs}
+    for run in range(runs + 1):  # the first round warms up
+        for name, program in programs.items():
+            _, stats = generate(program, prompt, gen_len, stop_ids=[])
+            print(f"run {run} {name}: {stats.line()}", flush=True)
+            if run:
+                rows[name].append(stats.as_dict())
+    return {name: {k: statistics.median(r[k] for r in runs_) for k in ("decode_tok_s", "prefill_tok_s", "ttft_s")}
+            for name, runs_ in rows.items()}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--checkpoint", type=Path, required=True, help="float checkpoint (e.g. handheld init-random --model llama3.2-1b)")
+    parser.add_argument("--work", type=Path, required=True, help="folder for the R4 checkpoint and the programs")
+    parser.add_argument("--baseline-pte", type=Path, help="an existing plain 8da4w program of the same checkpoint")
+    parser.add_argument("--prompt-len", type=int, default=64)
+    parser.add_argument("--gen-len", type=int, default=60)
+    parser.add_argument("--max-seq-len", type=int, default=128, help="KV cache length of both programs")
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--json", type=Path, help="write the medians here")
+    args = parser.parse_args()
+
+    args.work.mkdir(parents=True, exist_ok=True)
+    r4_checkpoint = args.work / "r4_checkpoint"
+    if not r4_checkpoint.exists():
+        write_r4_checkpoint(args.checkpoint, r4_checkpoint)
+    plain = args.baseline_pte or args.work / "8da4w.pte"
+    export(args.checkpoint, plain, "8da4w", args.max_seq_len)
+    export(r4_checkpoint, args.work / "8da4w_r4.pte", None, args.max_seq_len)
+    result = measure({"8da4w": plain, "8da4w + online R4": args.work / "8da4w_r4.pte"}, args.prompt_len, args.gen_len, args.runs)
+    base, r4 = result["8da4w"]["decode_tok_s"], result["8da4w + online R4"]["decode_tok_s"]
+    result["decode_cost_percent"] = 100 * (base - r4) / base
+    print(json.dumps(result, indent=2))
+    if args.json:
+        args.json.write_text(json.dumps(result, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()

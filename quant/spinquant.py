@@ -1,0 +1,96 @@
+"""SpinQuant's rotations (Liu et al. 2024) as transforms on a float Llama.
+
+With row-vector activations and weights W[out, in]:
+- `fold_norms`: every RMSNorm gain moves into the linears that read the norm's output (W <- W diag(g)),
+  so the norms become weightless and commute with a rotation of the residual stream;
+- R1 (dim x dim) rotates the residual stream h -> h R1: the embedding E <- E R1, every reader of the
+  stream (wq, wk, wv, w1, w3, output) W <- W R1, every writer (wo, w2) W <- R1^T W;
+- R2 (head_dim x head_dim, one per layer) rotates each head's values: wv's head rows Wv_h <- R2^T Wv_h,
+  wo's head columns Wo_h <- Wo_h R2 (attention mixes positions, not features, so it commutes);
+- R4 (`spinquant_r4.fold_r4`) is a fixed Hadamard before each w2, folded in and applied online.
+Without quantization every step leaves the network's function unchanged; with it, rotated weights and
+activations have fewer outliers, so 4-bit groups and 8-bit tokens lose less.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from handheld.config import ModelArgs
+from handheld.hadamard import check_hadamard_size, random_hadamard
+from handheld.quant.mobile_8da4w import untie_embedding
+
+READERS = ("attention.wq", "attention.wk", "attention.wv", "feed_forward.w1", "feed_forward.w3")
+WRITERS = ("attention.wo", "feed_forward.w2")
+
+
+@dataclass
+class Rotations:
+    r1: torch.Tensor  # [dim, dim]
+    r2: torch.Tensor  # [n_layers, head_dim, head_dim]
+
+
+def check_rotatable(args: ModelArgs) -> None:
+    check_hadamard_size(args.dim, "the model width (SpinQuant's R1)")
+    check_hadamard_size(args.attn_head_dim, "the head dimension (SpinQuant's R2)")
+    check_hadamard_size(args.ffn_hidden_dim, "the FFN width (SpinQuant's online R4)")
+
+
+def initial_rotations(args: ModelArgs, seed: int) -> Rotations:
+    """Random Hadamard matrices, the paper's starting point (better than random orthogonal ones)."""
+    gen = torch.Generator().manual_seed(seed)
+    r1 = random_hadamard(args.dim, gen)
+    r2 = torch.stack([random_hadamard(args.attn_head_dim, gen) for _ in range(args.n_layers)])
+    return Rotations(r1, r2)
+
+
+def fold_norms(model: nn.Module) -> nn.Module:
+    """Untie the classifier, then move every RMSNorm gain into the linears that read the norm."""
+    model = untie_embedding(model)
+    with torch.no_grad():
+        for layer in model.layers:
+            for norm, readers in ((layer.attention_norm, READERS[:3]), (layer.ffn_norm, READERS[3:])):
+                for name in readers:
+                    layer.get_submodule(name).weight.mul_(norm.weight[None, :])
+                norm.weight.fill_(1.0)
+        model.output.weight.mul_(model.norm.weight[None, :])
+        model.norm.weight.fill_(1.0)
+    return model
+
+
+def rotated_state(state: dict[str, torch.Tensor], rotations: Rotations, args: ModelArgs) -> dict[str, torch.Tensor]:
+    """The rotated weights of a norm-folded model, as a differentiable function of the rotations."""
+    r1 = rotations.r1.to(state["output.weight"].dtype)
+    out = {"tok_embeddings.weight": state["tok_embeddings.weight"] @ r1, "output.weight": state["output.weight"] @ r1}
+    head_dim = args.attn_head_dim
+    for i in range(args.n_layers):
+        prefix = f"layers.{i}."
+        r2 = rotations.r2[i].to(r1.dtype)
+        for name in READERS:
+            out[f"{prefix}{name}.weight"] = state[f"{prefix}{name}.weight"] @ r1
+        wv = out[f"{prefix}attention.wv.weight"]
+        out[f"{prefix}attention.wv.weight"] = (r2.T @ wv.reshape(-1, head_dim, args.dim)).reshape(wv.shape)
+        wo = state[f"{prefix}attention.wo.weight"]
+        wo = (wo.reshape(args.dim, -1, head_dim) @ r2).reshape(wo.shape)
+        out[f"{prefix}attention.wo.weight"] = r1.T @ wo
+        out[f"{prefix}feed_forward.w2.weight"] = r1.T @ state[f"{prefix}feed_forward.w2.weight"]
+    return out
+
+
+def rotatable_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The weights `rotated_state` reads (every linear and the embedding), detached."""
+    return {name: p.detach() for name, p in model.named_parameters() if not name.endswith("norm.weight")}
+
+
+def apply_rotations(model: nn.Module, rotations: Rotations) -> nn.Module:
+    """Merge R1 and R2 into a norm-folded model's weights (computed in float64, stored in their dtype)."""
+    state = {k: v.double() for k, v in rotatable_state(model).items()}
+    merged = rotated_state(state, Rotations(rotations.r1.double(), rotations.r2.double()), model.args)
+    with torch.no_grad():
+        for name, value in merged.items():
+            param = model.get_parameter(name)
+            param.copy_(value.to(param.dtype))
+    return model

@@ -1,0 +1,217 @@
+"""SpinQuant: rotations preserve the function, stay orthogonal and lower the quantized loss; the job
+resumes exactly, scales out over processes, and its checkpoint exports to a `.pte` matching eager."""
+
+import copy
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from conftest import BYTE_ARGS, ODD_ARGS, PARITY_MAX_SEQ_LEN, odd_state
+from handheld.checkpoints import build_model, read_checkpoint, write_checkpoint
+from handheld.distributed import Group
+from handheld.errors import HandheldError
+from handheld.hadamard import hadamard_matrix
+from handheld.model import Transformer
+from handheld.quant.fake_quant import prepare_fake_quant
+from handheld.quant.gptq import gptq_quantize, group_scales, round_to_grid
+from handheld.quant.spinquant import Rotations, apply_rotations, fold_norms, initial_rotations, rotatable_state
+from handheld.quant.spinquant_learn import LearnState, cayley_step, learn_rotations, quantized_loss
+from handheld.quant.spinquant_r4 import fold_r4
+from handheld.recipes.spinquant import SpinQuantOptions, run_spinquant
+
+TOKENS = torch.randint(0, ODD_ARGS.vocab_size, (2, 24), generator=torch.Generator().manual_seed(0))
+
+
+def odd_model(dtype=torch.float64):
+    model = Transformer(ODD_ARGS, max_seq_len=32)
+    model.load_state_dict(odd_state(), strict=False)
+    return model.to(dtype).eval()
+
+
+def random_orthogonal(n, seed, batch=()):
+    gen = torch.Generator().manual_seed(seed)
+    return torch.linalg.qr(torch.randn(*batch, n, n, generator=gen, dtype=torch.float64))[0]
+
+
+def test_hadamard_sizes_of_llama_and_odd_shapes_are_orthonormal():
+    for n in (24, 96, 160, 192, 2048, 3072):
+        h = hadamard_matrix(n)
+        torch.testing.assert_close(h @ h.T, torch.eye(n, dtype=torch.float64), atol=1e-12, rtol=0)
+        assert set(torch.unique((h * n**0.5).round()).tolist()) == {-1.0, 1.0}
+
+
+def test_rotations_are_function_preserving_without_quantization():
+    model = odd_model()
+    with torch.no_grad():
+        reference = model.forward_batch(TOKENS)
+        rotated = fold_r4(fold_norms(model))
+        # Arbitrary orthogonal matrices, not only Hadamards: any rotation must preserve the function.
+        rotations = Rotations(random_orthogonal(ODD_ARGS.dim, 1), random_orthogonal(ODD_ARGS.attn_head_dim, 2, (ODD_ARGS.n_layers,)))
+        rotated = apply_rotations(rotated, rotations)
+        assert all(layer.attention_norm.weight.eq(1).all() for layer in rotated.layers)
+        after = rotated.forward_batch(TOKENS)
+    torch.testing.assert_close(after, reference, atol=1e-6, rtol=1e-6)  # fp32 Hadamard constants bound it
+
+
+def _fake_quant_setup():
+    base = fold_r4(fold_norms(odd_model(torch.float32)))
+    fq = prepare_fake_quant(copy.deepcopy(base))
+    for p in fq.parameters():
+        p.requires_grad_(False)
+    return fq, rotatable_state(fq)
+
+
+def _loss_and_grads(fq, frozen, rotations, tokens):
+    r1 = rotations.r1.float().requires_grad_(True)
+    r2 = rotations.r2.float().requires_grad_(True)
+    loss = quantized_loss(fq, frozen, Rotations(r1, r2), tokens)
+    return loss.item(), torch.autograd.grad(loss, (r1, r2))
+
+
+def test_cayley_step_decreases_the_quantized_loss_on_a_fixed_batch():
+    fq, frozen = _fake_quant_setup()
+    rotations = initial_rotations(ODD_ARGS, seed=0)
+    before, (g1, g2) = _loss_and_grads(fq, frozen, rotations, TOKENS)
+    stepped = Rotations(cayley_step(rotations.r1, g1, 0.5), cayley_step(rotations.r2, g2, 0.5))
+    after, _ = _loss_and_grads(fq, frozen, stepped, TOKENS)
+    assert after < before - 1e-4, (before, after)
+
+
+def test_learned_rotations_stay_orthogonal():
+    fq, _ = _fake_quant_setup()
+    state = learn_rotations(fq, LearnState(0, initial_rotations(ODD_ARGS, seed=0)), steps=5, lr=2.0,
+                            batch_for_step=lambda step: TOKENS, group=Group())
+    eye = torch.eye(ODD_ARGS.dim, dtype=torch.float64)
+    assert not torch.allclose(state.rotations.r1, initial_rotations(ODD_ARGS, seed=0).r1)
+    torch.testing.assert_close(state.rotations.r1 @ state.rotations.r1.T, eye, atol=1e-10, rtol=0)
+    r2 = state.rotations.r2
+    torch.testing.assert_close(r2 @ r2.transpose(1, 2), torch.eye(r2.shape[-1], dtype=torch.float64).expand_as(r2), atol=1e-10, rtol=0)
+
+
+def test_gptq_beats_rtn_on_the_layer_reconstruction_error():
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(512, 64, generator=gen) @ torch.randn(64, 64, generator=gen)  # correlated inputs
+    w = torch.randn(48, 64, generator=gen)
+    values, scales = gptq_quantize(w, 2 * x.T.double() @ x.double(), group_size=32)
+    assert values.dtype == torch.int8 and values.min() >= -8 and values.max() <= 7
+    dequant = lambda v, s: (v.float().reshape(48, 2, 32) * s[..., None]).reshape(48, 64)
+    rtn_scales = group_scales(w.reshape(96, 32)).reshape(48, 2)  # the same grid, rounded to nearest
+    rtn = round_to_grid(w.reshape(48, 2, 32), rtn_scales[..., None])
+    err_gptq = (x @ (w - dequant(values, scales)).T).norm()
+    err_rtn = (x @ (w - dequant(rtn, rtn_scales)).T).norm()
+    assert err_gptq < 0.8 * err_rtn, (err_gptq, err_rtn)
+
+
+def options(checkpoint, calib, output, **overrides):
+    settings = dict(steps=3, lr=1.0, seq_len=32, samples=8, batch_size=4, save_every=1)
+    settings.update(overrides)
+    return SpinQuantOptions(checkpoint=checkpoint, calib=calib, output=output, **settings)
+
+
+def read_state(directory):
+    return read_checkpoint(directory).state
+
+
+def assert_same_state(a, b):
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+
+
+@pytest.fixture(scope="module")
+def spinquant_rtn(byte_checkpoint, calib_text, tmp_path_factory):
+    out = tmp_path_factory.mktemp("sq") / "rtn"
+    result = run_spinquant(options(byte_checkpoint, calib_text, out), Group(), progress=False)
+    return out, result
+
+
+def test_job_writes_metas_spinquant_layout(spinquant_rtn):
+    out, result = spinquant_rtn
+    checkpoint = read_checkpoint(out)
+    assert checkpoint.args.quantization_args.spinquant and checkpoint.args.quantization_args.group_size == 32
+    assert checkpoint.scheme_label == "spinquant"
+    assert checkpoint.args.architecture() == BYTE_ARGS.architecture()
+    assert (out / "tokenizer.model").is_file()
+    assert not (out.parent / "rtn.resume").exists()
+    assert result.first_loss is not None and result.steps == 3
+
+
+def test_resume_after_an_interruption_ends_identical(byte_checkpoint, calib_text, spinquant_rtn, tmp_path, monkeypatch):
+    import handheld.quant.spinquant_learn as learn
+
+    calls = {"n": 0}
+    real_step = learn.cayley_step
+
+    def dying_step(*args):
+        calls["n"] += 1
+        if calls["n"] == 5:  # during step 3, after step 2's state was saved
+            raise KeyboardInterrupt
+        return real_step(*args)
+
+    out = tmp_path / "resumed"
+    monkeypatch.setattr(learn, "cayley_step", dying_step)
+    with pytest.raises(KeyboardInterrupt):
+        run_spinquant(options(byte_checkpoint, calib_text, out), Group(), progress=False)
+    assert not out.exists() and (tmp_path / "resumed.resume" / "state.pt").is_file()
+    monkeypatch.setattr(learn, "cayley_step", real_step)
+    with pytest.raises(HandheldError, match="--resume"):
+        run_spinquant(options(byte_checkpoint, calib_text, out), Group(), progress=False)
+    with pytest.raises(HandheldError, match="another model, data or settings"):
+        run_spinquant(options(byte_checkpoint, calib_text, out, lr=0.5, resume=True), Group(), progress=False)
+    run_spinquant(options(byte_checkpoint, calib_text, out, resume=True), Group(), progress=False)
+    assert_same_state(read_state(out), read_state(spinquant_rtn[0]))
+
+
+def test_two_gloo_processes_match_one(byte_checkpoint, calib_text, spinquant_rtn, tmp_path):
+    out = tmp_path / "two"
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "-m", "handheld",
+               "spinquant", "--checkpoint", str(byte_checkpoint), "--calib", str(calib_text), "-o", str(out),
+               "--steps", "3", "--lr", "1.0", "--seq-len", "32", "--samples", "8", "--batch-size", "4"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(command, capture_output=True, text=True, timeout=600, env=env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    # Gradients are summed sequence by sequence in global order: bit-identical, not merely close.
+    assert_same_state(read_state(out), read_state(spinquant_rtn[0]))
+
+
+def test_gptq_checkpoint_exports_and_the_pte_matches_eager(byte_checkpoint, calib_text, tmp_path):
+    from handheld.export.program import export_checkpoint
+    from handheld.runtime_bindings.generation import EagerRunner
+    from handheld.runtime_bindings.pte import PteProgram
+
+    out = tmp_path / "gptq"
+    run_spinquant(options(byte_checkpoint, calib_text, out, weight_quant="gptq", steps=1), Group(), progress=False)
+    pte = tmp_path / "gptq.pte"
+    export_checkpoint(out, pte, scheme_name=None, backend_name="xnnpack", max_seq_len=PARITY_MAX_SEQ_LEN, log=lambda _: None)
+    program = PteProgram(pte)
+    assert program.metadata["handheld_scheme"] == "spinquant"
+    eager = EagerRunner(build_model(read_checkpoint(out), PARITY_MAX_SEQ_LEN, full_logits=False))
+    position, tokens = 0, [104, 101, 108, 108, 111, 32]
+    for step in range(6):
+        ours, oracle = program.forward(tokens, position)[-1], eager.forward(tokens, position)[-1]
+        torch.testing.assert_close(ours, oracle, atol=0.02, rtol=0.02, msg=lambda m: f"step {step}: {m}")
+        position += len(tokens)
+        tokens = [int(oracle.argmax())]
+
+
+def test_clear_errors(byte_checkpoint, calib_text, spinquant_rtn, tmp_path):
+    short = tmp_path / "short.txt"
+    short.write_text("too short")
+    with pytest.raises(HandheldError, match="fewer than one sequence"):
+        run_spinquant(options(byte_checkpoint, short, tmp_path / "a"), Group(), progress=False)
+    with pytest.raises(HandheldError, match="already quantized"):
+        run_spinquant(options(spinquant_rtn[0], calib_text, tmp_path / "b"), Group(), progress=False)
+    with pytest.raises(HandheldError, match="unknown --weight-quant"):
+        options(byte_checkpoint, calib_text, tmp_path / "c", weight_quant="awq")
+    import dataclasses
+    from handheld.checkpoints import random_state
+
+    odd_width = dataclasses.replace(BYTE_ARGS, dim=80, n_heads=4, n_kv_heads=2)  # 80 = 5 * 16: no Hadamard
+    bad = tmp_path / "dim80"
+    write_checkpoint(bad, odd_width, random_state(odd_width, seed=0), "meta")
+    with pytest.raises(HandheldError, match="model width .* is 80"):
+        run_spinquant(options(bad, calib_text, tmp_path / "d"), Group(), progress=False)
+    assert not any(p.name in ("a", "b", "c", "d") for p in tmp_path.iterdir())
