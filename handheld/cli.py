@@ -173,6 +173,30 @@ def cmd_spinquant(args: argparse.Namespace) -> None:
               f"learning {result.learn_seconds:.0f} s, quantization {result.quantize_seconds:.0f} s")
 
 
+def cmd_qat(args: argparse.Namespace) -> None:
+    from handheld.distributed import join_group, leave_group
+    from handheld.recipes.qat import QatOptions, run_qat
+    from handheld.training import TrainConfig
+
+    train = TrainConfig(steps=args.steps, lr=args.lr, batch_size=args.batch_size, grad_accum=args.grad_accum,
+                        warmup=args.warmup, eval_every=args.eval_every, save_every=args.save_every, seed=args.seed)
+    options = QatOptions(
+        checkpoint=Path(args.checkpoint), data=Path(args.data), output=Path(args.output), phase=args.phase, train=train,
+        lora_lr=args.lora_lr, seq_len=args.seq_len, lora_rank=args.lora_rank, lora_alpha=args.lora_alpha,
+        group_size=args.group_size, resume=args.resume, tokenizer=Path(args.tokenizer) if args.tokenizer else None,
+    )
+    group = join_group()
+    try:
+        results = run_qat(options, group)
+    finally:
+        leave_group(group)
+    if group.is_main:
+        for r in results:
+            val = f", validation {r.validation[-1][1]:.4f}" if r.validation else ""
+            print(f"{r.phase}: {r.steps} steps, loss {r.first_loss:.4f} -> {r.last_loss:.4f}{val}, {r.tokens_per_s:.0f} tok/s")
+        print(f"wrote {options.phase} checkpoint to {options.output}")
+
+
 def cmd_demo(args: argparse.Namespace) -> None:
     from handheld.demo import run_demo
 
@@ -258,6 +282,33 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true", help="continue an interrupted run from OUTPUT.resume/")
     p.add_argument("--tokenizer", help="tokenizer.model (default: the checkpoint's own)")
     p.set_defaults(func=cmd_spinquant)
+
+    p = sub.add_parser(
+        "qat", help="quantization-aware fine-tuning, then LoRA on the frozen QAT backbone (Meta's QLoRA recipe)",
+        description="Fine-tune under 8da4w fake quantization (phase qat), then train LoRA adapters on the frozen "
+        "fake-quantized backbone (phase lora), and write Meta's pre-quantized QLoRA layout with the adapters unmerged. "
+        "--phase float fine-tunes without quantization (the fair baseline). Data: plain text, or .jsonl chat dialogs "
+        '({"messages": [{"role", "content"}, ...]}, loss on assistant tokens). Data-parallel under torchrun.')
+    p.add_argument("--checkpoint", required=True, help="float checkpoint directory (Meta or Hugging Face format)")
+    p.add_argument("--data", required=True, help="plain UTF-8 text, or .jsonl chat dialogs")
+    p.add_argument("-o", "--output", required=True, help="directory to write (created atomically)")
+    p.add_argument("--phase", default="both", help="qat, lora, both (qat then lora; default) or float")
+    p.add_argument("--steps", type=int, default=100, help="optimizer steps per phase (default 100)")
+    p.add_argument("--lr", type=float, default=2e-4, help="peak learning rate of full fine-tuning (qat, float)")
+    p.add_argument("--lora-lr", type=float, default=1e-3, help="peak learning rate of the adapters (lora)")
+    p.add_argument("--warmup", type=int, default=10, help="linear warm-up steps before the cosine decay")
+    p.add_argument("--batch-size", type=int, default=8, help="sequences per micro-batch, over all processes")
+    p.add_argument("--grad-accum", type=int, default=1, help="micro-batches per optimizer step")
+    p.add_argument("--seq-len", type=int, default=256, help="tokens per sequence")
+    p.add_argument("--lora-rank", type=int, default=16, help="adapter rank (Meta's files: 16)")
+    p.add_argument("--lora-alpha", type=float, default=32.0, help="adapter alpha; scale = alpha / rank (Meta's: 32)")
+    p.add_argument("--group-size", type=int, default=32, help="4-bit weight group size (default 32)")
+    p.add_argument("--eval-every", type=int, default=25, help="validation loss every N steps (5%% of the data held out)")
+    p.add_argument("--save-every", type=int, default=25, help="save resumable state every N steps")
+    p.add_argument("--seed", type=int, default=0, help="seeds the data order and the validation split")
+    p.add_argument("--resume", action="store_true", help="continue an interrupted run from OUTPUT.resume/")
+    p.add_argument("--tokenizer", help="tokenizer.model (default: the checkpoint's own)")
+    p.set_defaults(func=cmd_qat)
 
     p = sub.add_parser("demo", help="the main job: build, export, run and compare the built-in default model")
     p.add_argument("--out", default="handheld-demo", help="folder for checkpoints, programs and the report")

@@ -37,6 +37,15 @@ def fingerprint(**fields) -> str:
     return digest.hexdigest()
 
 
+def weights_digest(state: dict[str, torch.Tensor]) -> str:
+    """Tells checkpoints apart cheaply: every tensor's name, shape and first and last values."""
+    parts = {}
+    for name in sorted(state):
+        flat = state[name].detach().reshape(-1)
+        parts[name] = [list(state[name].shape), flat[:64].float().tolist(), flat[-64:].float().tolist()]
+    return fingerprint(weights=parts)
+
+
 def start_or_resume(output: Path, resume: bool, print_fingerprint: str) -> dict | None:
     """The saved state when resuming; None for a fresh start. Refuses to clobber or mix runs."""
     if output.exists() and any(output.iterdir()):

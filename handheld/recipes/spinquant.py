@@ -115,9 +115,10 @@ def _learn(base: nn.Module, sequences: torch.Tensor, options: SpinQuantOptions, 
     from handheld.quant.fake_quant import prepare_fake_quant
     from handheld.quant.spinquant import Rotations, initial_rotations
     from handheld.quant.spinquant_learn import LearnState, learn_rotations
-    from handheld.recipes.resume import discard_state, fingerprint, save_state, start_or_resume
+    from handheld.quant.spinquant import rotatable_state
+    from handheld.recipes.resume import discard_state, fingerprint, save_state, start_or_resume, weights_digest
 
-    print_ = fingerprint(architecture=base.args.architecture(), sequences=sequences, lr=options.lr, seed=options.seed,
+    print_ = fingerprint(weights=weights_digest(rotatable_state(base)), sequences=sequences, lr=options.lr, seed=options.seed,
                          batch_size=options.batch_size, group_size=options.group_size, world=group.world)
     saved = start_or_resume(options.output, options.resume, print_)
     if saved is None:
