@@ -1,9 +1,11 @@
 """`handheld demo`: the main job on the built-in default model, end to end, with a comparison report.
 
 The default is the project's proxy model (`handheld/proxy/`: a ~2.4M-parameter Llama 3.2-architecture
-model trained by `benchmarks/proxy/train_proxy.py` on the Python 3.11 documentation). Every scheme is
-exported to XNNPACK, scored on the shipped test text through the `.pte` (perplexity, and top-1
-agreement / KL against the float model) and timed in generation. Re-running reuses built programs.
+model trained by `benchmarks/proxy/train_proxy.py` on the Python 3.11 documentation). Besides the plain
+schemes, the demo runs both recipes briefly on the shipped calibration text (train split): SpinQuant
+(learned rotations, RTN) and QAT+LoRA. Every row is exported to XNNPACK, scored on the shipped test
+text through the `.pte` (perplexity, and top-1 agreement / KL against the float model) and timed in
+generation. Re-running reuses built checkpoints and programs.
 """
 
 from __future__ import annotations
@@ -21,7 +23,10 @@ from handheld.runtime_bindings.generation import generate
 from handheld.runtime_bindings.pte import PteProgram
 from handheld.tokenizer import Tokenizer
 
-DEMO_SCHEMES = ("fp32", "bf16", "8da4w")
+DEMO_SCHEMES = ("fp32", "bf16", "8da4w", "spinquant", "qat-lora")
+RECIPES = ("spinquant", "qat-lora")  # rows made by a recipe's checkpoint, not by a scheme at export
+SPINQUANT_STEPS = 30
+QAT_STEPS = 30  # per phase: QAT, then LoRA
 DEMO_PROMPT = "The dictionary type"
 CONTEXT, STRIDE = 256, 128
 NEW_TOKENS = 64
@@ -43,10 +48,11 @@ def run_demo(out: Path, log=print) -> Path:
     rows = []
     for i, scheme in enumerate(DEMO_SCHEMES, 1):
         pte = out / f"{scheme}.pte"
+        source = _recipe_checkpoint(scheme, checkpoint, out, log) if scheme in RECIPES else checkpoint
         log(f"[{i}/{len(DEMO_SCHEMES)}] {scheme}: " + (f"reusing {pte}" if pte.is_file() else "exporting to XNNPACK"))
         if not pte.is_file():
-            export_checkpoint(checkpoint, pte, scheme_name=scheme, backend_name="xnnpack", max_seq_len=CONTEXT,
-                              full_logits=True, log=lambda m: log(f"    {m}"))
+            export_checkpoint(source, pte, scheme_name=None if scheme in RECIPES else scheme, backend_name="xnnpack",
+                              max_seq_len=CONTEXT, full_logits=True, log=lambda m: log(f"    {m}"))
         program = PteProgram(pte)
         log("    evaluating on the test text through the .pte")
         quality = evaluate(pte_logits_fn(program), test_ids, CONTEXT, STRIDE, reference_fn=reference)
@@ -67,6 +73,32 @@ def run_demo(out: Path, log=print) -> Path:
     return report
 
 
+def _recipe_checkpoint(recipe: str, checkpoint: Path, out: Path, log) -> Path:
+    """The recipe's checkpoint, trained briefly on the shipped calibration text (reused when present)."""
+    from handheld.distributed import Group
+
+    target = out / f"{recipe}-checkpoint"
+    if target.exists():
+        return target
+    calib = checkpoint / "calib.txt"
+    started = time.perf_counter()
+    if recipe == "spinquant":
+        from handheld.recipes.spinquant import SpinQuantOptions, run_spinquant
+
+        log(f"    SpinQuant: learning R1/R2 for {SPINQUANT_STEPS} steps on {calib.name}")
+        run_spinquant(SpinQuantOptions(checkpoint=checkpoint, calib=calib, output=target, steps=SPINQUANT_STEPS,
+                                       samples=128, batch_size=4), Group(), progress=False)
+    else:
+        from handheld.recipes.qat import QatOptions, run_qat
+        from handheld.training import TrainConfig
+
+        log(f"    QAT+LoRA: {QAT_STEPS} QAT steps, then {QAT_STEPS} LoRA steps on {calib.name}")
+        train = TrainConfig(steps=QAT_STEPS, lr=3e-4, batch_size=8, warmup=5, eval_every=QAT_STEPS, save_every=QAT_STEPS)
+        run_qat(QatOptions(checkpoint=checkpoint, data=calib, output=target, phase="both", train=train), Group(), progress=False)
+    log(f"    trained in {time.perf_counter() - started:.0f} s")
+    return target
+
+
 def _markdown(rows: list[dict], card: dict) -> str:
     lines = [
         f"# handheld demo: proxy model ({card['parameters']:,} parameters), XNNPACK",
@@ -74,6 +106,10 @@ def _markdown(rows: list[dict], card: dict) -> str:
         f"Quality on the shipped test text ({rows[0]['tokens_scored']} tokens, context {CONTEXT}, stride {STRIDE}), "
         "measured through each `.pte`; agreement and KL against the float model in eager PyTorch. "
         "Speed: greedy generation on this machine, one run.",
+        "",
+        f"spinquant: R1/R2 learned for {SPINQUANT_STEPS} steps on the shipped calibration text (train split), RTN. "
+        f"qat-lora: {QAT_STEPS} QAT steps then {QAT_STEPS} LoRA steps on the same text, so it also had extra "
+        "training; `benchmarks/quality/recipes_on_proxy.py` compares it with a float model fine-tuned alike.",
         "",
         "| scheme | file (KiB) | perplexity | top-1 agreement | mean KL (nats) | TTFT (ms) | prefill tok/s | decode tok/s |",
         "|---|---:|---:|---:|---:|---:|---:|---:|",

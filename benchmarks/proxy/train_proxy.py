@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import sys
 import time
 from pathlib import Path
@@ -57,10 +56,9 @@ def val_loss(model, ids: torch.Tensor, seq_len: int, n_batches: int = 8) -> floa
 
 
 def learning_rate(step: int, steps: int, peak: float, warmup: int) -> float:
-    if step < warmup:
-        return peak * (step + 1) / warmup
-    progress = (step - warmup) / max(1, steps - warmup)
-    return peak * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
+    from handheld.training import TrainConfig, lr_at
+
+    return lr_at(step, TrainConfig(steps=steps, lr=peak, warmup=warmup))
 
 
 def main() -> None:
@@ -110,6 +108,9 @@ def main() -> None:
     write_checkpoint(args.out, ARGS, state, "meta")
     test_text = shipped_test_text(splits["test"])
     (args.out / "test.txt").write_text(test_text)
+    # The demo's SpinQuant calibration and QAT text: whole documents from the start of the train split.
+    calib = splits["train"][: splits["train"].rfind("\n\n", 0, 300_000)] + "\n"
+    (args.out / "calib.txt").write_text(calib)
     shipped = Transformer(ARGS, max_seq_len=EVAL_CONTEXT)
     shipped.load_state_dict({k: v.float() for k, v in state.items()}, strict=False)
     result = evaluate(eager_logits_fn(shipped.eval()), tok.encode(test_text), EVAL_CONTEXT, EVAL_STRIDE)
