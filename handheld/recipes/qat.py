@@ -77,9 +77,9 @@ def run_qat(options: QatOptions, group: Group, progress: bool = True) -> list[Ph
     train_set, val_set = _datasets(options, checkpoint)
     from handheld.recipes.resume import discard_state, fingerprint, start_or_resume, weights_digest
 
-    print_ = fingerprint(weights=weights_digest(checkpoint.state), tokens=train_set.tokens, mask=train_set.mask,
+    run_identity = fingerprint(weights=weights_digest(checkpoint.state), tokens=train_set.tokens, mask=train_set.mask,
                          options=dataclasses.asdict(dataclasses.replace(options, resume=False, output=Path("-"))))
-    saved = start_or_resume(options.output, options.resume, print_)
+    saved = start_or_resume(options.output, options.resume, run_identity)
     model = _float_model(checkpoint, options)
     phases = PHASES[options.phase]
     first = phases.index(saved["phase"]) if saved is not None else 0
@@ -88,7 +88,7 @@ def run_qat(options: QatOptions, group: Group, progress: bool = True) -> list[Ph
         model = _prepare(model, phase, options)
         if i < first:
             continue  # trained before the interruption: its weights are in the saved state
-        results.append(_train_phase(model, phase, train_set, val_set, options, group, print_,
+        results.append(_train_phase(model, phase, train_set, val_set, options, group, run_identity,
                                     saved if i == first else None, progress))
     if group.is_main:
         _write(model, checkpoint, options)
@@ -139,7 +139,7 @@ def _is_fake_quantized(model: nn.Module) -> bool:
     return any(hasattr(m, "weight_fake_quantizer") for m in model.modules())
 
 
-def _train_phase(model, phase, train_set, val_set, options, group, print_, saved, progress) -> PhaseResult:
+def _train_phase(model, phase, train_set, val_set, options, group, run_identity, saved, progress) -> PhaseResult:
     from handheld.quant.lora import freeze_all_but_adapters
     from handheld.recipes.resume import save_state
     from handheld.training import make_optimizer, train
@@ -161,7 +161,7 @@ def _train_phase(model, phase, train_set, val_set, options, group, print_, saved
 
     def save(s: TrainState) -> None:
         if group.is_main:
-            save_state(options.output, {"fingerprint": print_, "phase": phase, "step": s.step, "model": model.state_dict(),
+            save_state(options.output, {"fingerprint": run_identity, "phase": phase, "step": s.step, "model": model.state_dict(),
                                         "optimizer": optimizer.state_dict(), "losses": s.losses, "validation": s.validation})
 
     bar = _bar(config.steps, state.step, f"{phase} fine-tuning", progress and group.is_main)

@@ -118,9 +118,9 @@ def _learn(base: nn.Module, sequences: torch.Tensor, options: SpinQuantOptions, 
     from handheld.quant.spinquant import rotatable_state
     from handheld.recipes.resume import discard_state, fingerprint, save_state, start_or_resume, weights_digest
 
-    print_ = fingerprint(weights=weights_digest(rotatable_state(base)), sequences=sequences, lr=options.lr, seed=options.seed,
-                         batch_size=options.batch_size, group_size=options.group_size, world=group.world)
-    saved = start_or_resume(options.output, options.resume, print_)
+    run_identity = fingerprint(weights=weights_digest(rotatable_state(base)), sequences=sequences, lr=options.lr, seed=options.seed,
+                         batch_size=options.batch_size, group_size=options.group_size)
+    saved = start_or_resume(options.output, options.resume, run_identity)
     if saved is None:
         state = LearnState(0, initial_rotations(base.args, options.seed))
         losses: list[float] = []
@@ -135,7 +135,7 @@ def _learn(base: nn.Module, sequences: torch.Tensor, options: SpinQuantOptions, 
         bar.update(1)
         bar.set_postfix(loss=f"{loss:.4f}")
         if group.is_main and (new_state.step % options.save_every == 0 or new_state.step == options.steps):
-            save_state(options.output, {"fingerprint": print_, "step": new_state.step, "r1": new_state.rotations.r1,
+            save_state(options.output, {"fingerprint": run_identity, "step": new_state.step, "r1": new_state.rotations.r1,
                                         "r2": new_state.rotations.r2, "losses": losses})
 
     fake_quant_model = prepare_fake_quant(copy.deepcopy(base), options.group_size)

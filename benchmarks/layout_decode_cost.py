@@ -1,10 +1,11 @@
-"""What SpinQuant's online R4 Hadamard costs at decode time, on a given checkpoint's shape.
+"""What a recipe's pre-quantized layout costs at decode time over plain 8da4w, on a checkpoint's shape:
+SpinQuant's online R4 Hadamard (`--layout spinquant`) or QLoRA's unmerged rank-16 adapters (`--layout qlora`).
 
 Builds two 8da4w programs from one float checkpoint (random weights are fine: speed does not depend
-on values): plain, and with R4 folded into every down projection and applied online. Then runs both
-alternately in this process on the same synthetic prompt and prints decode/prefill tok/s for each.
+on values): plain, and in the layout. Then runs both alternately in this process on the same synthetic
+prompt and prints decode/prefill tok/s for each (medians over --runs after one warm-up round).
 
-    python benchmarks/spinquant/r4_decode_cost.py --checkpoint CKPT --work DIR [--baseline-pte PLAIN.pte]
+    python benchmarks/layout_decode_cost.py --layout spinquant --checkpoint CKPT --work DIR [--baseline-pte PLAIN.pte]
 """
 
 from __future__ import annotations
@@ -18,19 +19,28 @@ from pathlib import Path
 import torch
 
 
-def write_r4_checkpoint(checkpoint: Path, out: Path) -> None:
+LAYOUTS = ("spinquant", "qlora")
+
+
+def write_layout_checkpoint(checkpoint: Path, out: Path, layout: str) -> None:
     from handheld.atomic import atomic_dir
     from handheld.checkpoints import load_model, read_checkpoint
     from handheld.checkpoints.prequantized import write_prequantized
-    from handheld.config import QuantizationArgs
+    from handheld.config import LoraArgs, QuantizationArgs
+    from handheld.quant.lora import add_lora
     from handheld.quant.mobile_8da4w import quantize_8da4w
     from handheld.quant.spinquant_r4 import fold_r4
 
     args = read_checkpoint(checkpoint).args
-    model = quantize_8da4w(fold_r4(load_model(checkpoint, max_seq_len=8).float()), group_size=32)
-    spin_args = dataclasses.replace(args, quantization_args=QuantizationArgs(group_size=32, spinquant=True))
+    model = load_model(checkpoint, max_seq_len=8).float()
+    if layout == "spinquant":
+        model = quantize_8da4w(fold_r4(model), group_size=32)
+        layout_args = dataclasses.replace(args, quantization_args=QuantizationArgs(group_size=32, spinquant=True))
+    else:
+        model = add_lora(quantize_8da4w(model, group_size=32), rank=16, scale=2.0)  # Meta's released rank and alpha
+        layout_args = dataclasses.replace(args, quantization_args=QuantizationArgs(group_size=32), lora_args=LoraArgs(16, 2.0))
     with atomic_dir(out) as tmp:
-        write_prequantized(tmp, spin_args, model)
+        write_prequantized(tmp, layout_args, model)
 
 
 def export(checkpoint: Path, pte: Path, scheme: str | None, max_seq_len: int) -> None:
@@ -60,6 +70,7 @@ def measure(ptes: dict[str, Path], prompt_len: int, gen_len: int, runs: int) -> 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--layout", required=True, choices=LAYOUTS)
     parser.add_argument("--checkpoint", type=Path, required=True, help="float checkpoint (e.g. handheld init-random --model llama3.2-1b)")
     parser.add_argument("--work", type=Path, required=True, help="folder for the R4 checkpoint and the programs")
     parser.add_argument("--baseline-pte", type=Path, help="an existing plain 8da4w program of the same checkpoint")
@@ -71,15 +82,16 @@ def main() -> None:
     args = parser.parse_args()
 
     args.work.mkdir(parents=True, exist_ok=True)
-    r4_checkpoint = args.work / "r4_checkpoint"
-    if not r4_checkpoint.exists():
-        write_r4_checkpoint(args.checkpoint, r4_checkpoint)
+    layout_checkpoint = args.work / f"{args.layout}_checkpoint"
+    if not layout_checkpoint.exists():
+        write_layout_checkpoint(args.checkpoint, layout_checkpoint, args.layout)
     plain = args.baseline_pte or args.work / "8da4w.pte"
     export(args.checkpoint, plain, "8da4w", args.max_seq_len)
-    export(r4_checkpoint, args.work / "8da4w_r4.pte", None, args.max_seq_len)
-    result = measure({"8da4w": plain, "8da4w + online R4": args.work / "8da4w_r4.pte"}, args.prompt_len, args.gen_len, args.runs)
-    base, r4 = result["8da4w"]["decode_tok_s"], result["8da4w + online R4"]["decode_tok_s"]
-    result["decode_cost_percent"] = 100 * (base - r4) / base
+    layout_pte = args.work / f"{args.layout}.pte"
+    export(layout_checkpoint, layout_pte, None, args.max_seq_len)
+    result = measure({"8da4w": plain, args.layout: layout_pte}, args.prompt_len, args.gen_len, args.runs)
+    base, other = result["8da4w"]["decode_tok_s"], result[args.layout]["decode_tok_s"]
+    result["decode_cost_percent"] = 100 * (base - other) / base
     print(json.dumps(result, indent=2))
     if args.json:
         args.json.write_text(json.dumps(result, indent=2) + "\n")
