@@ -93,8 +93,10 @@ def _recipe_checkpoint(recipe: str, checkpoint: Path, out: Path, log) -> Path:
         from handheld.training import TrainConfig
 
         log(f"    QAT+LoRA: {QAT_STEPS} QAT steps, then {QAT_STEPS} LoRA steps on {calib.name}")
-        train = TrainConfig(steps=QAT_STEPS, lr=3e-4, batch_size=8, warmup=5, eval_every=QAT_STEPS, save_every=QAT_STEPS)
-        run_qat(QatOptions(checkpoint=checkpoint, data=calib, output=target, phase="both", train=train), Group(), progress=False)
+        # Small learning rates: a few steps on 300 KB should adapt to quantization, not drift to the sample.
+        train = TrainConfig(steps=QAT_STEPS, lr=3e-5, batch_size=8, warmup=5, eval_every=QAT_STEPS, save_every=QAT_STEPS)
+        run_qat(QatOptions(checkpoint=checkpoint, data=calib, output=target, phase="both", train=train, lora_lr=1e-4),
+                Group(), progress=False)
     log(f"    trained in {time.perf_counter() - started:.0f} s")
     return target
 

@@ -69,11 +69,12 @@ def test_demo_report_compares_every_scheme(demo_report, card):
     assert rows["fp32"]["perplexity"] == pytest.approx(card["test"]["perplexity"], rel=0.005)
     assert rows["8da4w"]["perplexity"] > rows["fp32"]["perplexity"]
     assert rows["8da4w"]["file_bytes"] < rows["bf16"]["file_bytes"] < rows["fp32"]["file_bytes"]
-    # The recipes ran briefly: their programs are 8da4w-sized and their models still work.
-    for recipe in ("spinquant", "qat-lora"):
+    # The recipes ran briefly: their programs are 8da4w-sized and their models still work. SpinQuant
+    # keeps the float function; QAT+LoRA fine-tunes, so its predictions may move further from the float's.
+    for recipe, min_agreement in (("spinquant", 0.9), ("qat-lora", 0.7)):
         assert rows[recipe]["file_bytes"] < 1.5 * rows["8da4w"]["file_bytes"]
         assert rows[recipe]["perplexity"] < 1.1 * rows["fp32"]["perplexity"]
-        assert rows[recipe]["top1_agreement"] > 0.8
+        assert rows[recipe]["top1_agreement"] > min_agreement
     assert "| 8da4w |" in (out / "report.md").read_text() and "| qat-lora |" in (out / "report.md").read_text()
 
 

@@ -209,9 +209,10 @@ def test_clear_errors(byte_checkpoint, calib_text, spinquant_rtn, tmp_path):
     import dataclasses
     from handheld.checkpoints import random_state
 
-    odd_width = dataclasses.replace(BYTE_ARGS, dim=80, n_heads=4, n_kv_heads=2)  # 80 = 5 * 16: no Hadamard
-    bad = tmp_path / "dim80"
+    odd_width = dataclasses.replace(BYTE_ARGS, dim=56)  # 56 = 28 * 2 and 27 is not prime: no Hadamard
+    bad = tmp_path / "dim56"
+    bad.mkdir()
     write_checkpoint(bad, odd_width, random_state(odd_width, seed=0), "meta")
-    with pytest.raises(HandheldError, match="model width .* is 80"):
+    with pytest.raises(HandheldError, match="model width .* is 56"):
         run_spinquant(options(bad, calib_text, tmp_path / "d"), Group(), progress=False)
     assert not any(p.name in ("a", "b", "c", "d") for p in tmp_path.iterdir())

@@ -24,3 +24,20 @@ def load_splits(root: Path = DOC_SOURCES) -> dict[str, str]:
     for path in files:
         parts[split_of(str(path.relative_to(root)))].append(path.read_text(encoding="utf-8"))
     return {name: "\n\n".join(texts) for name, texts in parts.items()}
+
+
+def calibration_text(root: Path = DOC_SOURCES, max_chars: int = 300_000) -> str:
+    """Whole training-split documents spread over the corpus (every k-th file), about `max_chars` long:
+    the shipped calibration / fine-tuning sample, representative of the training distribution."""
+    files = [p for p in sorted(root.rglob("*.rst.txt")) if split_of(str(p.relative_to(root))) == "train"]
+    if not files:
+        raise SystemExit(f"no documentation sources under {root}: {INSTALL_HINT}")
+    texts = [p.read_text(encoding="utf-8") for p in files]
+    step = max(1, round(sum(map(len, texts)) / max_chars))
+    picked, size = [], 0
+    for text in texts[::step]:
+        if size + len(text) > max_chars:
+            continue
+        picked.append(text)
+        size += len(text)
+    return "\n\n".join(picked) + "\n"

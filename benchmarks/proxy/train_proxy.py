@@ -108,9 +108,8 @@ def main() -> None:
     write_checkpoint(args.out, ARGS, state, "meta")
     test_text = shipped_test_text(splits["test"])
     (args.out / "test.txt").write_text(test_text)
-    # The demo's SpinQuant calibration and QAT text: whole documents from the start of the train split.
-    calib = splits["train"][: splits["train"].rfind("\n\n", 0, 300_000)] + "\n"
-    (args.out / "calib.txt").write_text(calib)
+    # The demo's SpinQuant calibration and QAT text: training documents spread over the corpus.
+    (args.out / "calib.txt").write_text(corpus.calibration_text())
     shipped = Transformer(ARGS, max_seq_len=EVAL_CONTEXT)
     shipped.load_state_dict({k: v.float() for k, v in state.items()}, strict=False)
     result = evaluate(eager_logits_fn(shipped.eval()), tok.encode(test_text), EVAL_CONTEXT, EVAL_STRIDE)
