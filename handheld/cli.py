@@ -267,20 +267,16 @@ def build_parser() -> argparse.ArgumentParser:
         description="Fold norms, learn R1/R2 by Cayley SGD on the 8da4w fake-quantized loss, fold R4 (online "
         "Hadamard), quantize with RTN or GPTQ, and write Meta's pre-quantized SpinQuant layout. Runs data-parallel "
         "under `torchrun --nproc-per-node N` (gloo on CPU, NCCL on GPUs).")
-    p.add_argument("--checkpoint", required=True, help="float checkpoint directory (Meta or Hugging Face format)")
+    _add_recipe_arguments(p)
     p.add_argument("--calib", required=True, help="plain UTF-8 calibration text")
-    p.add_argument("-o", "--output", required=True, help="directory to write (created atomically)")
     p.add_argument("--steps", type=int, default=100, help="Cayley SGD steps (default 100, as the paper)")
     p.add_argument("--lr", type=float, default=1.5, help="Cayley SGD learning rate (default 1.5, as the paper)")
     p.add_argument("--seq-len", type=int, default=256, help="calibration sequence length in tokens")
     p.add_argument("--samples", type=int, default=128, help="calibration sequences drawn from the text (default 128)")
     p.add_argument("--batch-size", type=int, default=4, help="sequences per step, over all processes")
     p.add_argument("--weight-quant", default="rtn", help="rtn (round to nearest) or gptq (its own calibration pass)")
-    p.add_argument("--group-size", type=int, default=32, help="4-bit weight group size (default 32)")
     p.add_argument("--seed", type=int, default=0, help="seeds the initial random Hadamards and the sample order")
     p.add_argument("--save-every", type=int, default=10, help="save resumable state every N steps")
-    p.add_argument("--resume", action="store_true", help="continue an interrupted run from OUTPUT.resume/")
-    p.add_argument("--tokenizer", help="tokenizer.model (default: the checkpoint's own)")
     p.set_defaults(func=cmd_spinquant)
 
     p = sub.add_parser(
@@ -289,9 +285,8 @@ def build_parser() -> argparse.ArgumentParser:
         "fake-quantized backbone (phase lora), and write Meta's pre-quantized QLoRA layout with the adapters unmerged. "
         "--phase float fine-tunes without quantization (the fair baseline). Data: plain text, or .jsonl chat dialogs "
         '({"messages": [{"role", "content"}, ...]}, loss on assistant tokens). Data-parallel under torchrun.')
-    p.add_argument("--checkpoint", required=True, help="float checkpoint directory (Meta or Hugging Face format)")
+    _add_recipe_arguments(p)
     p.add_argument("--data", required=True, help="plain UTF-8 text, or .jsonl chat dialogs")
-    p.add_argument("-o", "--output", required=True, help="directory to write (created atomically)")
     p.add_argument("--phase", default="both", help="qat, lora, both (qat then lora; default) or float")
     p.add_argument("--steps", type=int, default=100, help="optimizer steps per phase (default 100)")
     p.add_argument("--lr", type=float, default=2e-4, help="peak learning rate of full fine-tuning (qat, float)")
@@ -302,18 +297,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seq-len", type=int, default=256, help="tokens per sequence")
     p.add_argument("--lora-rank", type=int, default=16, help="adapter rank (Meta's files: 16)")
     p.add_argument("--lora-alpha", type=float, default=32.0, help="adapter alpha; scale = alpha / rank (Meta's: 32)")
-    p.add_argument("--group-size", type=int, default=32, help="4-bit weight group size (default 32)")
     p.add_argument("--eval-every", type=int, default=25, help="validation loss every N steps (5%% of the data held out)")
     p.add_argument("--save-every", type=int, default=25, help="save resumable state every N steps")
     p.add_argument("--seed", type=int, default=0, help="seeds the data order and the validation split")
-    p.add_argument("--resume", action="store_true", help="continue an interrupted run from OUTPUT.resume/")
-    p.add_argument("--tokenizer", help="tokenizer.model (default: the checkpoint's own)")
     p.set_defaults(func=cmd_qat)
 
     p = sub.add_parser("demo", help="the main job: build, export, run and compare the built-in default model")
     p.add_argument("--out", default="handheld-demo", help="folder for checkpoints, programs and the report")
     p.set_defaults(func=cmd_demo)
     return parser
+
+
+def _add_recipe_arguments(p: argparse.ArgumentParser) -> None:
+    """What both recipes (spinquant, qat) take: a float checkpoint in, a pre-quantized one out, resumable."""
+    p.add_argument("--checkpoint", required=True, help="float checkpoint directory (Meta or Hugging Face format)")
+    p.add_argument("-o", "--output", required=True, help="directory to write (created atomically)")
+    p.add_argument("--group-size", type=int, default=32, help="4-bit weight group size (default 32)")
+    p.add_argument("--resume", action="store_true", help="continue an interrupted run from OUTPUT.resume/")
+    p.add_argument("--tokenizer", help="tokenizer.model (default: the checkpoint's own)")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -127,3 +127,19 @@ def calib_text(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("text") / "calib.txt"
     path.write_text(sample_text(1500, seed=5))
     return path
+
+
+def assert_pte_matches_eager(checkpoint: Path, pte: Path, prompt: list[int], steps: int = 6) -> None:
+    """Prefill then greedy decode: the `.pte`'s last logits equal its eager model's at every step."""
+    from handheld.checkpoints import build_model, read_checkpoint
+    from handheld.runtime_bindings.generation import EagerRunner
+    from handheld.runtime_bindings.pte import PteProgram
+
+    program = PteProgram(pte)
+    eager = EagerRunner(build_model(read_checkpoint(checkpoint), PARITY_MAX_SEQ_LEN, full_logits=False))
+    position, tokens = 0, prompt
+    for step in range(steps):
+        ours, oracle = program.forward(tokens, position)[-1], eager.forward(tokens, position)[-1]
+        torch.testing.assert_close(ours, oracle, atol=0.02, rtol=0.02, msg=lambda m: f"step {step}: {m}")
+        position += len(tokens)
+        tokens = [int(oracle.argmax())]

@@ -11,7 +11,7 @@ import sys
 import pytest
 import torch
 
-from conftest import BYTE_ARGS, PARITY_MAX_SEQ_LEN
+from conftest import BYTE_ARGS, PARITY_MAX_SEQ_LEN, assert_pte_matches_eager
 from handheld.checkpoints import build_model, read_checkpoint
 from handheld.distributed import Group
 from handheld.errors import HandheldError
@@ -133,20 +133,13 @@ def test_two_gloo_processes_match_one(byte_checkpoint, calib_text, tmp_path):
 
 def test_output_exports_and_the_pte_matches_eager(qat_both, tmp_path):
     from handheld.export.program import export_checkpoint
-    from handheld.runtime_bindings.generation import EagerRunner
     from handheld.runtime_bindings.pte import PteProgram
 
     pte = tmp_path / "qat_lora.pte"
     export_checkpoint(qat_both[0], pte, scheme_name=None, backend_name="xnnpack", max_seq_len=PARITY_MAX_SEQ_LEN, log=lambda _: None)
     program = PteProgram(pte)
     assert program.metadata["handheld_scheme"] == "qat-lora"
-    eager = EagerRunner(build_model(read_checkpoint(qat_both[0]), PARITY_MAX_SEQ_LEN, full_logits=False))
-    position, tokens = 0, [104, 101, 108, 108, 111, 32]
-    for step in range(6):
-        ours, oracle = program.forward(tokens, position)[-1], eager.forward(tokens, position)[-1]
-        torch.testing.assert_close(ours, oracle, atol=0.02, rtol=0.02, msg=lambda m: f"step {step}: {m}")
-        position += len(tokens)
-        tokens = [int(oracle.argmax())]
+    assert_pte_matches_eager(qat_both[0], pte, prompt=[104, 101, 108, 108, 111, 32])
 
 
 def test_chat_dialogs_train_on_assistant_tokens_only(byte_checkpoint, tmp_path):

@@ -9,8 +9,8 @@ import sys
 import pytest
 import torch
 
-from conftest import BYTE_ARGS, ODD_ARGS, PARITY_MAX_SEQ_LEN, odd_state
-from handheld.checkpoints import build_model, read_checkpoint, write_checkpoint
+from conftest import BYTE_ARGS, ODD_ARGS, PARITY_MAX_SEQ_LEN, assert_pte_matches_eager, odd_state
+from handheld.checkpoints import read_checkpoint, write_checkpoint
 from handheld.distributed import Group
 from handheld.errors import HandheldError
 from handheld.hadamard import hadamard_matrix
@@ -179,7 +179,6 @@ def test_two_gloo_processes_match_one(byte_checkpoint, calib_text, spinquant_rtn
 
 def test_gptq_checkpoint_exports_and_the_pte_matches_eager(byte_checkpoint, calib_text, tmp_path):
     from handheld.export.program import export_checkpoint
-    from handheld.runtime_bindings.generation import EagerRunner
     from handheld.runtime_bindings.pte import PteProgram
 
     out = tmp_path / "gptq"
@@ -188,13 +187,7 @@ def test_gptq_checkpoint_exports_and_the_pte_matches_eager(byte_checkpoint, cali
     export_checkpoint(out, pte, scheme_name=None, backend_name="xnnpack", max_seq_len=PARITY_MAX_SEQ_LEN, log=lambda _: None)
     program = PteProgram(pte)
     assert program.metadata["handheld_scheme"] == "spinquant"
-    eager = EagerRunner(build_model(read_checkpoint(out), PARITY_MAX_SEQ_LEN, full_logits=False))
-    position, tokens = 0, [104, 101, 108, 108, 111, 32]
-    for step in range(6):
-        ours, oracle = program.forward(tokens, position)[-1], eager.forward(tokens, position)[-1]
-        torch.testing.assert_close(ours, oracle, atol=0.02, rtol=0.02, msg=lambda m: f"step {step}: {m}")
-        position += len(tokens)
-        tokens = [int(oracle.argmax())]
+    assert_pte_matches_eager(out, pte, prompt=[104, 101, 108, 108, 111, 32])
 
 
 def test_clear_errors(byte_checkpoint, calib_text, spinquant_rtn, tmp_path):
