@@ -153,7 +153,7 @@ def cmd_eval(args: argparse.Namespace) -> None:
 
 
 def cmd_spinquant(args: argparse.Namespace) -> None:
-    from handheld.distributed import join_group, leave_group
+    from handheld.distributed import process_group
     from handheld.recipes.spinquant import SpinQuantOptions, run_spinquant
 
     options = SpinQuantOptions(
@@ -162,11 +162,8 @@ def cmd_spinquant(args: argparse.Namespace) -> None:
         group_size=args.group_size, seed=args.seed, resume=args.resume, save_every=args.save_every,
         tokenizer=Path(args.tokenizer) if args.tokenizer else None,
     )
-    group = join_group()
-    try:
+    with process_group() as group:
         result = run_spinquant(options, group)
-    finally:
-        leave_group(group)
     if group.is_main:
         losses = f"quantized loss {result.first_loss:.4f} -> {result.last_loss:.4f} | " if result.steps else ""
         print(f"wrote SpinQuant checkpoint ({options.weight_quant.upper()}) to {options.output} | {losses}"
@@ -174,7 +171,7 @@ def cmd_spinquant(args: argparse.Namespace) -> None:
 
 
 def cmd_qat(args: argparse.Namespace) -> None:
-    from handheld.distributed import join_group, leave_group
+    from handheld.distributed import process_group
     from handheld.recipes.qat import QatOptions, run_qat
     from handheld.training import TrainConfig
 
@@ -185,11 +182,8 @@ def cmd_qat(args: argparse.Namespace) -> None:
         lora_lr=args.lora_lr, seq_len=args.seq_len, lora_rank=args.lora_rank, lora_alpha=args.lora_alpha,
         group_size=args.group_size, resume=args.resume, tokenizer=Path(args.tokenizer) if args.tokenizer else None,
     )
-    group = join_group()
-    try:
+    with process_group() as group:
         results = run_qat(options, group)
-    finally:
-        leave_group(group)
     if group.is_main:
         for r in results:
             val = f", validation {r.validation[-1][1]:.4f}" if r.validation else ""

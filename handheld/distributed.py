@@ -6,8 +6,10 @@ collectives are no-ops, so the same code path serves one process and many.
 
 from __future__ import annotations
 
+import contextlib
 import os
 from dataclasses import dataclass
+from typing import Iterator
 
 import torch
 import torch.distributed as dist
@@ -68,3 +70,13 @@ def join_group() -> Group:
 def leave_group(group: Group) -> None:
     if group.world > 1 and dist.is_initialized():
         dist.destroy_process_group()
+
+
+@contextlib.contextmanager
+def process_group() -> Iterator[Group]:
+    """`join_group` for the duration of a job, always left again (also on errors)."""
+    group = join_group()
+    try:
+        yield group
+    finally:
+        leave_group(group)
