@@ -9,6 +9,7 @@ import argparse
 import codecs
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -128,14 +129,15 @@ def cmd_eval(args: argparse.Namespace) -> None:
         ids = ids[: args.max_tokens]
     if Path(args.model).is_dir():
         prepared = _eager_model(args, max_seq_len=args.context, full_logits=True)
-        logits_fn, label = eager_logits_fn(prepared.model), f"eager, scheme {prepared.label}"
+        logits_fn, mode, scheme = eager_logits_fn(prepared.model), "eager", prepared.label
     else:
         from handheld.runtime_bindings.pte import PteProgram
 
         program = PteProgram(args.model)
         if args.context > program.max_seq_len:
             raise HandheldError(f"--context {args.context} exceeds {args.model}'s max sequence length {program.max_seq_len}")
-        logits_fn, label = pte_logits_fn(program), f".pte, scheme {program.metadata.get('handheld_scheme')}"
+        logits_fn, mode, scheme = pte_logits_fn(program), ".pte", program.metadata.get("handheld_scheme", "unknown")
+    label = f"{mode}, scheme {scheme}"
     reference_fn = None
     if args.reference:
         from handheld.checkpoints import load_model
@@ -143,7 +145,8 @@ def cmd_eval(args: argparse.Namespace) -> None:
         reference_fn = eager_logits_fn(load_model(args.reference, max_seq_len=args.context))
     result = evaluate(logits_fn, ids, args.context, args.stride, reference_fn=reference_fn)
     if args.json:
-        print(json.dumps({"model": str(args.model), "mode": label, "text": str(text_path), **result.as_dict()}, indent=2))
+        print(json.dumps({"model": str(args.model), "mode": mode, "scheme": scheme, "text": str(text_path),
+                          **result.as_dict()}, indent=2))
         return
     line = f"{args.model} ({label}): perplexity {result.perplexity:.4f} over {result.tokens_scored} tokens " \
            f"(context {result.context}, stride {result.stride})"
@@ -189,6 +192,70 @@ def cmd_qat(args: argparse.Namespace) -> None:
             val = f", validation {r.validation[-1][1]:.4f}" if r.validation else ""
             print(f"{r.phase}: {r.steps} steps, loss {r.first_loss:.4f} -> {r.last_loss:.4f}{val}, {r.tokens_per_s:.0f} tok/s")
         print(f"wrote {options.phase} checkpoint to {options.output}")
+
+
+def cmd_bench(args: argparse.Namespace) -> None:
+    from handheld.bench import BenchConfig, run_bench
+    from handheld.host import measure_bandwidth_gbs
+
+    config = BenchConfig(prompt_len=args.prompt_len, gen_len=args.gen_len, runs=args.runs, warmup=args.warmup,
+                         threads=args.threads, runner=args.runner, target=args.target)
+    baseline = _read_baseline(args)
+    bandwidth = None if args.no_bandwidth else measure_bandwidth_gbs(config.threads)
+    if bandwidth:
+        print(f"memory bandwidth (triad, {config.threads} threads): {bandwidth:.1f} GB/s")
+    results = run_bench([Path(p) for p in args.models], config, bandwidth_gbs=bandwidth)
+    print(_summary_lines(results))
+    if args.json:
+        from handheld.atomic import atomic_path
+
+        with atomic_path(args.json) as tmp:
+            tmp.write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
+        print(f"wrote {args.json}")
+    _gate(results, baseline, args.max_regression)
+
+
+def cmd_report(args: argparse.Namespace) -> None:
+    from handheld.bench import load_results
+    from handheld.report import load_evals, write_report
+
+    results = load_results([Path(p) for p in args.results])
+    baseline = _read_baseline(args)
+    report = write_report(results, Path(args.output), evals=load_evals([Path(p) for p in args.eval]),
+                          base_name=args.base, notes=args.note)
+    print(f"wrote {report}")
+    _gate(results, baseline, args.max_regression)
+
+
+def _read_baseline(args: argparse.Namespace) -> dict | None:
+    """Read the baseline before any long work, so a bad path fails at once."""
+    from handheld.bench import load_results
+
+    if (args.baseline is None) != (args.max_regression is None):
+        raise HandheldError("--baseline and --max-regression go together")
+    return load_results([Path(args.baseline)]) if args.baseline else None
+
+
+def _gate(results: dict, baseline: dict | None, max_regression: float | None) -> None:
+    from handheld.regression import regressions
+
+    if baseline is None:
+        return
+    failures = regressions(results, baseline, max_regression)
+    if failures:
+        raise HandheldError("regression gate failed:\n  " + "\n  ".join(failures))
+    print(f"regression gate passed: no median moved more than {max_regression:g}% the wrong way")
+
+
+def _summary_lines(results: dict) -> str:
+    lines = []
+    for row in results["rows"]:
+        s = row["stats"]
+        lines.append(f"{row['name']} ({row['scheme']}, {row['backend']}): decode {s['decode_tok_s']['median']:.2f} tok/s "
+                     f"(cv {s['decode_tok_s']['cv']:.1%}), prefill {s['prefill_tok_s']['median']:.1f} tok/s, "
+                     f"TTFT {s['ttft_s']['median']:.3f} s, peak RSS {s['peak_rss_bytes']['median'] / 2**20:.0f} MiB, "
+                     f"load {s['load_s']['median']:.2f} s, file {row['file_bytes'] / 1e6:.1f} MB")
+    return "\n".join(lines)
 
 
 def cmd_demo(args: argparse.Namespace) -> None:
@@ -296,10 +363,48 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="seeds the data order and the validation split")
     p.set_defaults(func=cmd_qat)
 
+    p = sub.add_parser(
+        "bench", help="measure .pte programs: load, TTFT, prefill and decode tok/s, peak RSS, file size",
+        description="Runs each program --warmup + --runs times, each run in a fresh process (so peak RSS is that "
+        "program's own), on a synthetic prompt (no tokenizer needed), generating exactly --gen-len tokens greedily. "
+        "Rates follow ExecuTorch's LLM runner: prefill = prompt tokens / prefill time, decode = decode steps / "
+        "decode time. Prints median, min, max and coefficient of variation; --json writes self-describing rows.")
+    p.add_argument("models", nargs="+", metavar="MODEL.pte")
+    p.add_argument("--prompt-len", type=int, default=64, help="prompt tokens (default 64)")
+    p.add_argument("--gen-len", type=int, default=128, help="generated tokens (default 128)")
+    p.add_argument("--runs", type=int, default=5, help="measured runs per program (default 5)")
+    p.add_argument("--warmup", type=int, default=1, help="unmeasured runs first (default 1)")
+    p.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="runtime threads (default: all cores)")
+    p.add_argument("--runner", default="python", help="python (ExecuTorch's Python runtime)")
+    p.add_argument("--target", default="host", help="host (this machine)")
+    p.add_argument("--no-bandwidth", action="store_true", help="skip measuring memory bandwidth (no roofline)")
+    p.add_argument("--json", type=Path, help="write the results here")
+    _add_gate_arguments(p)
+    p.set_defaults(func=cmd_bench)
+
+    p = sub.add_parser(
+        "report", help="Markdown report with charts from bench results; optional regression gate",
+        description="Compares programs side by side (ratios against the fastest unquantized program, share of the "
+        "memory-bandwidth roofline) in DIR/report.md with PNG charts; --eval adds perplexity from `handheld eval --json`.")
+    p.add_argument("results", nargs="+", metavar="RESULTS.json", help="`handheld bench --json` output(s)")
+    p.add_argument("-o", "--output", required=True, help="folder for report.md and the charts")
+    p.add_argument("--eval", action="append", default=[], metavar="EVAL.json",
+                   help="`handheld eval --json` output; matched to programs by scheme (repeatable)")
+    p.add_argument("--base", help="program to compute ratios against (default: fastest fp32/bf16 program)")
+    p.add_argument("--note", action="append", default=[], help="a line for the report's header (repeatable)")
+    _add_gate_arguments(p)
+    p.set_defaults(func=cmd_report)
+
     p = sub.add_parser("demo", help="the main job: build, export, run and compare the built-in default model")
     p.add_argument("--out", default="handheld-demo", help="folder for checkpoints, programs and the report")
     p.set_defaults(func=cmd_demo)
     return parser
+
+
+def _add_gate_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--baseline", metavar="OLD.json", help="bench results to compare against (the CI gate)")
+    p.add_argument("--max-regression", type=float, metavar="PCT",
+                   help="fail when a median decode/prefill rate falls, or peak RSS rises, by more than PCT percent")
 
 
 def _add_recipe_arguments(p: argparse.ArgumentParser) -> None:

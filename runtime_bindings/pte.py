@@ -29,8 +29,10 @@ def check_pte_file(path: Path) -> None:
 
 
 def load_runtime_kernels() -> None:
-    """Register ExecuTorch's quantized kernels with the runtime (needed by quantized programs)."""
-    import executorch.kernels.quantized  # noqa: F401  (import registers the ops)
+    """Register ExecuTorch's quantized kernels with the runtime (needed by quantized programs), and its
+    `llama::` kernels (custom SDPA, KV-cache update) so programs from ExecuTorch's own recipe run too."""
+    import executorch.extension.llm.custom_ops.custom_ops  # noqa: F401  (import registers the ops)
+    import executorch.kernels.quantized  # noqa: F401
 
 
 class PteProgram:
@@ -89,4 +91,5 @@ class PteProgram:
             )
         inputs = [torch.tensor([tokens], dtype=torch.long), torch.tensor([start_pos], dtype=torch.long)]
         (logits,) = self._forward.execute(inputs)
-        return logits[0]
+        # handheld's programs return [1, n, vocab]; ExecuTorch's recipe returns [1, vocab].
+        return logits.reshape(-1, logits.shape[-1])
