@@ -4,8 +4,9 @@ The default is the project's proxy model (`handheld/proxy/`: a ~2.4M-parameter L
 model trained by `benchmarks/proxy/train_proxy.py` on the Python 3.11 documentation). Besides the plain
 schemes, the demo runs both recipes briefly on the shipped calibration text (train split): SpinQuant
 (learned rotations, RTN) and QAT+LoRA. Every row is exported to XNNPACK, scored on the shipped test
-text through the `.pte` (perplexity, and top-1 agreement / KL against the float model) and timed in
-generation. Re-running reuses built checkpoints and programs.
+text through the `.pte` (perplexity, and top-1 agreement / KL against the float model), then measured
+with `handheld bench` (fresh process per run) and compared with `handheld report`. Re-running reuses
+built checkpoints and programs.
 """
 
 from __future__ import annotations
@@ -16,9 +17,12 @@ from importlib import resources
 from pathlib import Path
 
 from handheld.atomic import atomic_path
+from handheld.bench import BenchConfig, run_bench
 from handheld.checkpoints import TOKENIZER, load_model
 from handheld.evaluation import eager_logits_fn, evaluate, pte_logits_fn
 from handheld.export.program import export_checkpoint
+from handheld.host import measure_bandwidth_gbs
+from handheld.report import write_report
 from handheld.runtime_bindings.generation import generate
 from handheld.runtime_bindings.pte import PteProgram
 from handheld.tokenizer import Tokenizer
@@ -30,6 +34,8 @@ QAT_STEPS = 30  # per phase: QAT, then LoRA
 DEMO_PROMPT = "The dictionary type"
 CONTEXT, STRIDE = 256, 128
 NEW_TOKENS = 64
+# Few runs: the demo shows the comparison; benchmarks/ holds the careful measurements.
+DEMO_BENCH = BenchConfig(prompt_len=32, gen_len=64, runs=2, warmup=1)
 
 
 def proxy_dir() -> Path:
@@ -45,7 +51,7 @@ def run_demo(out: Path, log=print) -> Path:
     test_ids = tokenizer.encode((checkpoint / "test.txt").read_text(encoding="utf-8"))
     reference = eager_logits_fn(load_model(checkpoint, max_seq_len=CONTEXT))
     prompt = tokenizer.encode(DEMO_PROMPT, bos=True)
-    rows = []
+    rows, ptes = [], []
     for i, scheme in enumerate(DEMO_SCHEMES, 1):
         pte = out / f"{scheme}.pte"
         source = _recipe_checkpoint(scheme, checkpoint, out, log) if scheme in RECIPES else checkpoint
@@ -56,20 +62,28 @@ def run_demo(out: Path, log=print) -> Path:
         program = PteProgram(pte)
         log("    evaluating on the test text through the .pte")
         quality = evaluate(pte_logits_fn(program), test_ids, CONTEXT, STRIDE, reference_fn=reference)
-        ids, stats = generate(program, prompt, NEW_TOKENS, program.eos_ids)
-        log(f"    perplexity {quality.perplexity:.3f} | {stats.line()}")
+        ids, _ = generate(program, prompt, NEW_TOKENS, program.eos_ids)
+        log(f"    perplexity {quality.perplexity:.3f} | sample: {DEMO_PROMPT + tokenizer.decode(ids)!r}")
         rows.append({"scheme": scheme, "backend": "xnnpack", "file_bytes": pte.stat().st_size,
-                     **quality.as_dict(), **stats.as_dict(), "sample": DEMO_PROMPT + tokenizer.decode(ids)})
+                     **quality.as_dict(), "sample": DEMO_PROMPT + tokenizer.decode(ids)})
+        ptes.append(pte)
+    log(f"measuring every program with handheld bench ({DEMO_BENCH.runs} runs after {DEMO_BENCH.warmup} warm-up)")
+    bench = run_bench(ptes, DEMO_BENCH, progress=lambda m: log(f"    {m}"),
+                      bandwidth_gbs=measure_bandwidth_gbs(DEMO_BENCH.threads))
+    for row, measured in zip(rows, bench["rows"]):
+        row.update({metric: s["median"] for metric, s in measured["stats"].items()})
     report = out / "report.json"
     meta = {"model": "handheld proxy", "parameters": card["parameters"], "corpus": card["corpus"],
             "eval_text": "handheld/proxy/test.txt", "context": CONTEXT, "stride": STRIDE, "prompt": DEMO_PROMPT}
     with atomic_path(report) as tmp:
         tmp.write_text(json.dumps({**meta, "schemes": rows}, indent=2) + "\n")
-    markdown = _markdown(rows, card)
-    with atomic_path(out / "report.md") as tmp:
-        tmp.write_text(markdown)
-    log("\n" + markdown)
-    log(f"report: {report} and {out / 'report.md'} ({time.perf_counter() - started:.0f} s)")
+    evals = [{"name": pte.stem, "perplexity": row["perplexity"]} for pte, row in zip(ptes, rows)]
+    notes = [f"Model: the project's proxy model ({card['parameters']:,} parameters, trained on {card['corpus']}); "
+             "perplexity on its shipped test text through each `.pte`"]
+    markdown = write_report(bench, out, evals=evals, notes=notes, title="handheld demo: proxy model on XNNPACK",
+                            sections=[_quality_markdown(rows)])
+    log("\n" + markdown.read_text())
+    log(f"report: {markdown} and {report} ({time.perf_counter() - started:.0f} s)")
     return report
 
 
@@ -101,24 +115,21 @@ def _recipe_checkpoint(recipe: str, checkpoint: Path, out: Path, log) -> Path:
     return target
 
 
-def _markdown(rows: list[dict], card: dict) -> str:
+def _quality_markdown(rows: list[dict]) -> str:
     lines = [
-        f"# handheld demo: proxy model ({card['parameters']:,} parameters), XNNPACK",
+        "## Quality",
         "",
-        f"Quality on the shipped test text ({rows[0]['tokens_scored']} tokens, context {CONTEXT}, stride {STRIDE}), "
-        "measured through each `.pte`; agreement and KL against the float model in eager PyTorch. "
-        "Speed: greedy generation on this machine, one run.",
+        f"On the shipped test text ({rows[0]['tokens_scored']} tokens, context {CONTEXT}, stride {STRIDE}), "
+        "through each `.pte`; agreement and KL against the float model in eager PyTorch.",
         "",
         f"spinquant: R1/R2 learned for {SPINQUANT_STEPS} steps on the shipped calibration text (train split), RTN. "
         f"qat-lora: {QAT_STEPS} QAT steps then {QAT_STEPS} LoRA steps on the same text, so it also had extra "
         "training; `benchmarks/quality/recipes_on_proxy.py` compares it with a float model fine-tuned alike.",
         "",
-        "| scheme | file (KiB) | perplexity | top-1 agreement | mean KL (nats) | TTFT (ms) | prefill tok/s | decode tok/s |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|",
+        "| scheme | file (KiB) | perplexity | top-1 agreement | mean KL (nats) |",
+        "|---|---:|---:|---:|---:|",
     ]
     for r in rows:
-        lines.append(
-            f"| {r['scheme']} | {r['file_bytes'] / 1024:.0f} | {r['perplexity']:.3f} | {r['top1_agreement']:.2%} | "
-            f"{r['mean_kl']:.4f} | {r['ttft_s'] * 1000:.1f} | {r['prefill_tok_s']:.0f} | {r['decode_tok_s']:.0f} |"
-        )
-    return "\n".join(lines) + "\n"
+        lines.append(f"| {r['scheme']} | {r['file_bytes'] / 1024:.0f} | {r['perplexity']:.3f} | "
+                     f"{r['top1_agreement']:.2%} | {r['mean_kl']:.4f} |")
+    return "\n".join(lines)

@@ -163,7 +163,8 @@ def host_lines(results: dict) -> list[str]:
 
 
 def write_report(results: dict, out_dir: Path, *, evals: list[dict] = (), base_name: str | None = None,
-                 notes: list[str] = (), title: str = "handheld benchmark report") -> Path:
+                 notes: list[str] = (), title: str = "handheld benchmark report", sections: list[str] = ()) -> Path:
+    """DIR/report.md (table, then `sections`, then charts), the charts as DIR/*.png, the rows as DIR/results.json."""
     rows = results["rows"]
     if not rows:
         raise HandheldError("the results hold no programs")
@@ -178,7 +179,7 @@ def write_report(results: dict, out_dir: Path, *, evals: list[dict] = (), base_n
               "weight byte a token needs were read once at the measured bandwidth. Program RSS is peak RSS minus the "
               "process's RSS before loading (interpreter and runtime).", "",
               markdown_table(rows, base, results.get("memory_bandwidth_gbs")), ""]
-    parts += [f"![{c.title}]({c.metric}.png)" for c in charts]
+    parts += [*[section + "\n" for section in sections], *[f"![{c.title}]({c.metric}.png)" for c in charts]]
     report = out_dir / "report.md"
     with atomic_path(report) as tmp:
         tmp.write_text("\n".join(parts) + "\n", encoding="utf-8")

@@ -63,7 +63,7 @@ def test_demo_report_compares_every_scheme(demo_report, card):
     rows = {row["scheme"]: row for row in report["schemes"]}
     assert list(rows) == list(DEMO_SCHEMES)
     for row in rows.values():
-        for key in ("scheme", "perplexity", "file_bytes", "decode_tok_s", "ttft_s", "top1_agreement", "mean_kl"):
+        for key in ("scheme", "perplexity", "file_bytes", "decode_tok_s", "ttft_s", "peak_rss_bytes", "top1_agreement", "mean_kl"):
             assert row[key] is not None, key
     # The fp32 program scores like the eager float model (through ExecuTorch, on the same text).
     assert rows["fp32"]["perplexity"] == pytest.approx(card["test"]["perplexity"], rel=0.005)
@@ -76,6 +76,7 @@ def test_demo_report_compares_every_scheme(demo_report, card):
         assert rows[recipe]["perplexity"] < 1.1 * rows["fp32"]["perplexity"]
         assert rows[recipe]["top1_agreement"] > min_agreement
     assert "| 8da4w |" in (out / "report.md").read_text() and "| qat-lora |" in (out / "report.md").read_text()
+    assert "![Decode rate](decode_tok_s.png)" in (out / "report.md").read_text() and (out / "decode_tok_s.png").is_file()
 
 
 def test_demo_rerun_reuses_the_built_programs(demo_report):
