@@ -22,8 +22,7 @@ from handheld.host import host_info
 SCHEMA = "handheld-bench/1"
 # The figures each run reports; "higher is better" for rates, lower for the rest.
 METRICS = ("load_s", "ttft_s", "prefill_tok_s", "decode_tok_s", "peak_rss_bytes", "program_rss_bytes")
-RUNNERS = ("python",)
-TARGETS = ("host",)
+RUNNERS = ("python", "native")  # ExecuTorch's Python runtime, or handheld's C++ runner
 _MEASURE_MODULE = "handheld.runtime_bindings.measure"
 
 
@@ -36,6 +35,7 @@ class BenchConfig:
     threads: int = field(default_factory=lambda: os.cpu_count() or 1)
     runner: str = "python"
     target: str = "host"
+    count_work: bool = False  # also one counted run: a deterministic figure for the regression gate
 
     def __post_init__(self):
         for name in ("prompt_len", "gen_len", "runs", "threads"):
@@ -43,10 +43,20 @@ class BenchConfig:
                 raise HandheldError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
         if self.warmup < 0:
             raise HandheldError(f"--warmup must be 0 or more, got {self.warmup}")
+        from handheld.runtime_bindings.native import get_target
+
         if self.runner not in RUNNERS:
             raise HandheldError(f"unknown runner {self.runner!r}; known runners: {', '.join(RUNNERS)}")
-        if self.target not in TARGETS:
-            raise HandheldError(f"unknown target {self.target!r}; known targets: {', '.join(TARGETS)}")
+        if get_target(self.target).emulator is not None and self.runner != "native":
+            raise HandheldError(f"target {self.target} runs the native runner only: add --runner native")
+        if self.count_work and self.runner != "native":
+            raise HandheldError("--count-work counts the native runner's work: add --runner native")
+
+    @property
+    def emulated(self) -> bool:
+        from handheld.runtime_bindings.native import get_target
+
+        return get_target(self.target).emulator is not None
 
 
 def summarize(values: list[float]) -> dict[str, float]:
@@ -72,7 +82,17 @@ def bytes_per_token(metadata: dict) -> int | None:
     return round(sum(kinds.values()) - table * (1 - 1 / vocab))
 
 
-def run_child(pte: Path, config: BenchConfig) -> dict:
+def run_child(pte: Path, config: BenchConfig, native_binary: Path | None = None) -> dict:
+    """One run in a fresh process: the Python runtime's measuring module, or the native runner."""
+    if config.runner == "native":
+        from handheld.runtime_bindings.measure import synthetic_prompt
+        from handheld.runtime_bindings.native import run_native
+
+        result = run_native(native_binary, config.target, pte, synthetic_prompt(config.prompt_len), config.gen_len,
+                            config.threads)
+        result.pop("stderr")
+        result["first_tokens"] = result.pop("tokens")[:8]
+        return result
     command = [sys.executable, "-m", _MEASURE_MODULE, str(pte), "--prompt-len", str(config.prompt_len),
                "--gen-len", str(config.gen_len), "--threads", str(config.threads)]
     done = subprocess.run(command, capture_output=True, text=True)
@@ -82,13 +102,14 @@ def run_child(pte: Path, config: BenchConfig) -> dict:
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-def bench_program(pte: Path, config: BenchConfig, progress: Callable[[str], None] = lambda _: None) -> dict:
+def bench_program(pte: Path, config: BenchConfig, progress: Callable[[str], None] = lambda _: None,
+                  native_binary: Path | None = None) -> dict:
     if not pte.is_file():
         raise HandheldError(f"{pte} not found")
     samples = []
     for i in range(config.warmup + config.runs):
         warm = i < config.warmup
-        result = run_child(pte, config)
+        result = run_child(pte, config, native_binary)
         # What the program adds to the process: the interpreter and runtime alone are several hundred MiB.
         result["program_rss_bytes"] = result["peak_rss_bytes"] - result["rss_before_load_bytes"]
         progress(f"{pte.name} {'warm-up' if warm else 'run'} {i + 1 - (0 if warm else config.warmup)}: "
@@ -96,6 +117,13 @@ def bench_program(pte: Path, config: BenchConfig, progress: Callable[[str], None
                  f"TTFT {result['ttft_s']:.3f} s, peak RSS {result['peak_rss_bytes'] / 2**20:.0f} MiB")
         if not warm:
             samples.append(result)
+    work = None
+    if config.count_work:
+        from handheld.runtime_bindings.measure import synthetic_prompt
+        from handheld.runtime_bindings.native import count_work
+
+        work = count_work(native_binary, config.target, pte, synthetic_prompt(config.prompt_len), config.gen_len)
+        progress(f"{pte.name} work: {work['value']:,} {work['metric']}")
     metadata = samples[-1].pop("metadata")
     for sample in samples:
         sample.pop("metadata", None)
@@ -110,8 +138,10 @@ def bench_program(pte: Path, config: BenchConfig, progress: Callable[[str], None
         "max_seq_len": metadata.get("get_max_seq_len"),
         "bytes_per_token": bytes_per_token(metadata),
         **asdict(config),
+        "emulated": config.emulated,
         "samples": samples,
         "stats": {metric: summarize([sample[metric] for sample in samples]) for metric in METRICS},
+        "work": work,
         "host": host_info(),
     }
 
@@ -119,7 +149,12 @@ def bench_program(pte: Path, config: BenchConfig, progress: Callable[[str], None
 def run_bench(ptes: list[Path], config: BenchConfig, progress: Callable[[str], None] = print,
               bandwidth_gbs: float | None = None) -> dict:
     """All programs under one config; the host's measured bandwidth rides along for the roofline."""
-    rows = [bench_program(pte, config, progress) for pte in ptes]
+    native_binary = None
+    if config.runner == "native":
+        from handheld.runtime_bindings.native import build_runner
+
+        native_binary = build_runner(config.target, log=progress)
+    rows = [bench_program(pte, config, progress, native_binary) for pte in ptes]
     return {"schema": SCHEMA, "host": host_info(), "memory_bandwidth_gbs": bandwidth_gbs,
             "bandwidth_threads": config.threads, "rows": rows}
 

@@ -199,7 +199,7 @@ def cmd_bench(args: argparse.Namespace) -> None:
     from handheld.host import measure_bandwidth_gbs
 
     config = BenchConfig(prompt_len=args.prompt_len, gen_len=args.gen_len, runs=args.runs, warmup=args.warmup,
-                         threads=args.threads, runner=args.runner, target=args.target)
+                         threads=args.threads, runner=args.runner, target=args.target, count_work=args.count_work)
     baseline = _read_baseline(args)
     bandwidth = None if args.no_bandwidth else measure_bandwidth_gbs(config.threads)
     if bandwidth:
@@ -375,8 +375,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--runs", type=int, default=5, help="measured runs per program (default 5)")
     p.add_argument("--warmup", type=int, default=1, help="unmeasured runs first (default 1)")
     p.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="runtime threads (default: all cores)")
-    p.add_argument("--runner", default="python", help="python (ExecuTorch's Python runtime)")
-    p.add_argument("--target", default="host", help="host (this machine)")
+    p.add_argument("--runner", default="python",
+                   help="python (ExecuTorch's Python runtime) or native (handheld's C++ runner, built on first use)")
+    p.add_argument("--target", default="host",
+                   help="host (this machine) or qemu-aarch64 (cross-built runner under qemu user-mode emulation; "
+                   "figures are labelled emulated)")
+    p.add_argument("--count-work", action="store_true",
+                   help="native runner: one more run counting instructions (valgrind) or emulated blocks (qemu), "
+                   "a deterministic figure the regression gate also checks")
     p.add_argument("--no-bandwidth", action="store_true", help="skip measuring memory bandwidth (no roofline)")
     p.add_argument("--json", type=Path, help="write the results here")
     _add_gate_arguments(p)

@@ -1,7 +1,8 @@
 """The CI gate: today's bench medians against a committed baseline's, program by program.
 
 A program regresses when its median decode or prefill rate falls, or its peak RSS rises, by more than
-the allowed percentage. Programs are matched by name; a baseline program that was not measured fails too,
+the allowed percentage; or, when both results carry one, when its deterministic work count (instructions
+or emulated blocks executed, `bench --count-work`) rises by more than that. Programs are matched by name; a baseline program that was not measured fails too,
 and so does one measured with different settings (the numbers would not be comparable).
 """
 
@@ -11,6 +12,11 @@ from __future__ import annotations
 GATED_METRICS = {"decode_tok_s": True, "prefill_tok_s": True, "peak_rss_bytes": False}
 # Settings that must match for two rows to be compared.
 _SETTINGS = ("prompt_len", "gen_len", "threads", "runner", "target")
+
+
+def _worse_pct(was: float, now: float, higher_is_better: bool) -> tuple[float, float]:
+    change_pct = 100 * (now - was) / was
+    return change_pct, -change_pct if higher_is_better else change_pct
 
 
 def _format(metric: str, value: float) -> str:
@@ -36,11 +42,16 @@ def regressions(current: dict, baseline: dict, max_regression_pct: float) -> lis
             continue
         for metric, higher_is_better in GATED_METRICS.items():
             was, now = old["stats"][metric]["median"], new["stats"][metric]["median"]
-            change_pct = 100 * (now - was) / was
-            worse_pct = -change_pct if higher_is_better else change_pct
+            change_pct, worse_pct = _worse_pct(was, now, higher_is_better)
             if worse_pct > max_regression_pct:
                 failures.append(
                     f"{name}: {metric} median {_format(metric, was)} -> {_format(metric, now)} "
                     f"({change_pct:+.1f}%), beyond the allowed {max_regression_pct:g}%"
                 )
+        old_work, new_work = old.get("work"), new.get("work")
+        if old_work and new_work and old_work["metric"] == new_work["metric"]:
+            change_pct, worse_pct = _worse_pct(old_work["value"], new_work["value"], higher_is_better=False)
+            if worse_pct > max_regression_pct:
+                failures.append(f"{name}: {new_work['metric']} {old_work['value']:,} -> {new_work['value']:,} "
+                                f"({change_pct:+.1f}%), beyond the allowed {max_regression_pct:g}%")
     return failures

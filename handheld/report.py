@@ -156,6 +156,13 @@ def host_lines(results: dict) -> list[str]:
         f"- Runs: prompt {first['prompt_len']} tokens, {first['gen_len']} generated, {first['threads']} threads, "
         f"{first['runs']} runs after {first['warmup']} warm-up, each in a fresh process; runner {first['runner']}, target {first['target']}",
     ]
+    if any(row.get("emulated") for row in results["rows"]):
+        lines.append("- **Emulated**: these figures come from qemu user-mode emulation, not Arm hardware; compare them "
+                     "only with each other")
+    worked = [row for row in results["rows"] if row.get("work")]
+    if worked:
+        lines.append("- Deterministic work per run: " + "; ".join(
+            f"{row['name']} {row['work']['value']:,} {row['work']['metric']}" for row in worked))
     if results.get("memory_bandwidth_gbs"):
         lines.append(f"- Memory bandwidth (STREAM-style triad, {results.get('bandwidth_threads', '?')} threads): "
                      f"{results['memory_bandwidth_gbs']:.1f} GB/s")

@@ -143,3 +143,14 @@ def assert_pte_matches_eager(checkpoint: Path, pte: Path, prompt: list[int], ste
         torch.testing.assert_close(ours, oracle, atol=0.02, rtol=0.02, msg=lambda m: f"step {step}: {m}")
         position += len(tokens)
         tokens = [int(oracle.argmax())]
+
+
+@pytest.fixture(scope="session")
+def demo_report(tmp_path_factory):
+    """`handheld demo` run once (~12 min): the proxy model's program for every scheme, and the report."""
+    import json
+
+    from handheld.demo import run_demo
+
+    out = tmp_path_factory.mktemp("demo")
+    return out, json.loads(run_demo(out, log=lambda _: None).read_text())

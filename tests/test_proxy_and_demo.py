@@ -52,12 +52,6 @@ def test_rtn_8da4w_is_measurably_worse_than_float(test_ids):
     assert 0.5 < q.top1_agreement < 0.99 and q.mean_kl > 1e-3
 
 
-@pytest.fixture(scope="module")
-def demo_report(tmp_path_factory):
-    out = tmp_path_factory.mktemp("demo")
-    return out, json.loads(run_demo(out, log=lambda _: None).read_text())
-
-
 def test_demo_report_compares_every_scheme(demo_report, card):
     out, report = demo_report
     rows = {row["scheme"]: row for row in report["schemes"]}

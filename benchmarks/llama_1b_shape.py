@@ -1,0 +1,157 @@
+"""The Llama 3.2 1B shape on this machine: handheld's programs and the peers, in one run, one report.
+
+Random weights (speed does not depend on values) in the exact 1B shape. Programs, all XNNPACK:
+fp32, bf16, 8da4w (Llama 3.2 mobile scheme), the SpinQuant layout (8da4w + online R4 Hadamard) and the
+QLoRA layout (8da4w + unmerged rank-16 adapters); peers on the same checkpoint and threads: ExecuTorch's
+own `export_llm` recipe (8da4w g32, 8-bit embedding, custom SDPA and KV-cache ops) and llama.cpp Q4_0
+(via llama-cpp-python; skipped with a message when it is not installed). Every program is measured by
+`handheld bench`'s machinery (fresh process per run) plus the host's memory bandwidth for the roofline.
+
+    python benchmarks/llama_1b_shape.py --work /tmp/1b-bench          # builds what is missing (~75 min), then measures
+
+Writes benchmarks/results/llama_1b_shape.json and the report in benchmarks/results/llama_1b_shape/.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+
+HERE = Path(__file__).resolve().parent
+RESULTS = HERE / "results"
+SCHEMES = ("fp32", "bf16", "8da4w")
+LAYOUTS = ("spinquant", "qlora")
+ET_RECIPE = "executorch_recipe"
+
+
+def log(message: str) -> None:
+    print(message, flush=True)
+
+
+def ensure_checkpoint(work: Path) -> Path:
+    checkpoint = work / "checkpoint"
+    if not checkpoint.exists():
+        subprocess.run(["handheld", "init-random", "--model", "llama3.2-1b", "-o", str(checkpoint)], check=True)
+    return checkpoint
+
+
+def ensure_handheld_programs(checkpoint: Path, work: Path, max_seq_len: int) -> list[Path]:
+    from handheld.export.program import export_checkpoint
+
+    sys.path.insert(0, str(HERE))
+    from layout_decode_cost import write_layout_checkpoint
+
+    programs = []
+    for name in SCHEMES + LAYOUTS:
+        pte = work / f"{name}.pte"
+        if not pte.exists():
+            source, scheme = checkpoint, name
+            if name in LAYOUTS:
+                source, scheme = work / f"{name}_checkpoint", None
+                if not source.exists():
+                    write_layout_checkpoint(checkpoint, source, name)
+            log(f"exporting {name} (the 8da4w shapes take ~13 min here)")
+            export_checkpoint(source, pte, scheme_name=scheme, backend_name="xnnpack", max_seq_len=max_seq_len,
+                              log=lambda m, n=name: log(f"  [{n}] {m}"))
+        programs.append(pte)
+    return programs
+
+
+def ensure_executorch_recipe(checkpoint: Path, work: Path, max_seq_len: int) -> Path:
+    """ExecuTorch's own LLM export, as its docs give it for Llama 3.2 on XNNPACK."""
+    pte = work / f"{ET_RECIPE}.pte"
+    if pte.exists():
+        return pte
+    et_checkpoint = work / "checkpoint_for_executorch"
+    if not et_checkpoint.exists():
+        # Its loader insists on a stored classifier; handheld writes tied checkpoints without one.
+        et_checkpoint.mkdir()
+        state = torch.load(checkpoint / "consolidated.00.pth", weights_only=True, mmap=True)
+        torch.save({**state, "output.weight": state["tok_embeddings.weight"]}, et_checkpoint / "consolidated.00.pth")
+        (et_checkpoint / "params.json").write_text((checkpoint / "params.json").read_text())
+    log("exporting ExecuTorch's recipe (~12 min)")
+    subprocess.run([
+        sys.executable, "-m", "executorch.extension.llm.export.export_llm",
+        f"base.checkpoint={et_checkpoint / 'consolidated.00.pth'}", f"base.params={et_checkpoint / 'params.json'}",
+        "model.use_kv_cache=True", "model.use_sdpa_with_kv_cache=True", "model.enable_dynamic_shape=True",
+        "quantization.qmode=8da4w", "quantization.group_size=32", "quantization.embedding_quantize='8,0'",
+        "backend.xnnpack.enabled=True", "backend.xnnpack.extended_ops=True",
+        f"export.max_seq_length={max_seq_len}", f"export.max_context_length={max_seq_len}", f"export.output_name={pte}",
+    ], check=True)
+    return pte
+
+
+def executorch_recipe_bytes_per_token(row: dict, checkpoint: Path) -> int:
+    """Its file, less all but one row of its 8-bit embedding table (int8 values, one fp32 scale per row)."""
+    from handheld.checkpoints import read_checkpoint
+
+    args = read_checkpoint(checkpoint).args
+    table = args.vocab_size * (args.dim + 4)
+    return row["file_bytes"] - table + table // args.vocab_size
+
+
+def llama_cpp_row(checkpoint: Path, work: Path, config) -> dict | None:
+    if importlib.util.find_spec("llama_cpp") is None:
+        log("llama-cpp-python is not installed: skipping the llama.cpp peer (pip install -e '.[peers]')")
+        return None
+    script = HERE / "peers" / "llama_cpp_q4_0.py"
+    gguf_dir = work / "gguf"
+    subprocess.run([sys.executable, str(script), "convert", "--checkpoint", str(checkpoint), "--out", str(gguf_dir)], check=True)
+    out = work / "llama_cpp.json"
+    subprocess.run([sys.executable, str(script), "bench", str(gguf_dir / "model-q4_0.gguf"), "--prompt-len", str(config.prompt_len),
+                    "--gen-len", str(config.gen_len), "--runs", str(config.runs), "--warmup", str(config.warmup),
+                    "--threads", str(config.threads), "--json", str(out)], check=True)
+    return json.loads(out.read_text())["rows"][0]
+
+
+def main() -> None:
+    from handheld.bench import BenchConfig, run_bench
+    from handheld.host import measure_bandwidth_gbs
+    from handheld.report import write_report
+
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--work", type=Path, required=True, help="folder for the checkpoint and programs (reused)")
+    parser.add_argument("--prompt-len", type=int, default=32)
+    parser.add_argument("--gen-len", type=int, default=96)
+    parser.add_argument("--max-seq-len", type=int, default=128, help="KV cache length of every program")
+    parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--warmup", type=int, default=1)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--no-peers", action="store_true", help="only handheld's programs")
+    parser.add_argument("--out", type=Path, default=RESULTS / "llama_1b_shape.json")
+    args = parser.parse_args()
+
+    args.work.mkdir(parents=True, exist_ok=True)
+    config = BenchConfig(prompt_len=args.prompt_len, gen_len=args.gen_len, runs=args.runs, warmup=args.warmup,
+                         threads=args.threads)
+    checkpoint = ensure_checkpoint(args.work)
+    programs = ensure_handheld_programs(checkpoint, args.work, args.max_seq_len)
+    if not args.no_peers:
+        programs.append(ensure_executorch_recipe(checkpoint, args.work, args.max_seq_len))
+    bandwidth = measure_bandwidth_gbs(args.threads)
+    log(f"memory bandwidth (triad, {args.threads} threads): {bandwidth:.1f} GB/s")
+    results = run_bench(programs, config, progress=log, bandwidth_gbs=bandwidth)
+    for row in results["rows"]:
+        if row["name"] == ET_RECIPE:
+            row.update(scheme="8da4w (ExecuTorch recipe)", backend="xnnpack",
+                       bytes_per_token=executorch_recipe_bytes_per_token(row, checkpoint))
+    if not args.no_peers:
+        peer = llama_cpp_row(checkpoint, args.work, config)
+        if peer is not None:
+            results["rows"].append(peer)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(results, indent=2) + "\n")
+    notes = ["Model: Llama 3.2 1B shape with random weights (speed does not depend on values; no quality here)",
+             f"Programs: max sequence length {args.max_seq_len}; peers on the same checkpoint and threads"]
+    report = write_report(results, args.out.with_suffix(""), notes=notes, title="Llama 3.2 1B shape: handheld and peers")
+    log(report.read_text())
+
+
+if __name__ == "__main__":
+    main()

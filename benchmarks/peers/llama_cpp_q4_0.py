@@ -1,0 +1,245 @@
+"""Peer: llama.cpp Q4_0 on the same checkpoint, measured like `handheld bench` and written in its row schema.
+
+Needs `pip install -e '.[peers]'` (llama-cpp-python builds llama.cpp from source; on a VM that hides AMX
+from the kernel, build it without native tuning, see BENCHMARKS.md). Two steps:
+
+    python benchmarks/peers/llama_cpp_q4_0.py convert --checkpoint CKPT --out DIR     # DIR/model-f16.gguf, DIR/model-q4_0.gguf
+    python benchmarks/peers/llama_cpp_q4_0.py bench DIR/model-q4_0.gguf --prompt-len 64 --gen-len 128 --json OUT.json
+
+The GGUF is written with the `gguf` package from handheld's own checkpoint reader (Meta's weight layout is
+GGUF's), with a placeholder vocabulary of the right size: speed does not depend on the token strings.
+Each run is a fresh process (peak RSS is the run's own); decode and prefill rates follow ExecuTorch's
+runner's definitions, as handheld bench does.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+# llama.cpp's file type ids (enum llama_ftype).
+FTYPE_F16, FTYPE_Q4_0 = 1, 2
+# GGUF names of Meta's per-layer weights.
+LAYER_TENSORS = {
+    "attention.wq": "attn_q", "attention.wk": "attn_k", "attention.wv": "attn_v", "attention.wo": "attn_output",
+    "feed_forward.w1": "ffn_gate", "feed_forward.w3": "ffn_up", "feed_forward.w2": "ffn_down",
+    "attention_norm": "attn_norm", "ffn_norm": "ffn_norm",
+}
+
+
+def gguf_name(meta_name: str) -> str:
+    if meta_name == "tok_embeddings.weight":
+        return "token_embd.weight"
+    if meta_name == "norm.weight":
+        return "output_norm.weight"
+    if meta_name == "output.weight":
+        return "output.weight"
+    _, layer, rest = meta_name.split(".", 2)
+    module = rest.removesuffix(".weight")
+    return f"blk.{layer}.{LAYER_TENSORS[module]}.weight"
+
+
+def rope_factors(args) -> np.ndarray:
+    """Llama 3.1 RoPE scaling as llama.cpp takes it: per-frequency divisors (rope_freqs.weight)."""
+    from handheld.model import rope_frequencies
+
+    plain = rope_frequencies(dataclasses.replace(args, use_scaled_rope=False))
+    return (plain / rope_frequencies(args)).float().numpy()
+
+
+def byte_symbols() -> list[str]:
+    """GPT-2's printable stand-in for each byte (llama.cpp's BPE vocabularies look bytes up by these)."""
+    printable = [*range(ord("!"), ord("~") + 1), *range(ord("\u00a1"), ord("\u00ac") + 1), *range(ord("\u00ae"), ord("\u00ff") + 1)]
+    symbols, extra = {}, 0
+    for b in range(256):
+        if b in printable:
+            symbols[b] = chr(b)
+        else:
+            symbols[b] = chr(256 + extra)
+            extra += 1
+    return [symbols[b] for b in range(256)]
+
+
+def placeholder_vocab(vocab_size: int) -> tuple[list[str], list[int], list[str]]:
+    """Byte tokens, then unique filler pieces, then Llama 3's 256 special tokens (control type)."""
+    from gguf import TokenType
+
+    n_special = 256
+    tokens = byte_symbols()
+    tokens += [f"t{i}" for i in range(vocab_size - n_special - 256)]
+    tokens += ["<|begin_of_text|>", "<|end_of_text|>"] + [f"<|reserved_special_token_{i}|>" for i in range(n_special - 2)]
+    types = [TokenType.NORMAL] * (vocab_size - n_special) + [TokenType.CONTROL] * n_special
+    return tokens, [int(t) for t in types], ["t 0"]
+
+
+def write_f16_gguf(checkpoint: Path, out: Path) -> None:
+    import gguf
+    import torch
+
+    from handheld.checkpoints import read_checkpoint
+
+    ckpt = read_checkpoint(checkpoint)
+    args = ckpt.args
+    writer = gguf.GGUFWriter(str(out), "llama")
+    writer.add_name(f"handheld {checkpoint.name}")
+    writer.add_context_length(8192)
+    writer.add_embedding_length(args.dim)
+    writer.add_block_count(args.n_layers)
+    writer.add_feed_forward_length(args.ffn_hidden_dim)
+    writer.add_head_count(args.n_heads)
+    writer.add_head_count_kv(args.kv_heads)
+    writer.add_rope_freq_base(args.rope_theta)
+    writer.add_layer_norm_rms_eps(args.norm_eps)
+    writer.add_rope_dimension_count(args.attn_head_dim)
+    writer.add_vocab_size(args.vocab_size)
+    writer.add_file_type(FTYPE_F16)
+    tokens, types, merges = placeholder_vocab(args.vocab_size)
+    writer.add_tokenizer_model("gpt2")
+    writer.add_tokenizer_pre("llama-bpe")
+    writer.add_token_list(tokens)
+    writer.add_token_types(types)
+    writer.add_token_merges(merges)
+    writer.add_bos_token_id(args.vocab_size - 256)
+    writer.add_eos_token_id(args.vocab_size - 255)
+    if args.use_scaled_rope:
+        writer.add_tensor("rope_freqs.weight", rope_factors(args))
+    for name, tensor in ckpt.state.items():
+        # Norm gains stay float32 (llama.cpp's converter does the same); matrices go to F16.
+        dtype = torch.float32 if tensor.dim() == 1 else torch.float16
+        writer.add_tensor(gguf_name(name), tensor.to(dtype).numpy())
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file(progress=True)
+    writer.close()
+
+
+def convert(checkpoint: Path, out_dir: Path) -> Path:
+    import llama_cpp
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    f16, q4 = out_dir / "model-f16.gguf", out_dir / "model-q4_0.gguf"
+    if not f16.exists():
+        write_f16_gguf(checkpoint, f16.with_suffix(".partial"))
+        f16.with_suffix(".partial").rename(f16)
+    if not q4.exists():
+        params = llama_cpp.llama_model_quantize_default_params()
+        params.ftype = FTYPE_Q4_0
+        params.nthread = 2
+        partial = q4.with_suffix(".partial")
+        if llama_cpp.llama_model_quantize(str(f16).encode(), str(partial).encode(), params) != 0:
+            raise SystemExit(f"llama.cpp failed to quantize {f16}")
+        partial.rename(q4)
+    print(f"wrote {f16} and {q4}")
+    return q4
+
+
+def gguf_bytes_per_token(path: Path) -> int:
+    """Every tensor's bytes, but one row of the embedding table unless it doubles as the classifier."""
+    from gguf import GGUFReader
+
+    tensors = {t.name: t for t in GGUFReader(str(path)).tensors}
+    total = sum(int(t.n_bytes) for t in tensors.values())
+    embedding = tensors["token_embd.weight"]
+    if "output.weight" in tensors:
+        rows = int(embedding.shape[-1])  # GGUF lists dimensions innermost first
+        total -= int(embedding.n_bytes) * (rows - 1) // rows
+    return total
+
+
+def measure_once(path: str, prompt_len: int, gen_len: int, threads: int) -> dict:
+    """One run, in this (fresh) process."""
+    import llama_cpp
+
+    from handheld.runtime_bindings.measure import current_rss_bytes, peak_rss_bytes, synthetic_prompt
+
+    rss_before = current_rss_bytes()
+    start = time.perf_counter()
+    llm = llama_cpp.Llama(model_path=path, n_ctx=prompt_len + gen_len, n_batch=prompt_len, n_threads=threads,
+                          n_threads_batch=threads, verbose=False)
+    load_s = time.perf_counter() - start
+    prompt = synthetic_prompt(prompt_len)
+    start = time.perf_counter()
+    llm.eval(prompt)
+    token = int(np.argmax(llm.scores[llm.n_tokens - 1]))
+    first = time.perf_counter()
+    generated = [token]
+    for _ in range(gen_len - 1):
+        llm.eval([token])
+        token = int(np.argmax(llm.scores[llm.n_tokens - 1]))
+        generated.append(token)
+    end = time.perf_counter()
+    return {"load_s": load_s, "ttft_s": first - start, "prefill_tok_s": prompt_len / (first - start),
+            "decode_tok_s": (gen_len - 1) / (end - first), "peak_rss_bytes": peak_rss_bytes(),
+            "rss_before_load_bytes": rss_before, "generated_tokens": len(generated), "first_tokens": generated[:8]}
+
+
+def bench(path: Path, prompt_len: int, gen_len: int, runs: int, warmup: int, threads: int) -> dict:
+    from handheld.bench import METRICS, SCHEMA, summarize
+    from handheld.host import host_info
+
+    samples = []
+    for i in range(warmup + runs):
+        child = subprocess.run([sys.executable, __file__, "child", str(path), str(prompt_len), str(gen_len), str(threads)],
+                               capture_output=True, text=True)
+        if child.returncode != 0:
+            raise SystemExit(f"llama.cpp run failed:\n{child.stderr[-2000:]}")
+        sample = json.loads(child.stdout.strip().splitlines()[-1])
+        sample["program_rss_bytes"] = sample["peak_rss_bytes"] - sample["rss_before_load_bytes"]
+        print(f"{path.name} {'warm-up' if i < warmup else 'run'}: decode {sample['decode_tok_s']:.2f} tok/s, "
+              f"prefill {sample['prefill_tok_s']:.1f} tok/s, peak RSS {sample['peak_rss_bytes'] / 2**20:.0f} MiB", flush=True)
+        if i >= warmup:
+            samples.append(sample)
+    from importlib import metadata
+
+    host = host_info() | {"versions": host_info()["versions"] | {"llama-cpp-python": metadata.version("llama-cpp-python")}}
+    return {
+        "schema": SCHEMA, "name": "llama.cpp Q4_0", "path": str(path), "file_bytes": path.stat().st_size,
+        "model": "same checkpoint", "scheme": "Q4_0", "backend": "llama.cpp CPU", "max_seq_len": prompt_len + gen_len,
+        "bytes_per_token": gguf_bytes_per_token(path), "prompt_len": prompt_len, "gen_len": gen_len, "runs": runs,
+        "warmup": warmup, "threads": threads, "runner": "llama-cpp-python", "target": "host", "samples": samples,
+        "stats": {m: summarize([s[m] for s in samples]) for m in METRICS}, "host": host,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("convert", help="checkpoint -> F16 GGUF -> Q4_0 GGUF")
+    p.add_argument("--checkpoint", type=Path, required=True)
+    p.add_argument("--out", type=Path, required=True)
+    p = sub.add_parser("bench", help="measure a GGUF like handheld bench")
+    p.add_argument("gguf", type=Path)
+    p.add_argument("--prompt-len", type=int, default=64)
+    p.add_argument("--gen-len", type=int, default=128)
+    p.add_argument("--runs", type=int, default=5)
+    p.add_argument("--warmup", type=int, default=1)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--json", type=Path, help="write a handheld-bench results file with this one row")
+    p = sub.add_parser("child")
+    p.add_argument("path")
+    p.add_argument("prompt_len", type=int)
+    p.add_argument("gen_len", type=int)
+    p.add_argument("threads", type=int)
+    args = parser.parse_args()
+    if args.command == "convert":
+        convert(args.checkpoint, args.out)
+    elif args.command == "child":
+        print(json.dumps(measure_once(args.path, args.prompt_len, args.gen_len, args.threads)))
+    else:
+        row = bench(args.gguf, args.prompt_len, args.gen_len, args.runs, args.warmup, args.threads)
+        print(json.dumps(row["stats"], indent=2))
+        if args.json:
+            from handheld.bench import SCHEMA
+
+            args.json.write_text(json.dumps({"schema": SCHEMA, "memory_bandwidth_gbs": None, "rows": [row]}, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()

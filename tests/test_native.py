@@ -1,0 +1,143 @@
+"""The native C++ runner: built against the executorch wheel for x86-64 and (cross) aarch64, it computes
+what ExecuTorch's Python runtime computes, for every scheme, and says clearly what it cannot run.
+
+The aarch64 build runs under Debian's qemu user-mode emulation (`.ci/run` installs it with the cross compiler).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from handheld.bench import BenchConfig, run_bench
+from handheld.errors import HandheldError
+from handheld.regression import regressions
+from handheld.runtime_bindings import native
+from handheld.runtime_bindings.measure import synthetic_prompt
+from handheld.runtime_bindings.pte import PteProgram
+from handheld.demo import DEMO_SCHEMES
+
+PROMPT = synthetic_prompt(12)
+GEN_LEN = 6
+# Same kernels on the same machine; thread counts may differ (the Python runtime uses every core).
+LOGITS_ATOL = 1e-4
+
+
+@pytest.fixture(scope="module")
+def host_runner():
+    return native.build_runner("host", log=lambda _: None)
+
+
+@pytest.fixture(scope="module")
+def aarch64_runner():
+    return native.build_runner("qemu-aarch64", log=lambda _: None)
+
+
+def python_runtime_steps(pte, prompt, gen_len):
+    """Greedy tokens and the logits each was chosen from, through ExecuTorch's Python runtime."""
+    program = PteProgram(pte)
+    rows = [program.forward(prompt, 0)[-1]]
+    tokens = [int(rows[-1].argmax())]
+    for position in range(len(prompt), len(prompt) + gen_len - 1):
+        rows.append(program.forward([tokens[-1]], position)[-1])
+        tokens.append(int(rows[-1].argmax()))
+    return tokens, torch.stack(rows).float().numpy()
+
+
+@pytest.mark.parametrize("scheme", DEMO_SCHEMES)
+def test_native_runner_matches_the_python_runtime(scheme, demo_report, host_runner, tmp_path):
+    out, _ = demo_report
+    pte = out / f"{scheme}.pte"
+    logits_file = tmp_path / "logits.f32"
+    result = native.run_native(host_runner, "host", pte, PROMPT, GEN_LEN, threads=1, logits_path=logits_file)
+    tokens, logits = python_runtime_steps(pte, PROMPT, GEN_LEN)
+    assert result["tokens"] == tokens
+    native_logits = np.fromfile(logits_file, dtype=np.float32).reshape(GEN_LEN, -1)
+    np.testing.assert_allclose(native_logits, logits, atol=LOGITS_ATOL, rtol=0)
+    # The runner read the program's own metadata.
+    assert result["metadata"]["handheld_scheme"] == PteProgram(pte).metadata["handheld_scheme"]
+    assert result["metadata"]["get_max_seq_len"] == PteProgram(pte).max_seq_len
+    assert result["peak_rss_bytes"] > result["rss_before_load_bytes"] > 0 and result["decode_tok_s"] > 0
+
+
+@pytest.mark.parametrize("scheme", DEMO_SCHEMES)
+def test_aarch64_runner_under_qemu_produces_the_x86_tokens(scheme, demo_report, host_runner, aarch64_runner):
+    out, _ = demo_report
+    pte = out / f"{scheme}.pte"
+    on_x86 = native.run_native(host_runner, "host", pte, PROMPT, 16, threads=1)
+    on_arm = native.run_native(aarch64_runner, "qemu-aarch64", pte, PROMPT, 16, threads=1)
+    assert on_arm["tokens"] == on_x86["tokens"]
+    assert "aarch64" in native.runner_command(aarch64_runner, "qemu-aarch64")[0]
+
+
+def test_aarch64_binary_is_an_arm_executable(aarch64_runner):
+    header = aarch64_runner.read_bytes()[:20]
+    assert header[:4] == b"\x7fELF" and int.from_bytes(header[18:20], "little") == 183  # EM_AARCH64
+
+
+def test_bench_native_on_qemu_labels_emulation_and_counts_work(demo_report, tmp_path):
+    out, _ = demo_report
+    config = BenchConfig(prompt_len=8, gen_len=8, runs=1, warmup=0, threads=1, runner="native",
+                         target="qemu-aarch64", count_work=True)
+    results = run_bench([out / "8da4w.pte"], config, progress=lambda _: None)
+    (row,) = results["rows"]
+    assert row["emulated"] and row["runner"] == "native" and row["target"] == "qemu-aarch64"
+    assert row["scheme"] == "8da4w" and row["samples"][0]["generated_tokens"] == 8
+    assert row["work"]["metric"] == "translated blocks executed (qemu)" and row["work"]["value"] > 10**6
+    # The work count is what the gate can trust: a doctored baseline with less work fails it.
+    baseline = {"rows": [dict(row, work=dict(row["work"], value=row["work"]["value"] // 2))]}
+    (failure,) = regressions(results, baseline, 50)
+    assert failure.startswith("8da4w: translated blocks executed (qemu)") and "+100.0%" in failure
+
+
+def test_host_work_count_repeats(demo_report, host_runner):
+    out, _ = demo_report
+    counts = [native.count_work(host_runner, "host", out / "8da4w.pte", PROMPT, 4)["value"] for _ in range(2)]
+    assert counts[0] > 10**6
+    assert abs(counts[0] - counts[1]) / counts[0] < 1e-4  # within a few parts per million in practice
+
+
+@pytest.fixture(scope="module")
+def custom_op_pte(tmp_path_factory):
+    """A program needing `llama::fast_hadamard_transform`, a kernel the wheel's C++ runtime does not have."""
+    import executorch.extension.llm.custom_ops.custom_ops  # noqa: F401  (registers the op for export)
+    from executorch.exir import EdgeCompileConfig, to_edge
+
+    class NeedsCustomOp(torch.nn.Module):
+        def forward(self, tokens, input_pos):
+            x = tokens.float().unsqueeze(-1).expand(1, 4, 8).contiguous()
+            return torch.ops.llama.fast_hadamard_transform(x)
+
+    example = (torch.zeros(1, 4, dtype=torch.long), torch.zeros(1, dtype=torch.long))
+    exported = torch.export.export(NeedsCustomOp(), example)
+    edge = to_edge(exported, constant_methods={"get_max_seq_len": 8, "get_vocab_size": 8},
+                   compile_config=EdgeCompileConfig(_check_ir_validity=False))
+    path = tmp_path_factory.mktemp("custom") / "custom_op.pte"
+    path.write_bytes(edge.to_executorch().buffer)
+    return path
+
+
+def test_missing_operator_is_named(custom_op_pte, host_runner):
+    with pytest.raises(HandheldError, match=r"needs operators the native runner does not have: llama::fast_hadamard_transform"):
+        native.run_native(host_runner, "host", custom_op_pte, [1, 2, 3, 4], 1, threads=1)
+
+
+def test_not_a_program_fails_cleanly(tmp_path, host_runner):
+    bogus = tmp_path / "bogus.pte"
+    bogus.write_bytes(b"not a program at all")
+    with pytest.raises(HandheldError, match="the native runner failed on .*bogus.pte"):
+        native.run_native(host_runner, "host", bogus, [1, 2], 1, threads=1)
+
+
+def test_missing_tools_name_their_debian_packages(monkeypatch, tmp_path):
+    monkeypatch.setenv("HANDHELD_CACHE", str(tmp_path))
+    fake = native.Target("qemu-aarch64", "no-such-g++", "g++-aarch64-linux-gnu", emulator="no-such-qemu",
+                         emulator_package="qemu-user-static")
+    monkeypatch.setitem(native.TARGETS, "qemu-aarch64", fake)
+    with pytest.raises(HandheldError, match=r"no-such-g\+\+ not found: install Debian's g\+\+-aarch64-linux-gnu"):
+        native.build_runner("qemu-aarch64")
+    with pytest.raises(HandheldError, match="no-such-qemu not found: install Debian's qemu-user-static"):
+        native.runner_command(tmp_path / "x", "qemu-aarch64")
+    with pytest.raises(HandheldError, match="unknown target 'riscv'; known targets: host, qemu-aarch64"):
+        native.get_target("riscv")
