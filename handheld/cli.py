@@ -212,7 +212,7 @@ def cmd_bench(args: argparse.Namespace) -> None:
         with atomic_path(args.json) as tmp:
             tmp.write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
         print(f"wrote {args.json}")
-    _gate(results, baseline, args.max_regression)
+    _gate(results, baseline, args.max_regression, args.gate)
 
 
 def cmd_report(args: argparse.Namespace) -> None:
@@ -224,7 +224,7 @@ def cmd_report(args: argparse.Namespace) -> None:
     report = write_report(results, Path(args.output), evals=load_evals([Path(p) for p in args.eval]),
                           base_name=args.base, notes=args.note)
     print(f"wrote {report}")
-    _gate(results, baseline, args.max_regression)
+    _gate(results, baseline, args.max_regression, args.gate)
 
 
 def _read_baseline(args: argparse.Namespace) -> dict | None:
@@ -236,15 +236,18 @@ def _read_baseline(args: argparse.Namespace) -> dict | None:
     return load_results([Path(args.baseline)]) if args.baseline else None
 
 
-def _gate(results: dict, baseline: dict | None, max_regression: float | None) -> None:
-    from handheld.regression import regressions
+def _gate(results: dict, baseline: dict | None, max_regression: float | None, gate: str) -> None:
+    from handheld.regression import GATES, regressions
 
+    if gate not in GATES:
+        raise HandheldError(f"unknown --gate {gate!r}; known gates: {', '.join(GATES)}")
     if baseline is None:
         return
-    failures = regressions(results, baseline, max_regression)
+    failures = regressions(results, baseline, max_regression, gate)
     if failures:
         raise HandheldError("regression gate failed:\n  " + "\n  ".join(failures))
-    print(f"regression gate passed: no median moved more than {max_regression:g}% the wrong way")
+    checked = "no median" if gate == "all" else "no work count"
+    print(f"regression gate passed: {checked} moved more than {max_regression:g}% the wrong way")
 
 
 def _summary_lines(results: dict) -> str:
@@ -410,7 +413,9 @@ def build_parser() -> argparse.ArgumentParser:
 def _add_gate_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--baseline", metavar="OLD.json", help="bench results to compare against (the CI gate)")
     p.add_argument("--max-regression", type=float, metavar="PCT",
-                   help="fail when a median decode/prefill rate falls, or peak RSS rises, by more than PCT percent")
+                   help="fail when a median decode/prefill rate falls, or peak RSS or the work count rises, by more than PCT percent")
+    p.add_argument("--gate", default="all",
+                   help="all (default) or work: check only the deterministic work counts (emulators, noisy runners)")
 
 
 def _add_recipe_arguments(p: argparse.ArgumentParser) -> None:

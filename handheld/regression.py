@@ -23,8 +23,16 @@ def _format(metric: str, value: float) -> str:
     return f"{value / 2**20:.0f} MiB" if metric == "peak_rss_bytes" else f"{value:.2f} tok/s"
 
 
-def regressions(current: dict, baseline: dict, max_regression_pct: float) -> list[str]:
-    """One line per failure, naming program and metric; empty when the gate passes."""
+GATES = ("all", "work")  # every gated figure, or only the deterministic work count
+
+
+def regressions(current: dict, baseline: dict, max_regression_pct: float, gate: str = "all") -> list[str]:
+    """One line per failure, naming program and metric; empty when the gate passes.
+
+    gate "work" checks only the deterministic work counts (for noisy or emulated machines), and requires them.
+    """
+    if gate not in GATES:
+        raise ValueError(f"unknown gate {gate!r}; known gates: {', '.join(GATES)}")
     if max_regression_pct < 0:
         raise ValueError(f"max regression must be 0 or more percent, got {max_regression_pct}")
     measured = {row["name"]: row for row in current["rows"]}
@@ -40,7 +48,7 @@ def regressions(current: dict, baseline: dict, max_regression_pct: float) -> lis
             settings = ", ".join(f"{s} {old.get(s)} -> {new.get(s)}" for s in differing)
             failures.append(f"{name}: measured with different settings than the baseline ({settings})")
             continue
-        for metric, higher_is_better in GATED_METRICS.items():
+        for metric, higher_is_better in GATED_METRICS.items() if gate == "all" else ():
             was, now = old["stats"][metric]["median"], new["stats"][metric]["median"]
             change_pct, worse_pct = _worse_pct(was, now, higher_is_better)
             if worse_pct > max_regression_pct:
@@ -49,6 +57,9 @@ def regressions(current: dict, baseline: dict, max_regression_pct: float) -> lis
                     f"({change_pct:+.1f}%), beyond the allowed {max_regression_pct:g}%"
                 )
         old_work, new_work = old.get("work"), new.get("work")
+        if gate == "work" and not (old_work and new_work and old_work["metric"] == new_work["metric"]):
+            failures.append(f"{name}: the work gate needs the same work metric in both results (bench --count-work)")
+            continue
         if old_work and new_work and old_work["metric"] == new_work["metric"]:
             change_pct, worse_pct = _worse_pct(old_work["value"], new_work["value"], higher_is_better=False)
             if worse_pct > max_regression_pct:
