@@ -5,7 +5,8 @@ fp32, bf16, 8da4w (Llama 3.2 mobile scheme), the SpinQuant layout (8da4w + onlin
 QLoRA layout (8da4w + unmerged rank-16 adapters); peers on the same checkpoint and threads: ExecuTorch's
 own `export_llm` recipe (8da4w g32, 8-bit embedding, custom SDPA and KV-cache ops) and llama.cpp Q4_0
 (via llama-cpp-python; skipped with a message when it is not installed). Every program is measured by
-`handheld bench`'s machinery (fresh process per run) plus the host's memory bandwidth for the roofline.
+`handheld bench`'s machinery (fresh process per run) plus the host's memory bandwidth for the roofline;
+the 8da4w program runs a second time on handheld's native C++ runner (`--runner native`).
 
     python benchmarks/llama_1b_shape.py --work /tmp/1b-bench          # builds what is missing (~75 min), then measures
 
@@ -15,6 +16,7 @@ Writes benchmarks/results/llama_1b_shape.json and the report in benchmarks/resul
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import importlib.util
 import json
 import subprocess
@@ -137,6 +139,9 @@ def main() -> None:
     bandwidth = measure_bandwidth_gbs(args.threads)
     log(f"memory bandwidth (triad, {args.threads} threads): {bandwidth:.1f} GB/s")
     results = run_bench(programs, config, progress=log, bandwidth_gbs=bandwidth)
+    native_config = dataclasses.replace(config, runner="native")
+    for row in run_bench([args.work / "8da4w.pte"], native_config, progress=log)["rows"]:
+        results["rows"].append(row | {"name": "8da4w [native runner]"})
     for row in results["rows"]:
         if row["name"] == ET_RECIPE:
             row.update(scheme="8da4w (ExecuTorch recipe)", backend="xnnpack",
@@ -151,6 +156,20 @@ def main() -> None:
              f"Programs: max sequence length {args.max_seq_len}; peers on the same checkpoint and threads"]
     report = write_report(results, args.out.with_suffix(""), notes=notes, title="Llama 3.2 1B shape: handheld and peers")
     log(report.read_text())
+    log(native_runner_note(args.work / f"{ET_RECIPE}.pte") if not args.no_peers else "")
+
+
+def native_runner_note(et_recipe: Path) -> str:
+    """Whether ExecuTorch's own recipe runs on the wheel's C++ runtime (it needs its llama:: kernels)."""
+    from handheld.errors import HandheldError
+    from handheld.runtime_bindings.measure import synthetic_prompt
+    from handheld.runtime_bindings.native import build_runner, run_native
+
+    try:
+        run_native(build_runner("host", log=log), "host", et_recipe, synthetic_prompt(4), 2, threads=1)
+    except HandheldError as e:
+        return f"ExecuTorch's recipe on the native runner: {e}"
+    return "ExecuTorch's recipe on the native runner: runs"
 
 
 if __name__ == "__main__":
