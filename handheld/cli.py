@@ -261,6 +261,15 @@ def _summary_lines(results: dict) -> str:
     return "\n".join(lines)
 
 
+def cmd_build_runner(args: argparse.Namespace) -> None:
+    from handheld.runtime_bindings.native import build_runner, runner_command
+
+    binary = build_runner(args.target)
+    print(binary)
+    print("run it: " + " ".join(runner_command(binary, args.target)) + " MODEL.pte --prompt 128000,791,6864 --gen-len 32",
+          file=sys.stderr)
+
+
 def cmd_demo(args: argparse.Namespace) -> None:
     from handheld.demo import run_demo
 
@@ -403,6 +412,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--note", action="append", default=[], help="a line for the report's header (repeatable)")
     _add_gate_arguments(p)
     p.set_defaults(func=cmd_report)
+
+    p = sub.add_parser(
+        "build-runner", help="build handheld's native C++ runner (cached) and print its path",
+        description="Builds runtime_bindings/native/handheld_runner.cpp with CMake against the ExecuTorch runtime in the "
+        "installed executorch wheel (host), or cross-compiles it against the aarch64 wheel (qemu-aarch64). The binary "
+        "loads a .pte, prefills --prompt token ids, decodes greedily and prints JSON statistics.")
+    p.add_argument("--target", default="host", help="host or qemu-aarch64")
+    p.set_defaults(func=cmd_build_runner)
 
     p = sub.add_parser("demo", help="the main job: build, export, run and compare the built-in default model")
     p.add_argument("--out", default="handheld-demo", help="folder for checkpoints, programs and the report")

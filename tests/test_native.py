@@ -141,3 +141,11 @@ def test_missing_tools_name_their_debian_packages(monkeypatch, tmp_path):
         native.runner_command(tmp_path / "x", "qemu-aarch64")
     with pytest.raises(HandheldError, match="unknown target 'riscv'; known targets: host, qemu-aarch64"):
         native.get_target("riscv")
+
+
+def test_build_runner_command_prints_the_binary(host_runner, capsys):
+    from handheld.cli import main
+
+    assert main(["build-runner", "--target", "host"]) == 0
+    captured = capsys.readouterr()
+    assert captured.out.strip() == str(host_runner) and "--prompt" in captured.err
