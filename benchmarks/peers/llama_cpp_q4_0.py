@@ -1,7 +1,12 @@
 """Peer: llama.cpp Q4_0 on the same checkpoint, measured like `handheld bench` and written in its row schema.
 
-Needs `pip install -e '.[peers]'` (llama-cpp-python builds llama.cpp from source; on a VM that hides AMX
-from the kernel, build it without native tuning, see BENCHMARKS.md). Two steps:
+Needs `pip install -e '.[peers]'` (llama-cpp-python compiles llama.cpp). On a VM whose kernel exposes
+fewer SIMD extensions than CPUID reports (here: AVX2 but no AVX-512 or AMX in /proc/cpuinfo), a native
+build dies with SIGILL; build for what /proc/cpuinfo lists instead:
+
+    CMAKE_ARGS="-DGGML_NATIVE=OFF -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_AVX512=OFF" pip install -e '.[peers]'
+
+Two steps:
 
     python benchmarks/peers/llama_cpp_q4_0.py convert --checkpoint CKPT --out DIR     # DIR/model-f16.gguf, DIR/model-q4_0.gguf
     python benchmarks/peers/llama_cpp_q4_0.py bench DIR/model-q4_0.gguf --prompt-len 64 --gen-len 128 --json OUT.json
@@ -161,7 +166,8 @@ def measure_once(path: str, prompt_len: int, gen_len: int, threads: int) -> dict
 
     rss_before = current_rss_bytes()
     start = time.perf_counter()
-    llm = llama_cpp.Llama(model_path=path, n_ctx=prompt_len + gen_len, n_batch=prompt_len, n_threads=threads,
+    # n_batch = n_ctx: the prompt goes in one batch, and the logits buffer has a row per position.
+    llm = llama_cpp.Llama(model_path=path, n_ctx=prompt_len + gen_len, n_batch=prompt_len + gen_len, n_threads=threads,
                           n_threads_batch=threads, verbose=False)
     load_s = time.perf_counter() - start
     prompt = synthetic_prompt(prompt_len)
