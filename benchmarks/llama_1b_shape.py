@@ -10,7 +10,7 @@ the 8da4w program runs a second time on handheld's native C++ runner (`--runner 
 
     python benchmarks/llama_1b_shape.py --work /tmp/1b-bench          # builds what is missing (~75 min), then measures
 
-Writes benchmarks/results/llama_1b_shape.json and the report in benchmarks/results/llama_1b_shape/.
+Writes the report (report.md, charts, results.json) in benchmarks/results/llama_1b_shape/.
 """
 
 from __future__ import annotations
@@ -126,7 +126,7 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--no-peers", action="store_true", help="only handheld's programs")
-    parser.add_argument("--out", type=Path, default=RESULTS / "llama_1b_shape.json")
+    parser.add_argument("--out", type=Path, default=RESULTS / "llama_1b_shape", help="report folder")
     args = parser.parse_args()
 
     args.work.mkdir(parents=True, exist_ok=True)
@@ -150,11 +150,9 @@ def main() -> None:
         peer = llama_cpp_row(checkpoint, args.work, config)
         if peer is not None:
             results["rows"].append(peer)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(results, indent=2) + "\n")
     notes = ["Model: Llama 3.2 1B shape with random weights (speed does not depend on values; no quality here)",
              f"Programs: max sequence length {args.max_seq_len}; peers on the same checkpoint and threads"]
-    report = write_report(results, args.out.with_suffix(""), notes=notes, title="Llama 3.2 1B shape: handheld and peers")
+    report = write_report(results, args.out, notes=notes, title="Llama 3.2 1B shape: handheld and peers")
     log(report.read_text())
     log(native_runner_note(args.work / f"{ET_RECIPE}.pte") if not args.no_peers else "")
 

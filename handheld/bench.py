@@ -124,9 +124,9 @@ def bench_program(pte: Path, config: BenchConfig, progress: Callable[[str], None
 
         work = count_work(native_binary, config.target, pte, synthetic_prompt(config.prompt_len), config.gen_len)
         progress(f"{pte.name} work: {work['value']:,} {work['metric']}")
-    metadata = samples[-1].pop("metadata")
+    metadata = samples[-1]["metadata"]
     for sample in samples:
-        sample.pop("metadata", None)
+        del sample["metadata"]
     return {
         "schema": SCHEMA,
         "name": pte.stem,
