@@ -91,7 +91,7 @@ def ensure_executorch_recipe(checkpoint: Path, work: Path, max_seq_len: int) -> 
 
 def executorch_recipe_bytes_per_token(row: dict, checkpoint: Path) -> int:
     """Its file, less all but one row of its 8-bit embedding table (int8 values, one fp32 scale per row)."""
-    from handheld.checkpoints import read_checkpoint
+    from handheld.core.checkpoints import read_checkpoint
 
     args = read_checkpoint(checkpoint).args
     table = args.vocab_size * (args.dim + 4)
@@ -113,9 +113,9 @@ def llama_cpp_row(checkpoint: Path, work: Path, config) -> dict | None:
 
 
 def main() -> None:
-    from handheld.bench import BenchConfig, run_bench
-    from handheld.host import measure_bandwidth_gbs
-    from handheld.report import write_report
+    from handheld.measure.bench import BenchConfig, run_bench
+    from handheld.measure.host import measure_bandwidth_gbs
+    from handheld.measure.report import write_report
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--work", type=Path, required=True, help="folder for the checkpoint and programs (reused)")
@@ -159,9 +159,10 @@ def main() -> None:
 
 def native_runner_note(et_recipe: Path) -> str:
     """Whether ExecuTorch's own recipe runs on the wheel's C++ runtime (it needs its llama:: kernels)."""
-    from handheld.errors import HandheldError
-    from handheld.runtime_bindings.measure import synthetic_prompt
-    from handheld.runtime_bindings.native import build_runner, run_native
+    from handheld.core.errors import HandheldError
+    from handheld.runtime_bindings.generation import synthetic_prompt
+    from handheld.runtime_bindings.native.build import build_runner
+    from handheld.runtime_bindings.native.run import run_native
 
     try:
         run_native(build_runner("host", log=log), "host", et_recipe, synthetic_prompt(4), 2, threads=1)

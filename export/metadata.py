@@ -1,28 +1,10 @@
-"""The metadata a `.pte` carries as constant methods.
-
-ExecuTorch's LLM runner reads the `get_*`/`use_*`/`enable_*` methods; handheld adds its own under
-`handheld_*` so a `.pte` says what it is without relying on its file name.
-"""
+"""The metadata the exporter writes into a `.pte` (the contract itself is `handheld.core.pte_metadata`)."""
 
 from __future__ import annotations
 
-import json
-from typing import Any
-
 import handheld
-from handheld.config import ModelArgs, known_model_names, named_model_args
-
-RUNNER_KEYS = (
-    "get_max_seq_len",
-    "get_max_context_len",
-    "get_vocab_size",
-    "get_n_layers",
-    "get_bos_id",
-    "get_eos_ids",
-    "use_kv_cache",
-    "use_sdpa_with_kv_cache",
-    "enable_dynamic_shape",
-)
+from handheld.core.config import ModelArgs, known_model_names, named_model_args
+from handheld.core.pte_metadata import ProgramMetadata
 
 
 def model_name(args: ModelArgs) -> str:
@@ -33,30 +15,11 @@ def model_name(args: ModelArgs) -> str:
     return f"llama(dim={args.dim}, n_layers={args.n_layers}, n_heads={args.n_heads}, vocab_size={args.vocab_size})"
 
 
-def program_metadata(
-    args: ModelArgs,
-    *,
-    max_seq_len: int,
-    bos_id: int,
-    eos_ids: list[int],
-    scheme: str,
-    backend: str,
-    full_logits: bool,
-) -> dict[str, Any]:
-    return {
-        "get_max_seq_len": max_seq_len,
-        "get_max_context_len": max_seq_len,
-        "get_vocab_size": args.vocab_size,
-        "get_n_layers": args.n_layers,
-        "get_bos_id": bos_id,
-        "get_eos_ids": eos_ids,
-        "use_kv_cache": True,
-        "use_sdpa_with_kv_cache": False,
-        "enable_dynamic_shape": True,
-        "handheld_model": model_name(args),
-        "handheld_params": json.dumps(args.to_dict(), sort_keys=True),
-        "handheld_scheme": scheme,
-        "handheld_backend": backend,
-        "handheld_version": handheld.__version__,
-        "handheld_full_logits": full_logits,
-    }
+def program_metadata(args: ModelArgs, *, max_seq_len: int, bos_id: int, eos_ids: list[int], scheme: str, backend: str,
+                     full_logits: bool, group_size: int | None, weight_bytes: dict[str, int]) -> ProgramMetadata:
+    """Everything but the operator counts, which are known only after lowering."""
+    return ProgramMetadata(
+        max_seq_len=max_seq_len, vocab_size=args.vocab_size, n_layers=args.n_layers, bos_id=bos_id,
+        eos_ids=tuple(eos_ids), model=model_name(args), params=args.to_dict(), scheme=scheme, backend=backend,
+        version=handheld.__version__, full_logits=full_logits, group_size=group_size, weight_bytes=weight_bytes,
+    )

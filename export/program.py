@@ -3,23 +3,24 @@
 from __future__ import annotations
 
 import collections
-import json
+import dataclasses
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Callable
 
 import torch
 from torch import nn
 
-from handheld.atomic import atomic_path
-from handheld.checkpoints import read_checkpoint
-from handheld.errors import HandheldError
+from handheld.core.atomic import atomic_path, refuse_overwriting_inputs
+from handheld.core.checkpoints import read_checkpoint
+from handheld.core.errors import HandheldError
+from handheld.core.pte_metadata import ProgramMetadata
 from handheld.export.backends import Backend, get_backend
 from handheld.export.metadata import program_metadata
-from handheld.quant.mobile_8da4w import weight_bytes_by_kind
-from handheld.quant.schemes import Scheme, SchemeOptions, get_scheme, prepare_model
-from handheld.tokenizer import NUM_SPECIAL, Tokenizer
+from handheld.export.weight_bytes import weight_bytes_by_kind
+from handheld.quant.schemes import Scheme, get_scheme, prepare_model, scheme_options
+from handheld.core.tokenizer import NUM_SPECIAL, load_tokenizer
 
 # Operators that only appear outside a delegate if a quantized linear was not delegated.
 _QUANTIZED_LINEAR_OPS = {"linear", "addmm", "mm", "torchao.choose_qparams_affine", "torchao.quantize_affine"}
@@ -38,7 +39,7 @@ class ExportResult:
 def special_ids(tokenizer_path: Path | None, vocab_size: int) -> tuple[int, list[int]]:
     """BOS and stop ids from the tokenizer; without one, Llama 3's layout (specials after the ranks)."""
     if tokenizer_path is not None:
-        tok = Tokenizer(tokenizer_path)
+        tok = load_tokenizer(tokenizer_path)
         if tok.vocab_size > vocab_size:
             raise HandheldError(f"tokenizer {tokenizer_path} has {tok.vocab_size} ids but the model only {vocab_size}")
         return tok.bos_id, tok.stop_ids
@@ -54,7 +55,7 @@ def export_checkpoint(
     backend_name: str,
     max_seq_len: int,
     tokenizer_path: Path | None = None,
-    options: SchemeOptions = SchemeOptions(),
+    group_size: int | None = None,
     full_logits: bool = False,
     log: Callable[[str], None] = print,
 ) -> ExportResult:
@@ -65,6 +66,7 @@ def export_checkpoint(
         get_scheme(scheme_name)
     if max_seq_len < 2:
         raise HandheldError(f"--max-seq-len must be at least 2, got {max_seq_len}")
+    refuse_overwriting_inputs(output, [checkpoint_dir, tokenizer_path])
     start = time.perf_counter()
     checkpoint = read_checkpoint(checkpoint_dir)
     tokenizer_path = tokenizer_path or checkpoint.tokenizer_path
@@ -72,20 +74,14 @@ def export_checkpoint(
     if tokenizer_path is None:
         log(f"no tokenizer given: BOS/EOS ids assume Llama 3's layout (BOS {bos_id})")
     log(f"loaded {checkpoint.format} checkpoint {checkpoint_dir}")
+    options = scheme_options(scheme_name, group_size, checkpoint)
     prepared = prepare_model(checkpoint, scheme_name, options, max_seq_len=max_seq_len, full_logits=full_logits)
     model, scheme = prepared.model, prepared.scheme
     metadata = program_metadata(
-        checkpoint.args,
-        max_seq_len=max_seq_len,
-        bos_id=bos_id,
-        eos_ids=eos_ids,
-        scheme=prepared.label,
-        backend=backend.name,
-        full_logits=full_logits,
+        checkpoint.args, max_seq_len=max_seq_len, bos_id=bos_id, eos_ids=eos_ids, scheme=prepared.label,
+        backend=backend.name, full_logits=full_logits, group_size=prepared.group_size,
+        weight_bytes=weight_bytes_by_kind(model),
     )
-    if prepared.group_size is not None:
-        metadata["handheld_group_size"] = prepared.group_size
-    metadata["handheld_weight_bytes"] = json.dumps(weight_bytes_by_kind(model))
     with atomic_path(output) as tmp:
         op_counts = lower_to_file(model, scheme, backend, metadata, max_seq_len, tmp, log)
     seconds = time.perf_counter() - start
@@ -96,7 +92,7 @@ def lower_to_file(
     model: nn.Module,
     scheme: Scheme,
     backend: Backend,
-    metadata: dict[str, Any],
+    metadata: ProgramMetadata,
     max_seq_len: int,
     path: Path,
     log: Callable[[str], None] = print,
@@ -119,7 +115,7 @@ def lower_to_file(
     if scheme.quantized:
         check_quantized_linears_delegated(op_counts, backend.name)
     # The operator split is only known after lowering, and it travels in the .pte too.
-    constant_methods = metadata | {"handheld_op_counts": json.dumps(op_counts, sort_keys=True)}
+    constant_methods = dataclasses.replace(metadata, op_counts=op_counts).to_constant_methods()
     program = EdgeProgramManager(lowered.exported_program(), constant_methods, compile_config)
     log("emitting the ExecuTorch program")
     config = ExecutorchBackendConfig(
@@ -147,19 +143,22 @@ def trace(model: nn.Module, max_seq_len: int) -> torch.export.ExportedProgram:
     # One graph for prefill and decode: the token count is dynamic, positions come in as a tensor.
     dynamic = ({1: torch.export.Dim.DYNAMIC(min=1, max=max_seq_len)}, None)
     with torch.no_grad():
-        return torch.export.export(model, example, dynamic_shapes=dynamic).run_decompositions({})
+        # No run_decompositions here: to_edge_transform_and_lower runs its own.
+        return torch.export.export(model, example, dynamic_shapes=dynamic)
 
 
 def count_ops(graph_module: torch.fx.GraphModule) -> dict[str, dict[str, int]]:
-    """Operator counts inside backend delegates and outside them (run by ExecuTorch's kernels)."""
+    """Operator counts inside backend delegates and outside them (run by ExecuTorch's kernels), and the
+    number of delegate partitions per backend (each one a call at run time and a compile at export)."""
     delegated: collections.Counter[str] = collections.Counter()
-    portable: collections.Counter[str] = collections.Counter()
+    partitions: collections.Counter[str] = collections.Counter()
     for node in graph_module.graph.nodes:
         if node.op == "get_attr" and node.target.startswith("lowered_module"):
             lowered = getattr(graph_module, node.target)
             delegated.update(_op_names(lowered.original_module.graph_module))
-    portable.update(_op_names(graph_module))
-    return {"delegated": dict(delegated), "portable": dict(portable)}
+            partitions[lowered.backend_id] += 1
+    portable = collections.Counter(_op_names(graph_module))
+    return {"delegated": dict(delegated), "portable": dict(portable), "partitions": dict(partitions)}
 
 
 def _op_names(graph_module: torch.fx.GraphModule) -> list[str]:

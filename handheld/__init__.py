@@ -1,3 +1,18 @@
-"""handheld: take Llama 3.2 class models onto phones and Arm boards with ExecuTorch."""
+"""handheld: take Llama 3.2 class models onto phones and Arm boards with ExecuTorch.
+
+The package is a house with floors; a module may import from its own floor's package and from the floors
+below it, never from a floor above (tests/test_layers.py checks every import):
+
+    floor 4  handheld.cli                  one module per verb, and the demo
+    floor 3  handheld.measure              bench, host facts, the CI gate, report, quality evaluation
+             handheld.training             SpinQuant rotation learning and QAT+LoRA jobs, their data and loop
+    floor 2  handheld.export               torch.export -> backend lowering -> .pte (source: export/)
+             handheld.runtime_bindings     running a .pte: Python runtime and native C++ runner (runtime_bindings/)
+    floor 1  handheld.quant                schemes and model -> model transforms, pre-quantized layouts (quant/)
+    floor 0  handheld.core                 model, params, checkpoints, tokenizer, errors, defaults, .pte metadata
+
+Packages on one floor do not import each other. "training" is what other tools call quantization
+recipes; the name avoids ExecuTorch's "recipes" (backend lowering presets).
+"""
 
 __version__ = "0.1.0"

@@ -7,7 +7,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from handheld.quant.mobile_8da4w import block_linears
+from handheld.core.errors import HandheldError
+from handheld.quant.linears import block_linears
 
 
 class LoRAAdaptor(nn.Module):
@@ -47,8 +48,6 @@ class LoRALinear(nn.Module):
 
 
 def check_rank(model: nn.Module, rank: int) -> None:
-    from handheld.errors import HandheldError
-
     narrowest = min(min(m.in_features, m.out_features) for m in block_linears(model).values())
     if not 1 <= rank <= narrowest:
         raise HandheldError(f"LoRA rank {rank} does not fit: it must be between 1 and the narrowest linear's width {narrowest}")

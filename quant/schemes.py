@@ -12,12 +12,16 @@ from typing import Callable
 import torch
 from torch import nn
 
-from handheld.errors import HandheldError
+from handheld.core.checkpoints import Checkpoint, build_model
+from handheld.core.defaults import GROUP_SIZE
+from handheld.core.errors import HandheldError
+from handheld.quant.mobile_8da4w import quantize_8da4w
+from handheld.quant.prequantized import build_prequantized_model
 
 
 @dataclass(frozen=True)
 class SchemeOptions:
-    group_size: int = 32  # weight group size of 4-bit schemes
+    group_size: int = GROUP_SIZE  # weight group size of 4-bit schemes
 
 
 @dataclass(frozen=True)
@@ -34,17 +38,17 @@ def _to_fp32(model: nn.Module, options: SchemeOptions) -> nn.Module:
 
 
 def _to_8da4w(model: nn.Module, options: SchemeOptions) -> nn.Module:
-    from handheld.quant.mobile_8da4w import quantize_8da4w
-
     return quantize_8da4w(model.float(), group_size=options.group_size)
 
 
 def _to_bf16(model: nn.Module, options: SchemeOptions) -> nn.Module:
-    # RoPE angles stay float32: bf16 cos/sin lose too much precision at long positions.
-    rope_tables = {name: buf for name, buf in model.named_buffers() if name.startswith("rope_")}
+    # Constant tables stay float32 (bf16 cos/sin lose too much precision at long positions; 1/dim in the
+    # norms' mean would be off by up to 0.4%); only weights and the KV caches become bf16.
+    constants = {name: buf for name, buf in model.named_buffers() if not name.endswith("_cache")}
     model = model.to(torch.bfloat16)
-    for name, buf in rope_tables.items():
-        setattr(model, name, buf)
+    for name, buf in constants.items():
+        owner, _, attribute = name.rpartition(".")
+        setattr(model.get_submodule(owner), attribute, buf)
     return model
 
 
@@ -80,22 +84,41 @@ class PreparedModel:
     group_size: int | None
 
 
-def prepare_model(checkpoint, requested: str | None, options: SchemeOptions = SchemeOptions(), *,
+def prepare_model(checkpoint: Checkpoint, requested: str | None, options: SchemeOptions = SchemeOptions(), *,
                   max_seq_len: int, full_logits: bool) -> PreparedModel:
     """The eager model for a checkpoint under a scheme: what export lowers and eager runs check against.
 
     A pre-quantized checkpoint brings its own scheme; `requested` None means that one, else fp32.
     """
-    from handheld.checkpoints import build_model
-
-    model = build_model(checkpoint, max_seq_len=max_seq_len, full_logits=full_logits)
-    quant = checkpoint.args.quantization_args
-    if quant is not None:
+    if checkpoint.prequantized:
+        quant = checkpoint.args.quantization_args
         if requested not in (None, "8da4w"):
             raise HandheldError(
-                f"{checkpoint.directory} is pre-quantized (8da4w, group size {quant.group_size}, per its params.json); "
-                f"it cannot be exported as --scheme {requested}: leave --scheme out"
+                f"{checkpoint.path} is pre-quantized ({checkpoint.kind}: 8da4w, group size {quant.group_size}, per "
+                f"its params.json); it cannot be exported as --scheme {requested}: leave --scheme out"
             )
-        return PreparedModel(model, get_scheme("8da4w"), checkpoint.scheme_label, quant.group_size)
+        model = build_prequantized_model(checkpoint.args, checkpoint.state, max_seq_len, full_logits)
+        return PreparedModel(model, get_scheme("8da4w"), checkpoint.kind, quant.group_size)
+    model = build_model(checkpoint, max_seq_len=max_seq_len, full_logits=full_logits)
     scheme = get_scheme(requested or "fp32")
     return PreparedModel(scheme.transform(model, options), scheme, scheme.name, options.group_size if scheme.quantized else None)
+
+
+def scheme_options(requested: str | None, group_size: int | None, checkpoint: Checkpoint) -> SchemeOptions:
+    """Options for `requested` on this checkpoint; a --group-size that would be ignored is refused instead."""
+    if group_size is None:
+        return SchemeOptions()
+    if checkpoint.prequantized:
+        own = checkpoint.args.quantization_args.group_size
+        if group_size != own:
+            raise HandheldError(f"{checkpoint.path} is pre-quantized with group size {own}; --group-size {group_size} "
+                                "cannot change it")
+        return SchemeOptions(group_size=group_size)
+    if not get_scheme(requested or "fp32").quantized:
+        raise HandheldError(f"--group-size applies to 4-bit schemes; scheme {requested or 'fp32'} has no groups")
+    return SchemeOptions(group_size=group_size)
+
+
+def checkpoint_model(checkpoint: Checkpoint, max_seq_len: int, full_logits: bool = True) -> nn.Module:
+    """Any checkpoint's own eager model: float as stored, or its pre-quantized scheme."""
+    return prepare_model(checkpoint, None, max_seq_len=max_seq_len, full_logits=full_logits).model

@@ -19,9 +19,9 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from handheld.config import ModelArgs
-from handheld.hadamard import check_hadamard_size, random_hadamard
-from handheld.quant.mobile_8da4w import untie_embedding
+from handheld.core.config import ModelArgs
+from handheld.core.hadamard import check_hadamard_size, random_hadamard
+from handheld.quant.linears import untie_embedding
 
 READERS = ("attention.wq", "attention.wk", "attention.wv", "feed_forward.w1", "feed_forward.w3")
 WRITERS = ("attention.wo", "feed_forward.w2")

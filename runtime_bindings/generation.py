@@ -12,7 +12,7 @@ from typing import Callable, Protocol
 
 import torch
 
-from handheld.errors import HandheldError
+from handheld.core.errors import HandheldError
 
 
 class StepModel(Protocol):
@@ -87,3 +87,14 @@ def generate(
         decode_tok_s=decode_steps / (end - first) if decode_steps else 0.0,
     )
     return generated, stats
+
+
+# Synthetic prompt ids stay below the specials of any vocabulary handheld builds (>= 300 ids).
+_PROMPT_ID_RANGE = (3, 250)
+
+
+def synthetic_prompt(length: int) -> list[int]:
+    """Token ids need no tokenizer: speed does not depend on which ids they are. A fixed formula, so the
+    native runner (which takes ids on its command line) and the Python runtime see the same prompt."""
+    low, high = _PROMPT_ID_RANGE
+    return [low + (i * 97 + 11) % (high - low) for i in range(length)]

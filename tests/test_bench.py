@@ -11,13 +11,14 @@ import math
 
 import pytest
 
-from handheld.bench import METRICS, SCHEMA, BenchConfig, bytes_per_token, load_results, run_bench, summarize
+from handheld.core.pte_metadata import ProgramMetadata
+from handheld.measure.bench import METRICS, SCHEMA, BenchConfig, load_results, run_bench, summarize
 from handheld.cli import main
-from handheld.errors import HandheldError
-from handheld.regression import regressions
-from handheld.report import baseline_row, write_report
+from handheld.core.errors import HandheldError
+from handheld.measure.gate import regressions
+from handheld.measure.report import baseline_row, write_report
 from handheld.runtime_bindings.generation import EagerRunner, generate
-from handheld.runtime_bindings.measure import synthetic_prompt
+from handheld.runtime_bindings.generation import synthetic_prompt
 from conftest import PARITY_MAX_SEQ_LEN
 
 CONFIG = BenchConfig(prompt_len=6, gen_len=9, runs=2, warmup=1, threads=1)
@@ -60,7 +61,7 @@ def test_bench_rows_describe_themselves(bench_results, odd_fp32_pte):
 
 
 def test_bench_tokens_are_the_eager_models_greedy_tokens(bench_results, odd_checkpoint):
-    from handheld.checkpoints import load_model
+    from handheld.core.checkpoints import load_model
 
     (row,) = bench_results[0]["rows"]
     prompt = synthetic_prompt(6)
@@ -71,9 +72,10 @@ def test_bench_tokens_are_the_eager_models_greedy_tokens(bench_results, odd_chec
 
 def test_bytes_per_token_reads_one_row_of_an_untied_table():
     kinds = {"4-bit linears": 1000, "scales": 100, "8-bit embedding": 400, "8-bit classifier": 400, "embedding": 0, "other": 5}
-    metadata = {"handheld_weight_bytes": json.dumps(kinds), "get_vocab_size": 4}
-    assert bytes_per_token(metadata) == 1000 + 100 + 400 + 5 + 100
-    assert bytes_per_token({"get_vocab_size": 4}) is None  # not a handheld program
+    metadata = {"handheld_weight_bytes": json.dumps(kinds), "get_vocab_size": 4, "get_max_seq_len": 8}
+    assert ProgramMetadata.from_constant_methods(metadata).bytes_per_token() == 1000 + 100 + 400 + 5 + 100
+    foreign = ProgramMetadata.from_constant_methods({"get_vocab_size": 4, "get_max_seq_len": 8})
+    assert foreign.bytes_per_token() is None and foreign.scheme == "unknown"  # not a handheld program
 
 
 def test_bench_refuses_lengths_beyond_the_cache(odd_fp32_pte):
@@ -105,10 +107,38 @@ def test_regression_gate(bench_results):
     assert regressions(results, _doctored(results, "prefill_tok_s", 1.05), 10) == []  # within the allowance
     renamed = copy.deepcopy(results)
     renamed["rows"][0]["name"] = "other"
-    assert regressions(results, renamed, 10) == ["other: in the baseline but not measured now"]
+    assert regressions(results, renamed, 10) == [
+        "odd_fp32: measured now but not in the baseline (add it to the baseline to gate it)",
+        "other: in the baseline but not measured now"]
     other_threads = copy.deepcopy(results)
     other_threads["rows"][0]["threads"] = 2
     assert "different settings than the baseline (threads 2 -> 1)" in regressions(results, other_threads, 10)[0]
+
+
+def test_gate_refuses_what_it_cannot_compare(bench_results):
+    results, _ = bench_results
+    zero = _doctored(results, "decode_tok_s", 0.0)  # a baseline median of 0
+    assert regressions(results, zero, 10) == ["odd_fp32: the baseline's decode_tok_s median is 0.0: not a figure to compare against"]
+    other_toolchain = copy.deepcopy(results)
+    other_toolchain["rows"][0]["toolchain"] = "clang 19; qemu 9.2"
+    assert "(toolchain None -> clang 19; qemu 9.2); not comparable" in regressions(other_toolchain, results, 10)[0]
+    counted = copy.deepcopy(results)
+    counted["rows"][0]["work"] = {"metric": "instructions (valgrind)", "value": 1000}
+    more_threads = copy.deepcopy(counted)
+    more_threads["rows"][0]["threads"] = 4
+    more_threads["rows"][0]["work"]["value"] = 1010
+    assert regressions(more_threads, counted, 2, gate="work") == []  # the count runs single-threaded
+    more_threads["rows"][0]["work"]["value"] = 1030
+    assert "instructions (valgrind) 1,000 -> 1,030 (+3.0%)" in regressions(more_threads, counted, 2, gate="work")[0]
+
+
+def test_report_refuses_to_overwrite_its_input(bench_results, tmp_path, capsys):
+    results, _ = bench_results
+    given = tmp_path / "results.json"
+    given.write_text(json.dumps(results))
+    before = given.read_bytes()
+    assert main(["report", str(given), "-o", str(tmp_path)]) == 1
+    assert "refusing to write" in capsys.readouterr().err and given.read_bytes() == before
 
 
 def test_gate_on_the_command_line(bench_results, tmp_path, capsys):

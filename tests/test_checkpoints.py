@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from conftest import ODD_ARGS, odd_state
-from handheld.checkpoints import build_model, hf, read_checkpoint, write_checkpoint
-from handheld.errors import HandheldError
+from handheld.core.checkpoints import build_model, hf, read_checkpoint, write_checkpoint
+from handheld.core.errors import HandheldError
 
 
 def _logits(directory, tokens=(1, 7, 42, 99, 250, 3)):
@@ -106,3 +106,60 @@ def test_directory_that_is_no_checkpoint(tmp_path):
         read_checkpoint(tmp_path)
     with pytest.raises(HandheldError, match="not found"):
         read_checkpoint(tmp_path / "nope")
+
+
+def _rewrite_config(directory, **changes):
+    config = json.loads((directory / hf.CONFIG).read_text())
+    for key, value in changes.items():
+        if value is None:
+            config.pop(key, None)
+        else:
+            config[key] = value
+    (directory / hf.CONFIG).write_text(json.dumps(config))
+    return config
+
+
+def test_transformers_5_rope_parameters_are_read(tmp_path):
+    """transformers 5 writes RoPE as rope_parameters only; the model must be the same one."""
+    write_checkpoint(tmp_path, ODD_ARGS, odd_state(), "hf")
+    old = json.loads((tmp_path / hf.CONFIG).read_text())
+    parameters = {**old["rope_scaling"], "rope_theta": old["rope_theta"]}
+    _rewrite_config(tmp_path, rope_theta=None, rope_scaling=None, rope_parameters=parameters)
+    assert read_checkpoint(tmp_path).args == ODD_ARGS
+
+
+def test_rope_settings_that_cannot_be_honoured_are_refused(tmp_path):
+    write_checkpoint(tmp_path, ODD_ARGS, odd_state(), "hf")
+    _rewrite_config(tmp_path, rope_theta=None, rope_scaling=None, rope_parameters={"rope_type": "yarn", "factor": 4.0, "rope_theta": 1e4})
+    with pytest.raises(HandheldError, match="RoPE scaling type 'yarn' is not supported"):
+        read_checkpoint(tmp_path)
+    _rewrite_config(tmp_path, rope_theta=500000.0, rope_parameters={"rope_type": "default", "rope_theta": 10000.0})
+    with pytest.raises(HandheldError, match="disagree"):
+        read_checkpoint(tmp_path)
+
+
+def test_tie_word_embeddings_is_honoured(tmp_path):
+    write_checkpoint(tmp_path, ODD_ARGS, odd_state(), "hf")
+    _rewrite_config(tmp_path, tie_word_embeddings=False)
+    with pytest.raises(HandheldError, match="tie_word_embeddings is false but the checkpoint has no lm_head.weight"):
+        read_checkpoint(tmp_path)
+    _rewrite_config(tmp_path, tie_word_embeddings=None)
+    with pytest.raises(HandheldError, match="tie_word_embeddings is not set"):
+        read_checkpoint(tmp_path)
+
+
+def test_shard_index_cannot_point_outside_the_checkpoint(tmp_path):
+    state = odd_state()
+    hf.write_hf(tmp_path, ODD_ARGS, state, max_shard_bytes=40_000)
+    index = json.loads((tmp_path / hf.INDEX).read_text())
+    first = next(iter(index["weight_map"]))
+    index["weight_map"][first] = "../elsewhere.safetensors"
+    (tmp_path / hf.INDEX).write_text(json.dumps(index))
+    with pytest.raises(HandheldError, match="outside the checkpoint folder"):
+        read_checkpoint(tmp_path)
+    (tmp_path / hf.INDEX).write_text('{"weight_map": [1, 2]}')
+    with pytest.raises(HandheldError, match="has no weight_map"):
+        read_checkpoint(tmp_path)
+    (tmp_path / hf.INDEX).write_text('{"weight_map": ')
+    with pytest.raises(HandheldError, match="is not valid JSON"):
+        read_checkpoint(tmp_path)

@@ -6,11 +6,11 @@ import pytest
 import torch
 
 from conftest import PARITY_MAX_SEQ_LEN
-from handheld.checkpoints import build_model, read_checkpoint
-from handheld.errors import HandheldError
-from handheld.evaluation import eager_logits_fn, evaluate, pte_logits_fn, windows
+from handheld.core.checkpoints import build_model, read_checkpoint
+from handheld.core.errors import HandheldError
+from handheld.measure.quality import eager_logits_fn, evaluate, pte_logits_fn, windows
 from handheld.export.program import export_checkpoint
-from handheld.runtime_bindings.pte import PteProgram
+from handheld.runtime_bindings.python.program import PteProgram
 
 
 def test_every_target_is_scored_exactly_once():
@@ -54,7 +54,7 @@ def test_eager_and_pte_perplexity_agree(odd_checkpoint, odd_full_logits_pte):
     ids = torch.randint(44, 300, (400,), generator=torch.Generator().manual_seed(9)).tolist()
     eager = evaluate(eager_logits_fn(build_model(read_checkpoint(odd_checkpoint), PARITY_MAX_SEQ_LEN)), ids, 48, 24, progress=False)
     program = PteProgram(odd_full_logits_pte)
-    assert program.metadata["handheld_full_logits"] is True
+    assert program.metadata.full_logits is True
     on_pte = evaluate(pte_logits_fn(program), ids, 48, 24, progress=False)
     assert on_pte.tokens_scored == eager.tokens_scored == 399
     assert abs(on_pte.perplexity / eager.perplexity - 1) < 0.005

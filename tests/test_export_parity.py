@@ -1,21 +1,22 @@
 """The exported `.pte` against the eager model it came from: prefill plus 8 decode steps."""
 
 import pytest
-import torch
 
-from conftest import PARITY_MAX_SEQ_LEN
-from handheld.checkpoints import build_model, read_checkpoint
-from handheld.export.summary import describe_pte
+from conftest import PARITY_MAX_SEQ_LEN, delegated_linears
+from handheld.core.checkpoints import build_model, read_checkpoint
+from handheld.cli.inspect import describe_pte
 from handheld.quant.schemes import apply_scheme
 from handheld.runtime_bindings.generation import EagerRunner
-from handheld.runtime_bindings.pte import PteProgram
+from handheld.runtime_bindings.python.program import PteProgram
 
 PROMPT = [44, 7, 123, 299, 5, 60, 61, 62, 18, 250, 3]  # ids below 44 are the odd model's specials
 DECODE_STEPS = 8
 
-# Logits here are O(1). fp32: the same math in another kernel library, so only rounding differs.
-# bf16: eager and XNNPACK both round activations to bf16 (8 bits of mantissa) at different points.
-TOLERANCES = {"fp32": dict(atol=1e-4, rtol=1e-4), "bf16": dict(atol=0.12, rtol=0.05)}
+# Largest |pte - eager| as a share of the eager logits' standard deviation (about 0.2 for this random model).
+# fp32: the same math in another kernel library, so only rounding differs (measured ~2e-6).
+# bf16: eager and XNNPACK round activations to bf16 (8 bits of mantissa) at different points (measured
+# ~0.02, about what bf16 itself moves the logits from float).
+SHARE_OF_SPREAD = {"fp32": 1e-4, "bf16": 0.06}
 
 
 def _run_both(checkpoint, pte_path, scheme):
@@ -39,31 +40,32 @@ def test_pte_matches_eager_prefill_and_decode(scheme, odd_checkpoint, request):
     assert len(pairs) == 1 + DECODE_STEPS
     for step, (ours, reference) in enumerate(pairs):
         assert ours.shape == reference.shape == (300,)
-        torch.testing.assert_close(ours.float(), reference.float(), **TOLERANCES[scheme], msg=lambda m: f"step {step}: {m}")
+        off = float((ours.float() - reference.float()).abs().max() / reference.float().std())
+        assert off < SHARE_OF_SPREAD[scheme], f"step {step}: off by {off:.2e} of the logits' spread"
     top1 = sum(int(o.argmax()) == int(r.argmax()) for o, r in pairs)
     assert top1 >= len(pairs) - (0 if scheme == "fp32" else 1)
 
 
 def test_pte_carries_runner_and_handheld_metadata(odd_fp32_pte):
     program = PteProgram(odd_fp32_pte)
-    meta = program.metadata
+    meta = program.constant_methods  # as ExecuTorch's runners see them
     assert meta["get_max_seq_len"] == PARITY_MAX_SEQ_LEN
     assert meta["get_vocab_size"] == 300 and meta["get_n_layers"] == 2
     assert meta["get_bos_id"] == 44 and program.eos_ids == [45, 52, 53]
     assert meta["use_kv_cache"] is True and meta["enable_dynamic_shape"] is True
-    assert meta["handheld_scheme"] == "fp32" and meta["handheld_backend"] == "xnnpack"
-    assert meta["handheld_model"].startswith("llama(dim=96")
-    assert meta["handheld_version"]
+    typed = program.metadata  # handheld's typed view of the same contract
+    assert typed.scheme == "fp32" and typed.backend == "xnnpack" and typed.max_seq_len == PARITY_MAX_SEQ_LEN
+    assert typed.model.startswith("llama(dim=96") and typed.version
 
 
 def test_every_linear_is_delegated_to_xnnpack(odd_fp32_pte):
     info = describe_pte(odd_fp32_pte)
     # 2 layers x 7 linears + the classifier.
-    assert info["ops_delegated"].get("linear") == 15
+    assert info["ops_delegated"].get("linear") == delegated_linears(2)
     assert "linear" not in info["ops_not_delegated"] and "addmm" not in info["ops_not_delegated"]
     assert 0.3 < info["delegated_share"] <= 1.0
 
 
 def test_bf16_program_is_smaller_and_delegates_in_bf16(odd_fp32_pte, odd_bf16_pte):
     assert odd_bf16_pte.stat().st_size < 0.6 * odd_fp32_pte.stat().st_size
-    assert describe_pte(odd_bf16_pte)["ops_delegated"].get("linear") == 15
+    assert describe_pte(odd_bf16_pte)["ops_delegated"].get("linear") == delegated_linears(2)

@@ -2,10 +2,10 @@
 
 import torch
 
-from handheld.checkpoints import build_model, read_checkpoint
+from handheld.core.checkpoints import build_model, read_checkpoint
 from reference_llama import reference_logits
 from conftest import ODD_ARGS, odd_state
-from handheld.model import Transformer
+from handheld.core.model import Transformer
 
 
 def _model(max_seq_len=32):
@@ -44,7 +44,7 @@ def test_last_logits_mode_returns_only_the_last_position():
 
 
 def test_untied_checkpoint_keeps_its_own_classifier(tmp_path):
-    from handheld.checkpoints import write_checkpoint
+    from handheld.core.checkpoints import write_checkpoint
 
     state = odd_state()
     state["output.weight"] = torch.randn(ODD_ARGS.vocab_size, ODD_ARGS.dim) * 0.02

@@ -10,13 +10,13 @@ import numpy as np
 import pytest
 import torch
 
-from handheld.bench import BenchConfig, run_bench
-from handheld.errors import HandheldError
-from handheld.regression import regressions
-from handheld.runtime_bindings import native
-from handheld.runtime_bindings.measure import synthetic_prompt
-from handheld.runtime_bindings.pte import PteProgram
-from handheld.demo import DEMO_SCHEMES
+from handheld.measure.bench import BenchConfig, run_bench
+from handheld.core.errors import HandheldError
+from handheld.measure.gate import regressions
+from handheld.runtime_bindings.native import build, run, targets
+from handheld.runtime_bindings.generation import synthetic_prompt
+from handheld.runtime_bindings.python.program import PteProgram
+from handheld.cli.demo_job import DEMO_SCHEMES
 
 PROMPT = synthetic_prompt(12)
 GEN_LEN = 6
@@ -26,12 +26,12 @@ LOGITS_ATOL = 1e-4
 
 @pytest.fixture(scope="module")
 def host_runner():
-    return native.build_runner("host", log=lambda _: None)
+    return build.build_runner("host", log=lambda _: None)
 
 
 @pytest.fixture(scope="module")
 def aarch64_runner():
-    return native.build_runner("qemu-aarch64", log=lambda _: None)
+    return build.build_runner("qemu-aarch64", log=lambda _: None)
 
 
 def python_runtime_steps(pte, prompt, gen_len):
@@ -50,13 +50,13 @@ def test_native_runner_matches_the_python_runtime(scheme, demo_report, host_runn
     out, _ = demo_report
     pte = out / f"{scheme}.pte"
     logits_file = tmp_path / "logits.f32"
-    result = native.run_native(host_runner, "host", pte, PROMPT, GEN_LEN, threads=1, logits_path=logits_file)
+    result = run.run_native(host_runner, "host", pte, PROMPT, GEN_LEN, threads=1, logits_path=logits_file)
     tokens, logits = python_runtime_steps(pte, PROMPT, GEN_LEN)
     assert result["tokens"] == tokens
     native_logits = np.fromfile(logits_file, dtype=np.float32).reshape(GEN_LEN, -1)
     np.testing.assert_allclose(native_logits, logits, atol=LOGITS_ATOL, rtol=0)
     # The runner read the program's own metadata.
-    assert result["metadata"]["handheld_scheme"] == PteProgram(pte).metadata["handheld_scheme"]
+    assert result["metadata"]["handheld_scheme"] == PteProgram(pte).metadata.scheme
     assert result["metadata"]["get_max_seq_len"] == PteProgram(pte).max_seq_len
     assert result["peak_rss_bytes"] > result["rss_before_load_bytes"] > 0 and result["decode_tok_s"] > 0
 
@@ -65,10 +65,10 @@ def test_native_runner_matches_the_python_runtime(scheme, demo_report, host_runn
 def test_aarch64_runner_under_qemu_produces_the_x86_tokens(scheme, demo_report, host_runner, aarch64_runner):
     out, _ = demo_report
     pte = out / f"{scheme}.pte"
-    on_x86 = native.run_native(host_runner, "host", pte, PROMPT, 16, threads=1)
-    on_arm = native.run_native(aarch64_runner, "qemu-aarch64", pte, PROMPT, 16, threads=1)
+    on_x86 = run.run_native(host_runner, "host", pte, PROMPT, 16, threads=1)
+    on_arm = run.run_native(aarch64_runner, "qemu-aarch64", pte, PROMPT, 16, threads=1)
     assert on_arm["tokens"] == on_x86["tokens"]
-    assert "aarch64" in native.runner_command(aarch64_runner, "qemu-aarch64")[0]
+    assert "aarch64" in targets.runner_command(aarch64_runner, "qemu-aarch64")[0]
 
 
 def test_aarch64_binary_is_an_arm_executable(aarch64_runner):
@@ -93,7 +93,7 @@ def test_bench_native_on_qemu_labels_emulation_and_counts_work(demo_report, tmp_
 
 def test_host_work_count_repeats(demo_report, host_runner):
     out, _ = demo_report
-    counts = [native.count_work(host_runner, "host", out / "8da4w.pte", PROMPT, 4)["value"] for _ in range(2)]
+    counts = [run.count_work(host_runner, "host", out / "8da4w.pte", PROMPT, 4)["value"] for _ in range(2)]
     assert counts[0] > 10**6
     assert abs(counts[0] - counts[1]) / counts[0] < 1e-4  # within a few parts per million in practice
 
@@ -120,27 +120,27 @@ def custom_op_pte(tmp_path_factory):
 
 def test_missing_operator_is_named(custom_op_pte, host_runner):
     with pytest.raises(HandheldError, match=r"needs operators the native runner does not have: llama::fast_hadamard_transform"):
-        native.run_native(host_runner, "host", custom_op_pte, [1, 2, 3, 4], 1, threads=1)
+        run.run_native(host_runner, "host", custom_op_pte, [1, 2, 3, 4], 1, threads=1)
 
 
 def test_not_a_program_fails_cleanly(tmp_path, host_runner):
     bogus = tmp_path / "bogus.pte"
     bogus.write_bytes(b"not a program at all")
     with pytest.raises(HandheldError, match="the native runner failed on .*bogus.pte"):
-        native.run_native(host_runner, "host", bogus, [1, 2], 1, threads=1)
+        run.run_native(host_runner, "host", bogus, [1, 2], 1, threads=1)
 
 
 def test_missing_tools_name_their_debian_packages(monkeypatch, tmp_path):
     monkeypatch.setenv("HANDHELD_CACHE", str(tmp_path))
-    fake = native.Target("qemu-aarch64", "no-such-g++", "g++-aarch64-linux-gnu", emulator="no-such-qemu",
+    fake = targets.Target("qemu-aarch64", "no-such-g++", "g++-aarch64-linux-gnu", emulator="no-such-qemu",
                          emulator_package="qemu-user-static")
-    monkeypatch.setitem(native.TARGETS, "qemu-aarch64", fake)
+    monkeypatch.setitem(targets.TARGETS, "qemu-aarch64", fake)
     with pytest.raises(HandheldError, match=r"no-such-g\+\+ not found: install Debian's g\+\+-aarch64-linux-gnu"):
-        native.build_runner("qemu-aarch64")
+        build.build_runner("qemu-aarch64")
     with pytest.raises(HandheldError, match="no-such-qemu not found: install Debian's qemu-user-static"):
-        native.runner_command(tmp_path / "x", "qemu-aarch64")
+        targets.runner_command(tmp_path / "x", "qemu-aarch64")
     with pytest.raises(HandheldError, match="unknown target 'riscv'; known targets: host, qemu-aarch64"):
-        native.get_target("riscv")
+        targets.get_target("riscv")
 
 
 def test_build_runner_command_prints_the_binary(host_runner, capsys):

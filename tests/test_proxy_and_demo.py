@@ -4,12 +4,13 @@ import json
 
 import pytest
 
-from handheld.checkpoints import TOKENIZER, load_model, read_checkpoint
+from handheld.core.checkpoints import TOKENIZER, load_model, read_checkpoint
 from handheld.cli import main
-from handheld.demo import CONTEXT, DEMO_SCHEMES, STRIDE, proxy_dir, run_demo
-from handheld.evaluation import eager_logits_fn, evaluate
+from handheld.cli.demo_job import CONTEXT, DEMO_SCHEMES, STRIDE, run_demo
+from handheld.core.catalog import proxy_dir
+from handheld.measure.quality import eager_logits_fn, evaluate
 from handheld.quant.schemes import apply_scheme
-from handheld.tokenizer import Tokenizer
+from handheld.core.tokenizer import load_tokenizer
 
 
 @pytest.fixture(scope="module")
@@ -19,7 +20,7 @@ def card():
 
 @pytest.fixture(scope="module")
 def test_ids():
-    return Tokenizer(proxy_dir() / TOKENIZER).encode((proxy_dir() / "test.txt").read_text(encoding="utf-8"))
+    return load_tokenizer(proxy_dir() / TOKENIZER).encode((proxy_dir() / "test.txt").read_text(encoding="utf-8"))
 
 
 def test_shipped_model_has_the_llama32_architecture(card):
@@ -30,7 +31,7 @@ def test_shipped_model_has_the_llama32_architecture(card):
     assert all(n % 32 == 0 for n in (args.dim, args.ffn_hidden_dim, args.n_heads * args.attn_head_dim))
     assert sum(t.numel() for t in checkpoint.state.values()) == card["parameters"]
     assert (proxy_dir() / "consolidated.00.pth").stat().st_size < 25 * 2**20
-    assert Tokenizer(proxy_dir() / TOKENIZER).vocab_size == args.vocab_size
+    assert load_tokenizer(proxy_dir() / TOKENIZER).vocab_size == args.vocab_size
 
 
 def test_shipped_model_reaches_its_recorded_perplexity(card, test_ids):
@@ -69,14 +70,19 @@ def test_demo_report_compares_every_scheme(demo_report, card):
         assert rows[recipe]["file_bytes"] < 1.5 * rows["8da4w"]["file_bytes"]
         assert rows[recipe]["perplexity"] < 1.1 * rows["fp32"]["perplexity"]
         assert rows[recipe]["top1_agreement"] > min_agreement
-    assert "| 8da4w |" in (out / "report.md").read_text() and "| qat-lora |" in (out / "report.md").read_text()
-    assert "![Decode rate](decode_tok_s.png)" in (out / "report.md").read_text() and (out / "decode_tok_s.png").is_file()
+    text = (out / "report.md").read_text()
+    assert "| 8da4w |" in text and "| qat-lora |" in text
+    assert "![Decode rate](decode_tok_s.png)" in text and (out / "decode_tok_s.png").is_file()
+    # What a reader sees first: the short table and the quality-against-size chart, before the full table.
+    assert text.index("## At a glance") < text.index("## All figures")
+    assert (out / "quality_vs_size.png").read_bytes()[:4] == b"\x89PNG"
+    assert report["model"] == "proxy" and all(isinstance(row["answers"], dict) for row in rows.values())
 
 
 def test_demo_rerun_reuses_the_built_programs(demo_report):
     out, _ = demo_report
     stamps = {p.name: p.stat().st_mtime_ns for p in [*out.glob("*.pte"), *out.glob("*-checkpoint/*")]}
-    run_demo(out, log=lambda _: None)
+    run_demo(out, "proxy", log=lambda _: None)
     assert {p.name: p.stat().st_mtime_ns for p in [*out.glob("*.pte"), *out.glob("*-checkpoint/*")]} == stamps
 
 

@@ -10,17 +10,17 @@ import pytest
 import torch
 
 from conftest import BYTE_ARGS, ODD_ARGS, PARITY_MAX_SEQ_LEN, assert_pte_matches_eager, odd_state
-from handheld.checkpoints import read_checkpoint, write_checkpoint
-from handheld.distributed import Group
-from handheld.errors import HandheldError
-from handheld.hadamard import hadamard_matrix
-from handheld.model import Transformer
+from handheld.core.checkpoints import read_checkpoint, write_checkpoint
+from handheld.training.distributed import Group
+from handheld.core.errors import HandheldError
+from handheld.core.hadamard import hadamard_matrix
+from handheld.core.model import Transformer
 from handheld.quant.fake_quant import prepare_fake_quant
 from handheld.quant.gptq import gptq_quantize, group_scales, round_to_grid
 from handheld.quant.spinquant import Rotations, apply_rotations, fold_norms, initial_rotations, rotatable_state
-from handheld.quant.spinquant_learn import LearnState, cayley_step, learn_rotations, quantized_loss
+from handheld.training.cayley import LearnState, cayley_step, learn_rotations, quantized_loss
 from handheld.quant.spinquant_r4 import fold_r4
-from handheld.recipes.spinquant import SpinQuantOptions, run_spinquant
+from handheld.training.spinquant import SpinQuantOptions, run_spinquant
 
 TOKENS = torch.randint(0, ODD_ARGS.vocab_size, (2, 24), generator=torch.Generator().manual_seed(0))
 
@@ -132,7 +132,7 @@ def test_job_writes_metas_spinquant_layout(spinquant_rtn):
     out, result = spinquant_rtn
     checkpoint = read_checkpoint(out)
     assert checkpoint.args.quantization_args.spinquant and checkpoint.args.quantization_args.group_size == 32
-    assert checkpoint.scheme_label == "spinquant"
+    assert checkpoint.kind == "spinquant"
     assert checkpoint.args.architecture() == BYTE_ARGS.architecture()
     assert (out / "tokenizer.model").is_file()
     assert not (out.parent / "rtn.resume").exists()
@@ -140,7 +140,7 @@ def test_job_writes_metas_spinquant_layout(spinquant_rtn):
 
 
 def test_resume_after_an_interruption_ends_identical(byte_checkpoint, calib_text, spinquant_rtn, tmp_path, monkeypatch):
-    import handheld.quant.spinquant_learn as learn
+    import handheld.training.cayley as learn
 
     calls = {"n": 0}
     real_step = learn.cayley_step
@@ -179,15 +179,15 @@ def test_two_gloo_processes_match_one(byte_checkpoint, calib_text, spinquant_rtn
 
 def test_gptq_checkpoint_exports_and_the_pte_matches_eager(byte_checkpoint, calib_text, tmp_path):
     from handheld.export.program import export_checkpoint
-    from handheld.runtime_bindings.pte import PteProgram
+    from handheld.runtime_bindings.python.program import PteProgram
 
     out = tmp_path / "gptq"
     run_spinquant(options(byte_checkpoint, calib_text, out, weight_quant="gptq", steps=1), Group(), progress=False)
     pte = tmp_path / "gptq.pte"
     export_checkpoint(out, pte, scheme_name=None, backend_name="xnnpack", max_seq_len=PARITY_MAX_SEQ_LEN, log=lambda _: None)
     program = PteProgram(pte)
-    assert program.metadata["handheld_scheme"] == "spinquant"
-    assert_pte_matches_eager(out, pte, prompt=[104, 101, 108, 108, 111, 32])
+    assert program.metadata.scheme == "spinquant"
+    assert_pte_matches_eager(out, pte, prompt=[104, 101, 108, 108, 111, 32], float_checkpoint=byte_checkpoint)
 
 
 def test_clear_errors(byte_checkpoint, calib_text, spinquant_rtn, tmp_path):
@@ -200,7 +200,7 @@ def test_clear_errors(byte_checkpoint, calib_text, spinquant_rtn, tmp_path):
     with pytest.raises(HandheldError, match="unknown --weight-quant"):
         options(byte_checkpoint, calib_text, tmp_path / "c", weight_quant="awq")
     import dataclasses
-    from handheld.checkpoints import random_state
+    from handheld.core.checkpoints import random_state
 
     odd_width = dataclasses.replace(BYTE_ARGS, dim=56)  # 56 = 28 * 2 and 27 is not prime: no Hadamard
     bad = tmp_path / "dim56"

@@ -4,7 +4,9 @@ import codecs
 
 import pytest
 
-from handheld.tokenizer import Message, Tokenizer, write_byte_tokenizer
+from handheld.core.chat_template import Message
+from handheld.core.errors import HandheldError
+from handheld.core.tokenizer import Llama3Tokenizer as Tokenizer, write_byte_tokenizer
 
 GOLDEN = {
     "Hello, world!": [128000, 9906, 11, 1917, 0],
@@ -89,3 +91,30 @@ def test_byte_tokenizer_round_trips_any_text(tmp_path):
     text = "naïve 🦙\n"
     assert tok.decode(tok.encode(text)) == text
     assert len(tok.encode(text)) == len(text.encode())
+
+
+def test_a_tokenizer_rewritten_at_the_same_path_is_read_anew(tmp_path, monkeypatch):
+    """tiktoken's loader caches files by path; handheld parses them itself, so a rewrite is seen."""
+    monkeypatch.chdir(tmp_path)
+    path = tmp_path / "tokenizer.model"
+    write_byte_tokenizer(path)
+    assert Tokenizer("tokenizer.model").encode("ab") == [97, 98]
+    ranks = [bytes([b]) for b in range(256)] + [b"ab"]
+    import base64
+
+    path.write_text("".join(f"{base64.b64encode(t).decode()} {i}\n" for i, t in enumerate(ranks)))
+    assert Tokenizer("tokenizer.model").encode("ab") == [256]
+
+
+def test_very_long_runs_are_cut_before_tiktoken(tok):
+    text = "a" * 60_000 + " " * 30_000 + "b"
+    ids = tok.encode(text)
+    assert tok.decode(ids) == text
+
+
+@pytest.mark.parametrize("content", [b"not base64!! 0\n", b"YQ== 0\nYQ== 1\n", b"YQ== 5\n", b"\x00\xff\xfe"])
+def test_malformed_tiktoken_files_are_named(tmp_path, content):
+    path = tmp_path / "tokenizer.model"
+    path.write_bytes(content)
+    with pytest.raises(HandheldError, match="tokenizer.model"):
+        Tokenizer(path)

@@ -53,7 +53,7 @@ def gguf_name(meta_name: str) -> str:
 
 def rope_factors(args) -> np.ndarray:
     """Llama 3.1 RoPE scaling as llama.cpp takes it: per-frequency divisors (rope_freqs.weight)."""
-    from handheld.model import rope_frequencies
+    from handheld.core.model import rope_frequencies
 
     plain = rope_frequencies(dataclasses.replace(args, use_scaled_rope=False))
     return (plain / rope_frequencies(args)).float().numpy()
@@ -88,7 +88,7 @@ def write_f16_gguf(checkpoint: Path, out: Path) -> None:
     import gguf
     import torch
 
-    from handheld.checkpoints import read_checkpoint
+    from handheld.core.checkpoints import read_checkpoint
 
     ckpt = read_checkpoint(checkpoint)
     args = ckpt.args
@@ -162,7 +162,8 @@ def measure_once(path: str, prompt_len: int, gen_len: int, threads: int) -> dict
     """One run, in this (fresh) process."""
     import llama_cpp
 
-    from handheld.runtime_bindings.measure import current_rss_bytes, peak_rss_bytes, synthetic_prompt
+    from handheld.runtime_bindings.generation import synthetic_prompt
+    from handheld.runtime_bindings.python.measure import current_rss_bytes, peak_rss_bytes
 
     rss_before = current_rss_bytes()
     start = time.perf_counter()
@@ -187,8 +188,8 @@ def measure_once(path: str, prompt_len: int, gen_len: int, threads: int) -> dict
 
 
 def bench(path: Path, prompt_len: int, gen_len: int, runs: int, warmup: int, threads: int) -> dict:
-    from handheld.bench import METRICS, SCHEMA, summarize
-    from handheld.host import host_info
+    from handheld.measure.bench import METRICS, SCHEMA, summarize
+    from handheld.measure.host import host_info
 
     samples = []
     for i in range(warmup + runs):
@@ -242,7 +243,7 @@ def main() -> None:
         row = bench(args.gguf, args.prompt_len, args.gen_len, args.runs, args.warmup, args.threads)
         print(json.dumps(row["stats"], indent=2))
         if args.json:
-            from handheld.bench import SCHEMA
+            from handheld.measure.bench import SCHEMA
 
             args.json.write_text(json.dumps({"schema": SCHEMA, "memory_bandwidth_gbs": None, "rows": [row]}, indent=2) + "\n")
 

@@ -24,7 +24,7 @@ def _byte_decoder() -> dict[str, int]:
 def train_bpe(text: str, n_ranks: int) -> list[bytes]:
     from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
 
-    from handheld.tokenizer import PATTERN
+    from handheld.core.tokenizer import PATTERN
 
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.Sequence(

@@ -23,11 +23,11 @@ sys.path.insert(0, str(Path(__file__).parent))
 import bpe  # noqa: E402
 import corpus  # noqa: E402
 
-from handheld.checkpoints import TOKENIZER, write_checkpoint  # noqa: E402
-from handheld.config import ModelArgs  # noqa: E402
-from handheld.evaluation import eager_logits_fn, evaluate  # noqa: E402
-from handheld.model import Transformer, parameter_count  # noqa: E402
-from handheld.tokenizer import NUM_SPECIAL, Tokenizer  # noqa: E402
+from handheld.core.checkpoints import TOKENIZER, write_checkpoint  # noqa: E402
+from handheld.core.config import ModelArgs  # noqa: E402
+from handheld.measure.quality import eager_logits_fn, evaluate  # noqa: E402
+from handheld.core.model import Transformer, parameter_count  # noqa: E402
+from handheld.core.tokenizer import NUM_SPECIAL, load_tokenizer  # noqa: E402
 
 N_RANKS = 4096
 # GQA, tied embeddings, every width a multiple of 32 (4-bit groups), FFN 512 (a power of two, for R4).
@@ -56,7 +56,7 @@ def val_loss(model, ids: torch.Tensor, seq_len: int, n_batches: int = 8) -> floa
 
 
 def learning_rate(step: int, steps: int, peak: float, warmup: int) -> float:
-    from handheld.training import TrainConfig, lr_at
+    from handheld.training.loop import TrainConfig, lr_at
 
     return lr_at(step, TrainConfig(steps=steps, lr=peak, warmup=warmup))
 
@@ -76,7 +76,7 @@ def main() -> None:
     splits = corpus.load_splits()
     args.out.mkdir(parents=True, exist_ok=True)
     bpe.write_tiktoken(bpe.train_bpe(splits["train"], N_RANKS), args.out / TOKENIZER)
-    tok = Tokenizer(args.out / TOKENIZER)
+    tok = load_tokenizer(args.out / TOKENIZER)
     ids = {name: torch.tensor(tok.encode(text), dtype=torch.long) for name, text in splits.items()}
     print({name: len(t) for name, t in ids.items()}, "tokens", flush=True)
 

@@ -28,11 +28,11 @@ CONTEXT, STRIDE = 256, 128
 
 
 def score(checkpoint: Path, scheme: str | None, pte: Path, test_ids: list[int]) -> dict:
-    from handheld.checkpoints import read_checkpoint
-    from handheld.evaluation import eager_logits_fn, evaluate, pte_logits_fn
+    from handheld.core.checkpoints import read_checkpoint
+    from handheld.measure.quality import eager_logits_fn, evaluate, pte_logits_fn
     from handheld.export.program import export_checkpoint
     from handheld.quant.schemes import prepare_model
-    from handheld.runtime_bindings.pte import PteProgram
+    from handheld.runtime_bindings.python.program import PteProgram
 
     prepared = prepare_model(read_checkpoint(checkpoint), scheme, max_seq_len=CONTEXT, full_logits=True)
     eager = evaluate(eager_logits_fn(prepared.model), test_ids, CONTEXT, STRIDE).perplexity
@@ -62,12 +62,12 @@ def main() -> None:
     args = parser.parse_args()
 
     from corpus import load_splits
-    from handheld.demo import proxy_dir
-    from handheld.distributed import Group
-    from handheld.recipes.qat import QatOptions, run_qat
-    from handheld.recipes.spinquant import SpinQuantOptions, run_spinquant
-    from handheld.tokenizer import Tokenizer
-    from handheld.training import TrainConfig
+    from handheld.core.catalog import proxy_dir
+    from handheld.training.distributed import Group
+    from handheld.training.qat import QatOptions, run_qat
+    from handheld.training.spinquant import SpinQuantOptions, run_spinquant
+    from handheld.core.tokenizer import load_tokenizer
+    from handheld.training.loop import TrainConfig
 
     work = args.work
     work.mkdir(parents=True, exist_ok=True)
@@ -75,7 +75,7 @@ def main() -> None:
     train_text = work / "train.txt"
     if not train_text.is_file():
         train_text.write_text(load_splits()["train"], encoding="utf-8")
-    test_ids = Tokenizer(proxy / "tokenizer.model").encode((proxy / "test.txt").read_text(encoding="utf-8"))
+    test_ids = load_tokenizer(proxy / "tokenizer.model").encode((proxy / "test.txt").read_text(encoding="utf-8"))
 
     times = {}
     for weight_quant in ("rtn", "gptq"):

@@ -8,7 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from handheld.errors import HandheldError
+from handheld.core.errors import HandheldError
 from handheld.export.backends import xnnpack
 from handheld.quant.schemes import Scheme
 

@@ -119,10 +119,18 @@ std::string json_string(std::string_view text) {
   return out + "\"";
 }
 
+// JSON has no NaN or infinity: a non-finite figure is written as null.
+std::string json_number(double x) {
+  if (!std::isfinite(x)) return "null";
+  char buffer[64];
+  std::snprintf(buffer, sizeof buffer, "%.9g", x);
+  return buffer;
+}
+
 std::string json_value(const EValue& v) {
   if (v.isInt()) return std::to_string(v.toInt());
   if (v.isBool()) return v.toBool() ? "true" : "false";
-  if (v.isDouble()) return std::to_string(v.toDouble());
+  if (v.isDouble()) return json_number(v.toDouble());
   if (v.isString()) return json_string(v.toString());
   return "null";
 }
@@ -210,9 +218,16 @@ int main(int argc, char** argv) {
 
   auto load_start = Clock::now();
   Module module(options.model, Module::LoadMode::Mmap);
-  if (module.load() != Error::Ok) fail("cannot load " + options.model + " as an ExecuTorch program");
+  // A .pte is untrusted: check the whole flatbuffer's internal consistency before using any of it.
+  if (module.load(executorch::runtime::Program::Verification::InternalConsistency) != Error::Ok) {
+    fail("cannot load " + options.model + " as an ExecuTorch program (it fails verification)");
+  }
   int64_t max_seq_len = 0, vocab_size = 0;
   std::string metadata = read_metadata(module, max_seq_len, vocab_size);
+  if (max_seq_len < 1 || vocab_size < 1) fail("the program's metadata gives no positive max_seq_len / vocab_size");
+  for (int64_t id : options.prompt) {
+    if (id >= vocab_size) fail("prompt id " + std::to_string(id) + " is outside the vocabulary (" + std::to_string(vocab_size) + ")");
+  }
   Error method_error = module.load_method("forward");
   if (method_error == Error::OperatorMissing) {
     fail("the program needs an operator this runner does not have (its name is in the log above)", 3);
@@ -245,9 +260,10 @@ int main(int argc, char** argv) {
   for (size_t i = 0; i < generated.size(); ++i) tokens += (i ? "," : "") + std::to_string(generated[i]);
   const int decode_steps = options.gen_len - 1;
   std::printf(
-      "{\"load_s\":%.6f,\"ttft_s\":%.6f,\"prefill_tok_s\":%.4f,\"decode_tok_s\":%.4f,\"peak_rss_bytes\":%lld,"
+      "{\"load_s\":%s,\"ttft_s\":%s,\"prefill_tok_s\":%s,\"decode_tok_s\":%s,\"peak_rss_bytes\":%lld,"
       "\"rss_before_load_bytes\":%lld,\"generated_tokens\":%zu,\"tokens\":[%s],\"metadata\":%s}\n",
-      load_s, ttft_s, prompt_len / ttft_s, decode_steps > 0 ? decode_steps / decode_s : 0.0,
+      json_number(load_s).c_str(), json_number(ttft_s).c_str(), json_number(prompt_len / ttft_s).c_str(),
+      json_number(decode_steps > 0 ? decode_steps / decode_s : 0.0).c_str(),
       static_cast<long long>(status_kib("VmHWM:")) * 1024, static_cast<long long>(rss_before_kib) * 1024,
       generated.size(), tokens.c_str(), metadata.c_str());
   return 0;

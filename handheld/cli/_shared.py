@@ -1,0 +1,79 @@
+"""Arguments and helpers more than one verb uses: recipes' common flags, the regression gate, eager models."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from handheld.core.defaults import GROUP_SIZE
+from handheld.core.errors import HandheldError
+
+
+def add_group_size(p: argparse.ArgumentParser, applies_to: str = "4-bit schemes") -> None:
+    p.add_argument("--group-size", type=int, help=f"weights per scale in {applies_to} (default {GROUP_SIZE})")
+
+
+def add_gate_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--baseline", metavar="OLD.json", help="bench results to compare against (the CI gate)")
+    p.add_argument("--max-regression", type=float, metavar="PCT",
+                   help="fail when a median decode/prefill rate falls, or peak RSS or the work count rises, by more than PCT percent")
+    p.add_argument("--gate", default="all",
+                   help="all (default) or work: check only the deterministic work counts (emulators, noisy runners)")
+
+
+def add_job_arguments(p: argparse.ArgumentParser) -> None:
+    """What both training jobs (spinquant, qat) take: a float checkpoint in, a pre-quantized one out, resumable."""
+    p.add_argument("--checkpoint", required=True, help="float checkpoint: Meta or Hugging Face directory, or a .gguf file")
+    p.add_argument("-o", "--output", required=True, help="directory to write (created atomically)")
+    p.add_argument("--group-size", type=int, default=GROUP_SIZE, help=f"4-bit weight group size (default {GROUP_SIZE})")
+    p.add_argument("--resume", action="store_true", help="continue an interrupted run from OUTPUT.resume/")
+    p.add_argument("--tokenizer", help="tokenizer file (default: the checkpoint's own)")
+
+
+def is_checkpoint_path(path: str) -> bool:
+    """A checkpoint directory or GGUF file (run in eager PyTorch), as opposed to a `.pte` program."""
+    return Path(path).is_dir() or Path(path).suffix == ".gguf"
+
+
+def optional_path(value: str | None) -> Path | None:
+    return Path(value) if value else None
+
+
+def read_baseline(args: argparse.Namespace) -> dict | None:
+    """Read the baseline before any long work, so a bad path fails at once."""
+    from handheld.measure.bench import load_results
+
+    if (args.baseline is None) != (args.max_regression is None):
+        raise HandheldError("--baseline and --max-regression go together")
+    return load_results([Path(args.baseline)]) if args.baseline else None
+
+
+def apply_gate(results: dict, baseline: dict | None, max_regression: float | None, gate: str) -> None:
+    from handheld.measure.gate import GATES, regressions
+
+    if gate not in GATES:
+        raise HandheldError(f"unknown --gate {gate!r}; known gates: {', '.join(GATES)}")
+    if baseline is None:
+        return
+    failures = regressions(results, baseline, max_regression, gate)
+    if failures:
+        raise HandheldError("regression gate failed:\n  " + "\n  ".join(failures))
+    checked = "no median" if gate == "all" else "no work count"
+    print(f"regression gate passed: {checked} moved more than {max_regression:g}% the wrong way")
+
+
+def eager_model(args: argparse.Namespace, max_seq_len: int, full_logits: bool):
+    """A checkpoint's model under `--scheme` / `--group-size`, in eager PyTorch, and the checkpoint."""
+    from handheld.core.checkpoints import read_checkpoint
+    from handheld.quant.schemes import prepare_model, scheme_options
+
+    checkpoint = read_checkpoint(args.model)
+    options = scheme_options(args.scheme, args.group_size, checkpoint)
+    return prepare_model(checkpoint, args.scheme, options, max_seq_len=max_seq_len, full_logits=full_logits), checkpoint
+
+
+def refuse_checkpoint_flags(args: argparse.Namespace, what: str) -> None:
+    """--scheme and --group-size shape an eager model; a `.pte` already has both."""
+    for flag in ("scheme", "group_size"):
+        if getattr(args, flag, None) is not None:
+            raise HandheldError(f"--{flag.replace('_', '-')} applies to checkpoints; {what} already has its scheme")

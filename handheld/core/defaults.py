@@ -1,0 +1,6 @@
+"""Every default that more than one place needs, stated once: options, CLI flags and docs read it here."""
+
+GROUP_SIZE = 32  # weights per scale in 4-bit schemes (the Llama 3.2 mobile scheme's g32)
+MAX_SEQ_LEN = 128  # KV-cache length of an exported program: prompt + generated tokens
+LORA_RANK = 16  # Meta's QLoRA releases: rank 16 ...
+LORA_ALPHA = 32.0  # ... and alpha 32 (scale 2.0)

@@ -1,0 +1,226 @@
+"""The Llama 3.2 model, written once and shaped for `torch.export`.
+
+- Meta's parameter names (`tok_embeddings`, `layers.N.attention.wq`, `feed_forward.w1`, `output`),
+  so Meta checkpoints load with `load_state_dict` as they are.
+- A preallocated KV cache per layer (buffers, not state), written in place at the positions passed in.
+- `forward(tokens[1, T], input_pos[1])`: `input_pos` holds the position of `tokens[:, 0]`; T is
+  dynamic, so one graph serves prefill and decode (ExecuTorch's LLM runner calls it this way).
+- Real-valued RoPE over interleaved pairs (Meta's layout) with Llama 3.1 frequency scaling, written as
+  x*cos + swap(x)*sin so the rotation lowers into XNNPACK's partitions.
+- No Python branches on tensor values: positions index the tables, the mask and the cache.
+- Cache slots past the current position are masked out; like ExecuTorch's own non-custom-op cache,
+  this relies on the runtime handing out zeroed planned memory (so 0 * slot is never NaN).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from handheld.core.config import ModelArgs
+from handheld.core.defaults import MAX_SEQ_LEN
+from handheld.core.hadamard import apply_hadamard, hadamard_factors
+
+
+def rope_frequencies(args: ModelArgs) -> torch.Tensor:
+    """Per-pair rotation frequencies, with Llama 3.1's long-context scaling when enabled."""
+    head_dim = args.attn_head_dim
+    freqs = 1.0 / (args.rope_theta ** (torch.arange(0, head_dim, 2, dtype=torch.float64) / head_dim))
+    if not args.use_scaled_rope:
+        return freqs
+    low_freq_wavelen = args.rope_original_context / args.rope_low_freq_factor
+    high_freq_wavelen = args.rope_original_context / args.rope_high_freq_factor
+    wavelen = 2 * math.pi / freqs
+    smooth = (args.rope_original_context / wavelen - args.rope_low_freq_factor) / (
+        args.rope_high_freq_factor - args.rope_low_freq_factor
+    )
+    blended = (1 - smooth) * freqs / args.rope_scale_factor + smooth * freqs
+    scaled = torch.where(wavelen > low_freq_wavelen, freqs / args.rope_scale_factor, blended)
+    return torch.where(wavelen < high_freq_wavelen, freqs, scaled)
+
+
+def pair_swap_matrix(head_dim: int) -> torch.Tensor:
+    """R with x @ R.T = (-x1, x0, -x3, x2, ...): the "rotate by 90 degrees" of every interleaved pair."""
+    r = torch.zeros(head_dim, head_dim)
+    r[0::2, 1::2] = -torch.eye(head_dim // 2)
+    r[1::2, 0::2] = torch.eye(head_dim // 2)
+    return r
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, swap: torch.Tensor) -> torch.Tensor:
+    """Rotate pairs (x[2i], x[2i+1]) of x[B, T, heads, head_dim] by angles given as full-width cos/sin
+    [T, 1, head_dim] (each angle twice): x*cos + swap(x)*sin, exactly e*cos - o*sin and e*sin + o*cos.
+    Written without strided slices or stacks so the whole rotation stays inside one XNNPACK partition
+    (the swap is a constant +-1 linear)."""
+    x_float = x.float()
+    return (x_float * cos + F.linear(x_float, swap) * sin).type_as(x)
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, dim: int, eps: float):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+        # The mean of squares as a constant linear: XNNPACK takes a linear (not a last-axis mean), so the
+        # norm stays inside its neighbours' partition.
+        self.register_buffer("mean_weight", torch.full((1, dim), 1.0 / dim), persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x_float = x.float()
+        normed = x_float * torch.rsqrt(F.linear(x_float * x_float, self.mean_weight.float()) + self.eps)
+        return normed.type_as(x) * self.weight
+
+
+class Attention(nn.Module):
+    def __init__(self, args: ModelArgs, max_seq_len: int):
+        super().__init__()
+        self.n_heads = args.n_heads
+        self.n_kv_heads = args.kv_heads
+        self.head_dim = args.attn_head_dim
+        self.wq = nn.Linear(args.dim, self.n_heads * self.head_dim, bias=False)
+        self.wk = nn.Linear(args.dim, self.n_kv_heads * self.head_dim, bias=False)
+        self.wv = nn.Linear(args.dim, self.n_kv_heads * self.head_dim, bias=False)
+        self.wo = nn.Linear(self.n_heads * self.head_dim, args.dim, bias=False)
+        # No batch axis: ExecuTorch's in-place index_put needs values with the cache's rank.
+        cache_shape = (self.n_kv_heads, max_seq_len, self.head_dim)
+        self.register_buffer("k_cache", torch.zeros(cache_shape), persistent=False)
+        self.register_buffer("v_cache", torch.zeros(cache_shape), persistent=False)
+
+    def forward(self, x, positions, cos, sin, mask, swap):
+        # The token count is dynamic: shapes say -1 for it, never a symbolic size, which keeps the reshapes
+        # delegable (XNNPACK refuses views with symbolic sizes) and the export fast.
+        q = apply_rope(self.wq(x).view(1, -1, self.n_heads, self.head_dim), cos, sin, swap)
+        k = apply_rope(self.wk(x).view(-1, self.n_kv_heads, self.head_dim), cos, sin, swap)
+        v = self.wv(x).view(-1, self.n_kv_heads, self.head_dim)
+        self.k_cache[:, positions] = k.transpose(0, 1)
+        self.v_cache[:, positions] = v.transpose(0, 1)
+
+        # GQA without copying the cache: fold each KV head's query group into the row axis.
+        # Attention math runs in float32 (XNNPACK has no bf16 batched matmul; it is also more accurate).
+        group = self.n_heads // self.n_kv_heads
+        cache_len = self.k_cache.shape[1]
+        q = q.transpose(1, 2).reshape(self.n_kv_heads, -1, self.head_dim).float()
+        scores = torch.bmm(q, self.k_cache.float().transpose(1, 2)) * (1.0 / math.sqrt(self.head_dim))
+        scores = scores.view(self.n_kv_heads, group, -1, cache_len) + mask
+        probs = scores.softmax(dim=-1).view(self.n_kv_heads, -1, cache_len)
+        out = torch.bmm(probs, self.v_cache.float()).type_as(x).view(self.n_heads, -1, self.head_dim)
+        return self.wo(out.transpose(0, 1).reshape(1, -1, self.n_heads * self.head_dim))
+
+    def forward_batch(self, x, cos, sin, swap):
+        """Training and evaluation: a batch of whole sequences from position 0, no cache."""
+        batch, seq_len, _ = x.shape
+        q = apply_rope(self.wq(x).view(batch, seq_len, self.n_heads, self.head_dim), cos, sin, swap)
+        k = apply_rope(self.wk(x).view(batch, seq_len, self.n_kv_heads, self.head_dim), cos, sin, swap)
+        v = self.wv(x).view(batch, seq_len, self.n_kv_heads, self.head_dim)
+        out = F.scaled_dot_product_attention(
+            q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), is_causal=True, enable_gqa=True
+        )
+        return self.wo(out.transpose(1, 2).reshape(batch, seq_len, self.n_heads * self.head_dim))
+
+
+class FeedForward(nn.Module):
+    def __init__(self, dim: int, hidden_dim: int):
+        super().__init__()
+        self.w1 = nn.Linear(dim, hidden_dim, bias=False)
+        self.w2 = nn.Linear(hidden_dim, dim, bias=False)
+        self.w3 = nn.Linear(dim, hidden_dim, bias=False)
+        # SpinQuant's R4: an online Hadamard on the down projection's input (its inverse is in w2).
+        self.online_hadamard = False
+
+    def enable_online_hadamard(self) -> None:
+        """Apply H (as its two small Kronecker factors, constants of the program) before w2."""
+        a, b = hadamard_factors(self.w2.in_features)
+        self.register_buffer("hadamard_a", a.float(), persistent=False)
+        self.register_buffer("hadamard_b", b.float(), persistent=False)
+        self.online_hadamard = True
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        hidden = F.silu(self.w1(x)) * self.w3(x)
+        if self.online_hadamard:
+            hidden = apply_hadamard(hidden, self.hadamard_a.to(hidden.dtype), self.hadamard_b.to(hidden.dtype))
+        return self.w2(hidden)
+
+
+class TransformerBlock(nn.Module):
+    def __init__(self, args: ModelArgs, max_seq_len: int):
+        super().__init__()
+        self.attention = Attention(args, max_seq_len)
+        self.feed_forward = FeedForward(args.dim, args.ffn_hidden_dim)
+        self.attention_norm = RMSNorm(args.dim, args.norm_eps)
+        self.ffn_norm = RMSNorm(args.dim, args.norm_eps)
+
+    def forward(self, x, positions, cos, sin, mask, swap):
+        h = x + self.attention(self.attention_norm(x), positions, cos, sin, mask, swap)
+        return h + self.feed_forward(self.ffn_norm(h))
+
+    def forward_batch(self, x, cos, sin, swap):
+        h = x + self.attention.forward_batch(self.attention_norm(x), cos, sin, swap)
+        return h + self.feed_forward(self.ffn_norm(h))
+
+
+class Transformer(nn.Module):
+    """Llama 3.2. `output` shares `tok_embeddings`' weight unless the checkpoint has its own."""
+
+    def __init__(self, args: ModelArgs, max_seq_len: int = MAX_SEQ_LEN, full_logits: bool = True, tied: bool = True):
+        super().__init__()
+        self.args = args
+        self.max_seq_len = max_seq_len
+        # Decoding only needs the last position's logits; evaluation needs all of them.
+        self.full_logits = full_logits
+        self.tok_embeddings = nn.Embedding(args.vocab_size, args.dim)
+        self.layers = nn.ModuleList(TransformerBlock(args, max_seq_len) for _ in range(args.n_layers))
+        self.norm = RMSNorm(args.dim, args.norm_eps)
+        self.output = nn.Linear(args.dim, args.vocab_size, bias=False)
+        if tied:
+            self.output.weight = self.tok_embeddings.weight
+
+        angles = torch.outer(torch.arange(max_seq_len, dtype=torch.float64), rope_frequencies(args))
+        angles = angles.repeat_interleave(2, dim=1)  # full head width: each pair's angle twice
+        self.register_buffer("rope_cos", angles.cos().float(), persistent=False)
+        self.register_buffer("rope_sin", angles.sin().float(), persistent=False)
+        self.register_buffer("rope_swap", pair_swap_matrix(args.attn_head_dim), persistent=False)
+        self.register_buffer("cache_positions", torch.arange(max_seq_len), persistent=False)
+
+    @property
+    def tied(self) -> bool:
+        return self.output.weight is self.tok_embeddings.weight
+
+    def forward(self, tokens: torch.Tensor, input_pos: torch.Tensor) -> torch.Tensor:
+        seq_len = tokens.shape[1]
+        positions = input_pos + torch.arange(seq_len, device=tokens.device)
+        # [T, 1, head_dim]: broadcast over heads; built once here, not in every layer.
+        cos, sin = self.rope_cos[positions].float()[:, None, :], self.rope_sin[positions].float()[:, None, :]
+        # Causal mask over the whole cache, computed rather than stored (max_seq_len² floats).
+        future = self.cache_positions[None, :] > positions[:, None]
+        mask = torch.where(future, float("-inf"), 0.0)
+        h = self.tok_embeddings(tokens)
+        swap = self.rope_swap.float()
+        for layer in self.layers:
+            h = layer(h, positions, cos, sin, mask, swap)
+        if not self.full_logits:
+            h = h[:, -1:, :]
+        return self.output(self.norm(h))
+
+    def forward_batch(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Logits [B, T, vocab] for whole sequences [B, T] from position 0, without the KV cache:
+        the training and evaluation path (same weights and math as `forward`, batched)."""
+        seq_len = tokens.shape[1]
+        cos, sin = self.rope_cos[:seq_len].float()[:, None, :], self.rope_sin[:seq_len].float()[:, None, :]
+        h = self.tok_embeddings(tokens)
+        swap = self.rope_swap.float()
+        for layer in self.layers:
+            h = layer.forward_batch(h, cos, sin, swap)
+        return self.output(self.norm(h))
+
+    def reset_cache(self) -> None:
+        for layer in self.layers:
+            layer.attention.k_cache.zero_()
+            layer.attention.v_cache.zero_()
+
+
+def parameter_count(model: nn.Module) -> int:
+    """Distinct parameters (a tied embedding counts once)."""
+    return sum(p.numel() for p in model.parameters())

@@ -1,0 +1,122 @@
+"""The `.pte` metadata contract, defined once: what a handheld program says about itself.
+
+A program carries its metadata as constant methods (methods that return a constant): ExecuTorch's LLM
+runners read the `get_*` / `use_*` / `enable_*` ones, handheld adds its own under `handheld_*` so a
+`.pte` says what it is without relying on its file name. The exporter writes `ProgramMetadata.
+to_constant_methods()`; every reader (Python runtime, bench, inspect, eval) goes through
+`ProgramMetadata.from_constant_methods()`. Programs other tools wrote (ExecuTorch's own recipe) read
+too: the handheld fields then say "unknown".
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+from handheld.core.errors import HandheldError
+
+UNKNOWN = "unknown"
+# Constant methods whose value is a list even when it has one element.
+LIST_METHODS = frozenset({"get_eos_ids"})
+# handheld field -> constant method; JSON-encoded fields travel as strings.
+_HANDHELD_METHODS = {
+    "model": "handheld_model",
+    "params": "handheld_params",
+    "scheme": "handheld_scheme",
+    "backend": "handheld_backend",
+    "version": "handheld_version",
+    "full_logits": "handheld_full_logits",
+    "group_size": "handheld_group_size",
+    "weight_bytes": "handheld_weight_bytes",
+    "op_counts": "handheld_op_counts",
+}
+_JSON_FIELDS = frozenset({"params", "weight_bytes", "op_counts"})
+
+
+@dataclass(frozen=True)
+class ProgramMetadata:
+    """What an LLM `.pte` declares. The first block is ExecuTorch's runner contract; the rest is handheld's."""
+
+    max_seq_len: int
+    vocab_size: int
+    n_layers: int
+    bos_id: int
+    eos_ids: tuple[int, ...]
+    model: str = UNKNOWN  # a named shape (llama3.2-1b, smollm2-135m, ...) or a description
+    params: dict[str, Any] = field(default_factory=dict)  # the model's params.json
+    scheme: str = UNKNOWN  # fp32, bf16, 8da4w, spinquant, qat-lora
+    backend: str = UNKNOWN
+    version: str = UNKNOWN  # handheld's version that wrote it
+    full_logits: bool = False  # logits for every input position (evaluation), or the last only
+    group_size: int | None = None
+    weight_bytes: dict[str, int] = field(default_factory=dict)  # stored weight bytes by kind
+    op_counts: dict[str, dict[str, int]] = field(default_factory=dict)  # operators delegated / not
+
+    def to_constant_methods(self) -> dict[str, Any]:
+        methods: dict[str, Any] = {
+            "get_max_seq_len": self.max_seq_len,
+            "get_max_context_len": self.max_seq_len,
+            "get_vocab_size": self.vocab_size,
+            "get_n_layers": self.n_layers,
+            "get_bos_id": self.bos_id,
+            "get_eos_ids": list(self.eos_ids),
+            "use_kv_cache": True,
+            "use_sdpa_with_kv_cache": False,
+            "enable_dynamic_shape": True,
+        }
+        for name, method in _HANDHELD_METHODS.items():
+            value = getattr(self, name)
+            if value is None:
+                continue
+            methods[method] = json.dumps(value, sort_keys=True) if name in _JSON_FIELDS else value
+        return methods
+
+    @classmethod
+    def from_constant_methods(cls, methods: dict[str, Any], source: str = "program") -> "ProgramMetadata":
+        if "get_max_seq_len" not in methods:
+            raise HandheldError(f"{source} is not an LLM program: it has no get_max_seq_len metadata")
+        try:
+            values = {
+                "max_seq_len": int(methods["get_max_seq_len"]),
+                "vocab_size": int(methods["get_vocab_size"]),
+                "n_layers": int(methods.get("get_n_layers", 0)),
+                "bos_id": int(methods.get("get_bos_id", -1)),
+                "eos_ids": tuple(int(i) for i in _as_list(methods.get("get_eos_ids", []))),
+            }
+            for name, method in _HANDHELD_METHODS.items():
+                if method in methods:
+                    raw = methods[method]
+                    values[name] = json.loads(raw) if name in _JSON_FIELDS else raw
+        except (KeyError, TypeError, ValueError) as e:
+            raise HandheldError(f"{source} has malformed metadata ({e.__class__.__name__}: {e})") from None
+        return cls(**values)._checked(source)
+
+    def _checked(self, source: str) -> "ProgramMetadata":
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            kind = {"int": int, "str": str, "bool": bool, "dict[str, Any]": dict, "dict[str, int]": dict,
+                    "dict[str, dict[str, int]]": dict, "int | None": (int, type(None)), "tuple[int, ...]": tuple}[f.type]
+            if not isinstance(value, kind):
+                raise HandheldError(f"{source} has malformed metadata: {f.name} is {value!r}")
+        if self.max_seq_len < 1 or self.vocab_size < 1:
+            raise HandheldError(f"{source} has malformed metadata: max_seq_len {self.max_seq_len}, vocab {self.vocab_size}")
+        return self
+
+    def bytes_per_token(self) -> int | None:
+        """Weight bytes one decoded token reads: every weight, but only one row of an untied embedding table.
+        None for programs handheld did not write."""
+        if not self.weight_bytes:
+            return None
+        table = self.weight_bytes.get("8-bit embedding", 0) + self.weight_bytes.get("embedding", 0)
+        return round(sum(self.weight_bytes.values()) - table * (1 - 1 / self.vocab_size))
+
+    def summary(self) -> dict[str, Any]:
+        """The scalar fields, for a benchmark row or `inspect`."""
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
+                if f.name not in ("params", "weight_bytes", "op_counts")} | {"eos_ids": list(self.eos_ids)}
+
+
+def _as_list(value: Any) -> list:
+    return list(value) if isinstance(value, (list, tuple)) else [value]

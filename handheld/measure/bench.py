@@ -1,0 +1,218 @@
+"""`handheld bench`: measure `.pte` programs, each run in a fresh child process, into self-describing rows.
+
+A row says what ran (model shape, scheme, backend — from the program's metadata, not its file name),
+how (prompt/generated lengths, threads, runner, target) and where (CPU, flags, cores, OS, versions),
+with every run's figures and their median, min, max and coefficient of variation.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import subprocess
+import sys
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from handheld.core.errors import HandheldError
+from handheld.core.pte_metadata import ProgramMetadata
+from handheld.measure.host import host_info, usable_cores
+from handheld.runtime_bindings.native.targets import get_target, toolchain
+
+SCHEMA = "handheld-bench/1"
+# The figures each run reports; "higher is better" for rates, lower for the rest.
+METRICS = ("load_s", "ttft_s", "prefill_tok_s", "decode_tok_s", "peak_rss_bytes", "program_rss_bytes")
+RUNNERS = ("python", "native")  # ExecuTorch's Python runtime, or handheld's C++ runner
+_MEASURE_MODULE = "handheld.runtime_bindings.python.measure"
+
+
+@dataclass(frozen=True)
+class BenchConfig:
+    prompt_len: int = 64
+    gen_len: int = 128
+    runs: int = 5
+    warmup: int = 1
+    threads: int = field(default_factory=usable_cores)
+    runner: str = "python"
+    target: str = "host"
+    count_work: bool = False  # also one counted run: a deterministic figure for the regression gate
+
+    def __post_init__(self):
+        for name in ("prompt_len", "gen_len", "runs", "threads"):
+            if getattr(self, name) < 1:
+                raise HandheldError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
+        if self.warmup < 0:
+            raise HandheldError(f"--warmup must be 0 or more, got {self.warmup}")
+        if self.runner not in RUNNERS:
+            raise HandheldError(f"unknown runner {self.runner!r}; known runners: {', '.join(RUNNERS)}")
+        if get_target(self.target).emulator is not None and self.runner != "native":
+            raise HandheldError(f"target {self.target} runs the native runner only: add --runner native")
+        if self.count_work and self.runner != "native":
+            raise HandheldError("--count-work counts the native runner's work: add --runner native")
+
+    @property
+    def emulated(self) -> bool:
+        return get_target(self.target).emulator is not None
+
+
+def summarize(values: list[float]) -> dict[str, float]:
+    """Median, min, max and coefficient of variation (population stdev over mean) of one metric's runs."""
+    if not values:
+        raise ValueError("no values to summarize")
+    mean = statistics.fmean(values)
+    cv = statistics.pstdev(values) / mean if mean else 0.0
+    return {"median": statistics.median(values), "min": min(values), "max": max(values), "cv": cv}
+
+
+def run_child(pte: Path, config: BenchConfig, native_binary: Path | None = None) -> dict:
+    """One run in a fresh process: the Python runtime's measuring module, or the native runner."""
+    if config.runner == "native":
+        from handheld.runtime_bindings.generation import synthetic_prompt
+        from handheld.runtime_bindings.native.run import run_native
+
+        result = run_native(native_binary, config.target, pte, synthetic_prompt(config.prompt_len), config.gen_len,
+                            config.threads)
+        result.pop("stderr")
+        result["first_tokens"] = result.pop("tokens")[:8]
+        return result
+    command = [sys.executable, "-m", _MEASURE_MODULE, str(pte), "--prompt-len", str(config.prompt_len),
+               "--gen-len", str(config.gen_len), "--threads", str(config.threads)]
+    done = subprocess.run(command, capture_output=True, text=True)
+    if done.returncode != 0:
+        tail = "\n".join(done.stderr.strip().splitlines()[-5:])
+        raise HandheldError(f"measuring {pte} failed (exit {done.returncode}):\n{tail}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def _check_figures(pte: Path, result: dict) -> None:
+    """Every measured figure a finite number (a runner writes null for NaN or infinity)."""
+    for metric in ("load_s", "ttft_s", "prefill_tok_s", "decode_tok_s", "peak_rss_bytes", "rss_before_load_bytes"):
+        value = result.get(metric)
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value or abs(value) == float("inf"):
+            raise HandheldError(f"measuring {pte} gave no usable {metric} ({value!r})")
+
+
+def bench_program(pte: Path, config: BenchConfig, progress: Callable[[str], None] = lambda _: None,
+                  native_binary: Path | None = None) -> dict:
+    if not pte.is_file():
+        raise HandheldError(f"{pte} not found")
+    samples = []
+    for i in range(config.warmup + config.runs):
+        warm = i < config.warmup
+        result = run_child(pte, config, native_binary)
+        _check_figures(pte, result)
+        # What the program adds to the process: the interpreter and runtime alone are several hundred MiB.
+        result["program_rss_bytes"] = result["peak_rss_bytes"] - result["rss_before_load_bytes"]
+        progress(f"{pte.name} {'warm-up' if warm else 'run'} {i + 1 - (0 if warm else config.warmup)}: "
+                 f"decode {result['decode_tok_s']:.2f} tok/s, prefill {result['prefill_tok_s']:.1f} tok/s, "
+                 f"TTFT {result['ttft_s']:.3f} s, peak RSS {result['peak_rss_bytes'] / 2**20:.0f} MiB")
+        if not warm:
+            samples.append(result)
+    work = None
+    if config.count_work:
+        from handheld.runtime_bindings.generation import synthetic_prompt
+        from handheld.runtime_bindings.native.run import count_work
+
+        work = count_work(native_binary, config.target, pte, synthetic_prompt(config.prompt_len), config.gen_len)
+        progress(f"{pte.name} work: {work['value']:,} {work['metric']}")
+    metadata = ProgramMetadata.from_constant_methods(samples[-1]["metadata"], str(pte))
+    for sample in samples:
+        del sample["metadata"]
+    return {
+        "schema": SCHEMA,
+        "name": pte.stem,
+        "path": str(pte),
+        "file_bytes": pte.stat().st_size,
+        "model": metadata.model,
+        "scheme": metadata.scheme,
+        "backend": metadata.backend,
+        "max_seq_len": metadata.max_seq_len,
+        "bytes_per_token": metadata.bytes_per_token(),
+        **asdict(config),
+        "toolchain": toolchain(config.target) if config.runner == "native" else None,
+        "emulated": config.emulated,
+        "samples": samples,
+        "stats": {metric: summarize([sample[metric] for sample in samples]) for metric in METRICS},
+        "work": work,
+        "host": host_info(),
+    }
+
+
+def run_bench(ptes: list[Path], config: BenchConfig, progress: Callable[[str], None] = print,
+              bandwidth_gbs: float | None = None) -> dict:
+    """All programs under one config; the host's measured bandwidth rides along for the roofline."""
+    native_binary = None
+    if config.runner == "native":
+        from handheld.runtime_bindings.native.build import build_runner
+
+        native_binary = build_runner(config.target, log=progress)
+    rows = [bench_program(pte, config, progress, native_binary) for pte in ptes]
+    return {"schema": SCHEMA, "host": host_info(), "memory_bandwidth_gbs": bandwidth_gbs,
+            "bandwidth_threads": config.threads, "rows": rows}
+
+
+def load_results(paths: list[Path]) -> dict:
+    """Several bench JSON files as one: their rows in order, the first file's host bandwidth. Every field
+    the gate and the report read is checked first: a damaged file is one error naming it."""
+    merged: dict = {"schema": SCHEMA, "memory_bandwidth_gbs": None, "rows": []}
+    for path in paths:
+        try:
+            data = json.loads(Path(path).read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise HandheldError(f"cannot read bench results {path}: {e}") from None
+        if not isinstance(data, dict) or data.get("schema") != SCHEMA:
+            schema = data.get("schema") if isinstance(data, dict) else None
+            raise HandheldError(f"{path} is not a handheld bench result (schema {schema!r}, want {SCHEMA!r})")
+        problem = _results_problem(data)
+        if problem:
+            raise HandheldError(f"{path} is a damaged bench result: {problem}")
+        merged["rows"].extend(data["rows"])
+        if not merged["memory_bandwidth_gbs"]:
+            merged["memory_bandwidth_gbs"] = data.get("memory_bandwidth_gbs")
+            merged["bandwidth_threads"] = data.get("bandwidth_threads")
+        merged.setdefault("host", data.get("host"))
+    return merged
+
+
+def _number(value, positive: bool = False) -> bool:
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and value == value and abs(value) != float("inf")
+    return ok and (value > 0 if positive else True)
+
+
+def _results_problem(data: dict) -> str | None:
+    rows, bandwidth = data.get("rows"), data.get("memory_bandwidth_gbs")
+    if not isinstance(rows, list) or not rows:
+        return "no rows"
+    if bandwidth is not None and not _number(bandwidth, positive=True):
+        return f"memory_bandwidth_gbs is {bandwidth!r}"
+    for i, row in enumerate(rows):
+        problem = _row_problem(row)
+        if problem:
+            return f"row {i}: {problem}"
+    return None
+
+
+def _row_problem(row) -> str | None:
+    if not isinstance(row, dict):
+        return "not an object"
+    for key in ("name", "scheme", "backend", "runner", "target"):
+        if not isinstance(row.get(key), str):
+            return f"{key} is {row.get(key)!r}"
+    for key in ("file_bytes", "prompt_len", "gen_len", "threads", "runs"):
+        if not _number(row.get(key)) or row[key] < 0:
+            return f"{key} is {row.get(key)!r}"
+    if row.get("bytes_per_token") is not None and not _number(row["bytes_per_token"], positive=True):
+        return f"bytes_per_token is {row['bytes_per_token']!r}"
+    stats = row.get("stats")
+    if not isinstance(stats, dict):
+        return "no stats"
+    for metric in METRICS:
+        summary = stats.get(metric)
+        if not isinstance(summary, dict) or not all(_number(summary.get(k)) for k in ("median", "min", "max", "cv")):
+            return f"stats.{metric} is {summary!r}"
+    work = row.get("work")
+    if work is not None and not (isinstance(work, dict) and isinstance(work.get("metric"), str)
+                                 and _number(work.get("value"))):
+        return f"work is {work!r}"
+    return None

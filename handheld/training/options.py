@@ -1,0 +1,84 @@
+"""The training jobs' options, typed and validated once; their defaults are the CLI's defaults.
+
+Kept free of torch so that `handheld spinquant --help` and `handheld qat --help` stay instant.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from handheld.core.defaults import GROUP_SIZE, LORA_ALPHA, LORA_RANK
+from handheld.core.errors import HandheldError
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    steps: int
+    lr: float
+    batch_size: int = 8
+    grad_accum: int = 1
+    warmup: int = 10
+    weight_decay: float = 0.0
+    eval_every: int = 25
+    save_every: int = 25
+    seed: int = 0
+
+
+PHASES = {
+    "qat": ("qat",),
+    "lora": ("lora",),
+    "both": ("qat", "lora"),
+    "float": ("float",),
+}
+VALIDATION_FRACTION = 0.05
+
+
+@dataclass(frozen=True)
+class QatOptions:
+    checkpoint: Path
+    data: Path
+    output: Path
+    phase: str = "both"
+    train: TrainConfig = TrainConfig(steps=100, lr=2e-4)
+    lora_lr: float = 1e-3
+    seq_len: int = 256
+    lora_rank: int = LORA_RANK
+    lora_alpha: float = LORA_ALPHA
+    group_size: int = GROUP_SIZE
+    resume: bool = False
+    tokenizer: Path | None = None
+
+    def __post_init__(self) -> None:
+        if self.phase not in PHASES:
+            raise HandheldError(f"unknown --phase {self.phase!r}; known phases: {', '.join(PHASES)}")
+        t = self.train
+        if t.steps < 1 or t.batch_size < 1 or t.grad_accum < 1 or self.seq_len < 2:
+            raise HandheldError("--steps, --batch-size and --grad-accum must be >= 1 and --seq-len >= 2")
+
+
+WEIGHT_QUANT = ("rtn", "gptq")
+
+
+@dataclass(frozen=True)
+class SpinQuantOptions:
+    checkpoint: Path
+    calib: Path
+    output: Path
+    steps: int = 100
+    lr: float = 1.5
+    seq_len: int = 256
+    samples: int | None = 128
+    batch_size: int = 4
+    weight_quant: str = "rtn"
+    group_size: int = GROUP_SIZE
+    seed: int = 0
+    resume: bool = False
+    save_every: int = 10
+    tokenizer: Path | None = None
+
+    def __post_init__(self) -> None:
+        if self.weight_quant not in WEIGHT_QUANT:
+            raise HandheldError(f"unknown --weight-quant {self.weight_quant!r}; known: {', '.join(WEIGHT_QUANT)}")
+        if self.steps < 0 or self.batch_size < 1 or self.seq_len < 2 or self.save_every < 1:
+            raise HandheldError("--steps must be >= 0, --batch-size >= 1, --seq-len >= 2, --save-every >= 1")

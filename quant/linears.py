@@ -1,0 +1,31 @@
+"""Which modules of the Llama model a weight scheme treats how: the classifier apart, block linears alike."""
+
+from __future__ import annotations
+
+from torch import nn
+
+from handheld.core.errors import HandheldError
+
+CLASSIFIER = "output"
+
+
+def untie_embedding(model: nn.Module) -> nn.Module:
+    """Give the classifier its own weight: it is quantized differently from the embedding."""
+    if model.output.weight is model.tok_embeddings.weight:
+        model.output.weight = nn.Parameter(model.tok_embeddings.weight.detach().clone())
+    return model
+
+
+def block_linears(model: nn.Module) -> dict[str, nn.Linear]:
+    """Every transformer-block linear (everything but the classifier)."""
+    return {name: m for name, m in model.named_modules() if isinstance(m, nn.Linear) and name != CLASSIFIER}
+
+
+def check_group_size(model: nn.Module, group_size: int) -> None:
+    if group_size <= 0:
+        raise HandheldError(f"--group-size must be positive, got {group_size}")
+    for name, linear in block_linears(model).items():
+        if linear.in_features % group_size:
+            raise HandheldError(
+                f"--group-size {group_size} does not divide the input width {linear.in_features} of layer {name}"
+            )

@@ -1,0 +1,61 @@
+"""Run the built native runner: one measured run, or one run counting its deterministic work."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+from pathlib import Path
+
+from handheld.core.errors import HandheldError
+from handheld.runtime_bindings.native.targets import get_target, require_tool, runner_command
+
+# Exit status the runner uses for a program that needs an operator it does not have.
+_MISSING_OPERATOR_EXIT = 3
+
+
+def run_native(binary: Path, target_name: str, pte: Path, prompt: list[int], gen_len: int, threads: int,
+               logits_path: Path | None = None, wrapper: list[str] = ()) -> dict:
+    """One run of the native runner; its JSON result. `wrapper` prefixes the command (e.g. valgrind)."""
+    command = [*wrapper, *runner_command(binary, target_name), str(pte), "--prompt", ",".join(map(str, prompt)),
+               "--gen-len", str(gen_len), "--threads", str(threads)]
+    if logits_path is not None:
+        command += ["--logits", str(logits_path)]
+    done = subprocess.run(command, capture_output=True, text=True)
+    if done.returncode == _MISSING_OPERATOR_EXIT:
+        missing = sorted(set(re.findall(r"Missing operator: \[\d+\] (\S+)", done.stderr)))
+        raise HandheldError(f"{pte} needs operators the native runner does not have: {', '.join(missing) or 'see its log'}")
+    if done.returncode != 0:
+        error_lines = [line for line in done.stderr.splitlines() if "error" in line.lower()][-5:]
+        raise HandheldError(f"the native runner failed on {pte} (exit {done.returncode}):\n" + "\n".join(error_lines))
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    result["stderr"] = done.stderr
+    return result
+
+
+def count_work(binary: Path, target_name: str, pte: Path, prompt: list[int], gen_len: int) -> dict:
+    """A deterministic measure of one run's work, for a regression gate that noisy machines can trust.
+
+    Natively: instructions executed, counted by valgrind (cachegrind without cache simulation; one thread;
+    valgrind reports its own CPU model, so kernels are chosen for it, e.g. AVX2 rather than AVX-512).
+    Under qemu: translation blocks executed (with block chaining off, qemu logs every one). Both repeat to
+    within a few parts per million; this machine has no hardware counters (`perf stat` says not supported).
+    """
+    target = get_target(target_name)
+    args = [str(pte), "--prompt", ",".join(map(str, prompt)), "--gen-len", str(gen_len), "--threads", "1"]
+    if target.emulator is None:
+        require_tool("valgrind", "valgrind")
+        command = ["valgrind", "--tool=cachegrind", "--cache-sim=no", "--cachegrind-out-file=/dev/null", str(binary), *args]
+        done = subprocess.run(command, capture_output=True, text=True)
+        found = re.search(r"I\s+refs:\s+([\d,]+)", done.stderr)
+        if done.returncode != 0 or not found:
+            raise HandheldError(f"counting instructions with valgrind failed (exit {done.returncode}):\n{done.stderr[-1500:]}")
+        return {"metric": "instructions (valgrind)", "value": int(found.group(1).replace(",", ""))}
+    command = [*runner_command(binary, target_name)[:-1], "-d", "nochain,exec", "-D", "/dev/stderr", str(binary), *args]
+    blocks = 0
+    with subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True) as process:
+        for line in process.stderr:
+            blocks += line.startswith("Trace ")
+    if process.returncode != 0 or not blocks:
+        raise HandheldError(f"counting executed blocks under {target.emulator} failed (exit {process.returncode})")
+    return {"metric": "translated blocks executed (qemu)", "value": blocks}

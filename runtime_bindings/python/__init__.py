@@ -1,0 +1,1 @@
+"""ExecuTorch's Python runtime (`--runner python`): a `.pte` program, and one measured run in a child process."""
