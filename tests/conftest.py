@@ -178,3 +178,19 @@ def demo_report(tmp_path_factory):
 
     out = tmp_path_factory.mktemp("demo")
     return out, json.loads(run_demo(out, "proxy", log=lambda _: None).read_text())
+
+
+_SLOW_FIXTURES = {"demo_report", "odd_fp32_pte", "odd_bf16_pte", "odd_8da4w_pte", "qat_both", "spinquant_rtn"}
+_NETWORK_FIXTURES = {"llama3_tokenizer_path", "llama3_tokenizer_json", "aarch64_runner"}
+
+
+def pytest_collection_modifyitems(items):
+    """Markers from what each test uses, so `-m "not slow"` and friends select without a list to maintain."""
+    for item in items:
+        used = set(getattr(item, "fixturenames", ()))
+        if used & _SLOW_FIXTURES or "export" in item.name or item.module.__name__ in ("test_arm_ci", "test_llama_cpp_parity"):
+            item.add_marker(pytest.mark.slow)
+        if used & _NETWORK_FIXTURES or item.module.__name__ in ("test_catalog", "test_llama_cpp_parity"):
+            item.add_marker(pytest.mark.network)
+        if "aarch64_runner" in used or "qemu" in item.name:
+            item.add_marker(pytest.mark.qemu)

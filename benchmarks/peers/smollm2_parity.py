@@ -8,9 +8,10 @@ and the fp32 `.pte` when given, vs llama.cpp), and greedy continuations token by
     pip install -e '.[peers]'        # llama-cpp-python builds llama.cpp (minutes)
     python benchmarks/peers/smollm2_parity.py [--pte handheld-demo/fp32.pte] [--json benchmarks/results/smollm2_llama_cpp_parity.json]
 
-Tolerance: float32 on both sides with different summation orders and kernels; differences grow through 30
-layers. Logits are compared as max |diff| over the logits' own standard deviation (scale-free): a real
-mismatch (wrong RoPE, norm or layout) is of the order of the spread itself, rounding is below 1e-3 of it.
+Tolerance: float32 weights on both sides, but llama.cpp keeps its KV cache in f16 by default and both use
+their own kernels and summation orders, through 30 layers. Logits are compared as max |diff| over the
+logits' own standard deviation (scale-free): a real mismatch (wrong RoPE, norm, tokenizer or layout) is of
+the order of the spread itself; measured here 0.3-0.6% of it, so the bound is 1%.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ from handheld.core.tokenizer import load_tokenizer
 PROMPTS = ("The capital of France is", "def fibonacci(n):\n    ", "Once upon a time, in a small village,")
 CHAT = "What is the capital of France?"
 GREEDY_TOKENS = 40
-LOGITS_TOLERANCE = 1e-3  # max |diff| / std(logits)
+LOGITS_TOLERANCE = 0.01  # max |diff| / std(logits)
 
 
 def llama_cpp_run(path: Path, ids: list[int], new_tokens: int):

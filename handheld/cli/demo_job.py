@@ -53,14 +53,15 @@ class DemoModel:
     chat: bool  # ask the questions through the chat template, or continue a plain prompt
     recipe_steps: int  # SpinQuant steps; QAT and LoRA steps each
     recipe_batch: int
+    recipe_seq_len: int
 
 
 DEMO_MODELS = {
     "smollm2-135m-instruct": DemoModel("smollm2-135m-instruct", "Hugging Face's SmolLM2-135M-Instruct (GGUF Q4_1, "
-                                       "dequantized to float)", eval_tokens=4096, chat=True, recipe_steps=20,
-                                       recipe_batch=4),
+                                       "dequantized to float)", eval_tokens=4096, chat=True, recipe_steps=8,
+                                       recipe_batch=2, recipe_seq_len=128),
     "proxy": DemoModel("proxy", "handheld's 2.4M-parameter proxy model (trained on the Python 3.11 docs)",
-                       eval_tokens=None, chat=False, recipe_steps=30, recipe_batch=4),
+                       eval_tokens=None, chat=False, recipe_steps=30, recipe_batch=4, recipe_seq_len=256),
 }
 
 
@@ -149,22 +150,22 @@ def _recipe_checkpoint(recipe: str, checkpoint: Path, model: DemoModel, out: Pat
     target = out / f"{recipe}-checkpoint"
     if target.exists():
         return target
-    calib, steps, batch = proxy_dir() / "calib.txt", model.recipe_steps, model.recipe_batch
+    calib, steps, batch, seq_len = proxy_dir() / "calib.txt", model.recipe_steps, model.recipe_batch, model.recipe_seq_len
     started = time.perf_counter()
     if recipe == "spinquant":
         from handheld.training.spinquant import run_spinquant
 
         log(f"spinquant: learning R1/R2 for {steps} steps on {calib.name}")
         run_spinquant(SpinQuantOptions(checkpoint=checkpoint, calib=calib, output=target, steps=steps,
-                                       samples=128, batch_size=batch), Group(), progress=False)
+                                       samples=128, batch_size=batch, seq_len=seq_len), Group(), progress=False)
     else:
         from handheld.training.qat import run_qat
 
         log(f"qat-lora: {steps} QAT steps, then {steps} LoRA steps on {calib.name}")
         # Small learning rates: a few steps on 300 KB should adapt to quantization, not drift to the sample.
-        train = TrainConfig(steps=steps, lr=3e-5, batch_size=batch, warmup=5, eval_every=steps, save_every=steps)
-        run_qat(QatOptions(checkpoint=checkpoint, data=calib, output=target, phase="both", train=train, lora_lr=1e-4),
-                Group(), progress=False)
+        train = TrainConfig(steps=steps, lr=3e-5, batch_size=batch, warmup=min(5, steps), eval_every=steps, save_every=steps)
+        run_qat(QatOptions(checkpoint=checkpoint, data=calib, output=target, phase="both", train=train, lora_lr=1e-4,
+                           seq_len=seq_len), Group(), progress=False)
     log(f"    trained in {time.perf_counter() - started:.0f} s")
     return target
 

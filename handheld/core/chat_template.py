@@ -1,6 +1,6 @@
 """A model's own chat template (Jinja2, as Hugging Face and GGUF files carry it), rendered as transformers
-renders it: a sandboxed, immutable environment, `trim_blocks` / `lstrip_blocks`, `raise_exception` and
-`tojson`, with `messages`, `bos_token`, `eos_token` and `add_generation_prompt`. The sandbox keeps a
+renders it: a sandboxed, immutable environment, `trim_blocks` / `lstrip_blocks`, loop controls,
+`raise_exception`, `strftime_now` and `tojson`, with `messages`, `bos_token`, `eos_token` and `add_generation_prompt`. The sandbox keeps a
 template from a downloaded file from reaching Python internals.
 """
 
@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 from handheld.core.errors import HandheldError
@@ -29,9 +30,10 @@ class ChatTemplate:
         import jinja2
         from jinja2.sandbox import ImmutableSandboxedEnvironment
 
-        env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
+        env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True, extensions=["jinja2.ext.loopcontrols"])
         env.filters["tojson"] = lambda value, indent=None: json.dumps(value, ensure_ascii=False, indent=indent)
         env.globals["raise_exception"] = _raise
+        env.globals["strftime_now"] = lambda fmt: datetime.now().strftime(fmt)  # Llama 3.x templates date the chat
         try:
             template = env.from_string(self.source)
             return template.render(messages=messages, bos_token=self.bos_token, eos_token=self.eos_token,
