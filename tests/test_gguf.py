@@ -174,3 +174,13 @@ def _write_with_type(path, state, name, kind):
     writer.write_tensors_to_file()
     writer.close()
     (path.parent / (path.name + ".t")).replace(path)
+
+
+def test_llama31_rope_scaling_travels_as_rope_freqs(tmp_path, state):
+    """Llama 3.1/3.2 GGUFs carry RoPE scaling as a factor table; it reads back as Meta's parameters."""
+    from conftest import ODD_ARGS  # factor 8, Meta's low/high frequency factors
+
+    write_gguf(tmp_path / "scaled.gguf", ODD_ARGS, state, "F32")
+    checkpoint = read_checkpoint(tmp_path / "scaled.gguf")
+    assert checkpoint.args.architecture() == ODD_ARGS.architecture()
+    assert "rope_freqs.weight" not in checkpoint.state

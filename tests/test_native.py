@@ -95,7 +95,8 @@ def test_host_work_count_repeats(demo_report, host_runner):
     out, _ = demo_report
     counts = [run.count_work(host_runner, "host", out / "8da4w.pte", PROMPT, 4)["value"] for _ in range(2)]
     assert counts[0] > 10**6
-    assert abs(counts[0] - counts[1]) / counts[0] < 1e-4  # within a few parts per million in practice
+    # Seen: 3e-6 and 1.5e-4 between two runs (allocation addresses move a few code paths); the gate allows 2%.
+    assert abs(counts[0] - counts[1]) / counts[0] < 1e-3
 
 
 @pytest.fixture(scope="module")

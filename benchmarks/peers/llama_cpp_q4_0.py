@@ -20,7 +20,6 @@ runner's definitions, as handheld bench does.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import subprocess
 import sys
@@ -31,34 +30,6 @@ import numpy as np
 
 # llama.cpp's file type ids (enum llama_ftype).
 FTYPE_F16, FTYPE_Q4_0 = 1, 2
-# GGUF names of Meta's per-layer weights.
-LAYER_TENSORS = {
-    "attention.wq": "attn_q", "attention.wk": "attn_k", "attention.wv": "attn_v", "attention.wo": "attn_output",
-    "feed_forward.w1": "ffn_gate", "feed_forward.w3": "ffn_up", "feed_forward.w2": "ffn_down",
-    "attention_norm": "attn_norm", "ffn_norm": "ffn_norm",
-}
-
-
-def gguf_name(meta_name: str) -> str:
-    if meta_name == "tok_embeddings.weight":
-        return "token_embd.weight"
-    if meta_name == "norm.weight":
-        return "output_norm.weight"
-    if meta_name == "output.weight":
-        return "output.weight"
-    _, layer, rest = meta_name.split(".", 2)
-    module = rest.removesuffix(".weight")
-    return f"blk.{layer}.{LAYER_TENSORS[module]}.weight"
-
-
-def rope_factors(args) -> np.ndarray:
-    """Llama 3.1 RoPE scaling as llama.cpp takes it: per-frequency divisors (rope_freqs.weight)."""
-    from handheld.core.model import rope_frequencies
-
-    plain = rope_frequencies(dataclasses.replace(args, use_scaled_rope=False))
-    return (plain / rope_frequencies(args)).float().numpy()
-
-
 def byte_symbols() -> list[str]:
     """GPT-2's printable stand-in for each byte (llama.cpp's BPE vocabularies look bytes up by these)."""
     printable = [*range(ord("!"), ord("~") + 1), *range(ord("\u00a1"), ord("\u00ac") + 1), *range(ord("\u00ae"), ord("\u00ff") + 1)]
@@ -85,44 +56,15 @@ def placeholder_vocab(vocab_size: int) -> tuple[list[str], list[int], list[str]]
 
 
 def write_f16_gguf(checkpoint: Path, out: Path) -> None:
-    import gguf
-    import torch
-
     from handheld.core.checkpoints import read_checkpoint
+    from handheld.core.checkpoints.gguf import GgufVocabulary, write_gguf
 
     ckpt = read_checkpoint(checkpoint)
-    args = ckpt.args
-    writer = gguf.GGUFWriter(str(out), "llama")
-    writer.add_name(f"handheld {checkpoint.name}")
-    writer.add_context_length(8192)
-    writer.add_embedding_length(args.dim)
-    writer.add_block_count(args.n_layers)
-    writer.add_feed_forward_length(args.ffn_hidden_dim)
-    writer.add_head_count(args.n_heads)
-    writer.add_head_count_kv(args.kv_heads)
-    writer.add_rope_freq_base(args.rope_theta)
-    writer.add_layer_norm_rms_eps(args.norm_eps)
-    writer.add_rope_dimension_count(args.attn_head_dim)
-    writer.add_vocab_size(args.vocab_size)
-    writer.add_file_type(FTYPE_F16)
-    tokens, types, merges = placeholder_vocab(args.vocab_size)
-    writer.add_tokenizer_model("gpt2")
-    writer.add_tokenizer_pre("llama-bpe")
-    writer.add_token_list(tokens)
-    writer.add_token_types(types)
-    writer.add_token_merges(merges)
-    writer.add_bos_token_id(args.vocab_size - 256)
-    writer.add_eos_token_id(args.vocab_size - 255)
-    if args.use_scaled_rope:
-        writer.add_tensor("rope_freqs.weight", rope_factors(args))
-    for name, tensor in ckpt.state.items():
-        # Norm gains stay float32 (llama.cpp's converter does the same); matrices go to F16.
-        dtype = torch.float32 if tensor.dim() == 1 else torch.float16
-        writer.add_tensor(gguf_name(name), tensor.to(dtype).numpy())
-    writer.write_header_to_file()
-    writer.write_kv_data_to_file()
-    writer.write_tensors_to_file(progress=True)
-    writer.close()
+    tokens, types, merges = placeholder_vocab(ckpt.args.vocab_size)
+    vocabulary = GgufVocabulary(tokens, types, merges, bos_id=ckpt.args.vocab_size - 256,
+                                eos_id=ckpt.args.vocab_size - 255)
+    # Norm gains stay float32 (llama.cpp's converter does the same); matrices go to F16.
+    write_gguf(out, ckpt.args, ckpt.state, "F16", vocabulary=vocabulary)
 
 
 def convert(checkpoint: Path, out_dir: Path) -> Path:

@@ -181,15 +181,18 @@ def read_gguf(path: Path) -> tuple[ModelArgs, dict[str, torch.Tensor], GgufInfo]
         types[tensor.tensor_type.name] = types.get(tensor.tensor_type.name, 0) + 1
         name = meta_name(tensor.name)
         if name is None:
-            args = _with_rope_freqs(args, tensor_to_torch(tensor, path), path)
+            args = _with_rope_freqs(args, tensor_to_torch(tensor, path), meta, path)
             continue
         state[name] = tensor_to_torch(tensor, path)
     return args, state, GgufInfo(meta.get("general.name"), types, meta)
 
 
-def _with_rope_freqs(args: ModelArgs, freqs: torch.Tensor, path: Path) -> ModelArgs:
-    """Llama 3.1-style scaling: accept the factors when they are exactly what some Meta scaling gives."""
-    scaled = dataclasses.replace(args, use_scaled_rope=True)
+def _with_rope_freqs(args: ModelArgs, freqs: torch.Tensor, meta: dict[str, Any], path: Path) -> ModelArgs:
+    """Llama 3.1-style scaling: accept the factors when they are exactly what Meta's scaling gives with the
+    file's stated factor and original context (Llama 3.1/3.2's 32 and 8192 when it states none)."""
+    scaled = dataclasses.replace(args, use_scaled_rope=True,
+                                 rope_scale_factor=_float32(meta.get("llama.rope.scaling.factor", 32.0)),
+                                 rope_original_context=meta.get("llama.rope.scaling.original_context_length", 8192))
     # llama.cpp divides each frequency by its factor.
     expected = (rope_frequencies(args) / rope_frequencies(scaled)).float()
     if freqs.shape != expected.shape or not torch.allclose(freqs.float(), expected, rtol=1e-3):
@@ -206,17 +209,42 @@ _TOKENIZER_KEYS = ("tokenizer.ggml.model", "tokenizer.ggml.pre", "tokenizer.ggml
                    "tokenizer.ggml.add_bos_token", "tokenizer.chat_template")
 
 
+@dataclass(frozen=True)
+class GgufVocabulary:
+    """A byte-level BPE vocabulary as GGUF stores it (for files written without a source GGUF)."""
+
+    tokens: list[str]
+    types: list[int]
+    merges: list[str]
+    bos_id: int
+    eos_id: int
+    pre: str = "llama-bpe"
+
+
+# llama.cpp's general.file_type for the whole-file types handheld writes.
+_FILE_TYPES = {"F32": 0, "F16": 1}
+
+
 def write_gguf(path: Path, args: ModelArgs, state: dict[str, torch.Tensor], tensor_type: str = "F32",
-               tokenizer_from: Path | None = None) -> None:
+               tokenizer_from: Path | None = None, vocabulary: GgufVocabulary | None = None) -> None:
     """A Llama GGUF of `state` (Meta names) with every 2-D weight stored as `tensor_type` (norms stay F32);
-    the vocabulary and chat template copied from another GGUF. Used to hand the same float weights to
+    the vocabulary and chat template copied from another GGUF, or given. Used to hand the same weights to
     llama.cpp, and by tests."""
     import gguf
 
     writer = gguf.GGUFWriter(str(path), ARCHITECTURE)
     _write_shape(writer, args)
+    if tensor_type in _FILE_TYPES:
+        writer.add_file_type(_FILE_TYPES[tensor_type])
     if tokenizer_from is not None:
         _copy_tokenizer(writer, open_gguf(tokenizer_from))
+    if vocabulary is not None:
+        _write_vocabulary(writer, vocabulary)
+    if args.use_scaled_rope:  # llama.cpp divides each frequency by its factor
+        writer.add_rope_scaling_factor(args.rope_scale_factor)
+        writer.add_rope_scaling_orig_ctx_len(args.rope_original_context)
+        plain = rope_frequencies(dataclasses.replace(args, use_scaled_rope=False))
+        writer.add_tensor(ROPE_FREQS, (plain / rope_frequencies(args)).float().numpy())
     for name, tensor in state.items():
         values, kind = _encoded(tensor, tensor_type if tensor.dim() == 2 else "F32")
         writer.add_tensor(_gguf_name(name), values, raw_dtype=kind)
@@ -239,8 +267,16 @@ def _write_shape(writer, args: ModelArgs) -> None:
     writer.add_rope_freq_base(args.rope_theta)
     writer.add_layer_norm_rms_eps(args.norm_eps)
     writer.add_vocab_size(args.vocab_size)
-    if args.use_scaled_rope:
-        raise HandheldError("writing Llama 3.1 RoPE scaling (rope_freqs) to GGUF is not supported")
+
+
+def _write_vocabulary(writer, vocabulary: GgufVocabulary) -> None:
+    writer.add_tokenizer_model("gpt2")
+    writer.add_tokenizer_pre(vocabulary.pre)
+    writer.add_token_list(vocabulary.tokens)
+    writer.add_token_types(vocabulary.types)
+    writer.add_token_merges(vocabulary.merges)
+    writer.add_bos_token_id(vocabulary.bos_id)
+    writer.add_eos_token_id(vocabulary.eos_id)
 
 
 def _copy_tokenizer(writer, reader) -> None:
