@@ -19,7 +19,7 @@ from handheld.core.chat_template import Message
 from handheld.core.checkpoints import build_model, read_checkpoint
 from handheld.core.checkpoints.gguf import write_gguf
 from handheld.core.config import ModelArgs
-from handheld.core.hf_tokenizer import _byte_decoder
+from handheld.core.hf_tokenizer import byte_decoder
 from handheld.core.tokenizer import load_tokenizer
 from conftest import odd_state
 
@@ -33,7 +33,7 @@ SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
 
 def byte_level_vocab() -> tuple[list[str], list[int]]:
     """256 byte tokens, the merges' results, specials, then unused fillers up to the model's vocabulary."""
-    alphabet = {b: c for c, b in _byte_decoder().items()}
+    alphabet = {b: c for c, b in byte_decoder().items()}
     tokens = [alphabet[b] for b in range(256)] + [m.replace(" ", "") for m in MERGES] + SPECIALS
     types = [1] * (len(tokens) - len(SPECIALS)) + [3] * len(SPECIALS)
     fillers = ARGS.vocab_size - len(tokens)

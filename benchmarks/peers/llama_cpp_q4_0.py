@@ -32,15 +32,10 @@ import numpy as np
 FTYPE_F16, FTYPE_Q4_0 = 1, 2
 def byte_symbols() -> list[str]:
     """GPT-2's printable stand-in for each byte (llama.cpp's BPE vocabularies look bytes up by these)."""
-    printable = [*range(ord("!"), ord("~") + 1), *range(ord("\u00a1"), ord("\u00ac") + 1), *range(ord("\u00ae"), ord("\u00ff") + 1)]
-    symbols, extra = {}, 0
-    for b in range(256):
-        if b in printable:
-            symbols[b] = chr(b)
-        else:
-            symbols[b] = chr(256 + extra)
-            extra += 1
-    return [symbols[b] for b in range(256)]
+    from handheld.core.hf_tokenizer import byte_decoder
+
+    symbol = {b: c for c, b in byte_decoder().items()}
+    return [symbol[b] for b in range(256)]
 
 
 def placeholder_vocab(vocab_size: int) -> tuple[list[str], list[int], list[str]]:

@@ -7,18 +7,7 @@ from __future__ import annotations
 import base64
 from pathlib import Path
 
-
-def _byte_decoder() -> dict[str, int]:
-    """Inverse of the GPT-2 byte-to-unicode table that byte-level BPE uses for its token strings."""
-    printable = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
-    chars = printable[:]
-    extra = 0
-    for b in range(256):
-        if b not in printable:
-            printable.append(b)
-            chars.append(256 + extra)
-            extra += 1
-    return {chr(c): b for b, c in zip(printable, chars)}
+from handheld.core.hf_tokenizer import byte_decoder
 
 
 def train_bpe(text: str, n_ranks: int) -> list[bytes]:
@@ -35,7 +24,7 @@ def train_bpe(text: str, n_ranks: int) -> list[bytes]:
         vocab_size=n_ranks, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False, special_tokens=[]
     )
     tok.train_from_iterator([text], trainer=trainer)
-    decode = _byte_decoder()
+    decode = byte_decoder()
     ranks = [bytes([b]) for b in range(256)]
     seen = set(ranks)
     for merge in _merges(tok):

@@ -203,7 +203,7 @@ def _byte_level_bpe(tokens: list[str], merges: list[str], types: list[int], spli
 
 
 @lru_cache(maxsize=1)
-def _byte_decoder() -> dict[str, int]:
+def byte_decoder() -> dict[str, int]:
     """GPT-2's byte-level alphabet: each byte is shown as a printable character; this inverts it."""
     printable = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
     shown, extra = list(printable), 0
@@ -222,7 +222,7 @@ def _token_bytes_table(tok) -> list[bytes]:
     table = [b""] * (max(vocab.values()) + 1 if vocab else 0)
     added = {token.content for token in tok.get_added_tokens_decoder().values()}
     byte_level = type(tok.decoder).__name__ == "ByteLevel"
-    decoder = _byte_decoder()
+    decoder = byte_decoder()
     for token, i in vocab.items():
         if token in added or not byte_level:
             table[i] = _sentencepiece_bytes(token) if not byte_level and token not in added else token.encode()
