@@ -209,3 +209,21 @@ def test_clear_errors(byte_checkpoint, calib_text, spinquant_rtn, tmp_path):
     with pytest.raises(HandheldError, match="model width .* is 56"):
         run_spinquant(options(bad, calib_text, tmp_path / "d"), Group(), progress=False)
     assert not any(p.name in ("a", "b", "c", "d") for p in tmp_path.iterdir())
+
+
+def test_learned_rotations_survive_a_failure_after_learning(byte_checkpoint, calib_text, tmp_path, monkeypatch):
+    """The resume state is discarded only once the checkpoint is written; a damaged state is one error."""
+    import handheld.training.spinquant as job
+
+    def failing_write(*args):
+        raise HandheldError("disk full (simulated)")
+
+    out = tmp_path / "sq"
+    monkeypatch.setattr(job, "_write", failing_write)
+    with pytest.raises(HandheldError, match="simulated"):
+        run_spinquant(options(byte_checkpoint, calib_text, out), Group(), progress=False)
+    state = tmp_path / "sq.resume" / "state.pt"
+    assert state.is_file()  # every learned step is still there to resume from
+    state.write_bytes(state.read_bytes()[:100])
+    with pytest.raises(HandheldError, match="is damaged .* delete it to start over"):
+        run_spinquant(options(byte_checkpoint, calib_text, out, resume=True), Group(), progress=False)

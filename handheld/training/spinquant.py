@@ -56,6 +56,7 @@ def run_spinquant(options: SpinQuantOptions, group: Group, progress: bool = True
     quantized = _quantize(apply_rotations(base, rotations), sequences, options, group)
     if group.is_main:
         _write(quantized, checkpoint, options)
+        discard_state(options.output)  # only now: a crash in GPTQ or the write keeps the learned rotations
     group.barrier()
     return SpinQuantResult(losses[0] if losses else None, losses[-1] if losses else None, options.steps,
                            learn_seconds, time.perf_counter() - start)
@@ -101,8 +102,6 @@ def _learn(base: nn.Module, sequences: torch.Tensor, options: SpinQuantOptions, 
                             lambda step: batch_at(sequences, step, options.batch_size, options.seed), group, on_step)
     bar.close()
     group.barrier()
-    if group.is_main:
-        discard_state(options.output)
     return state.rotations, losses
 
 
