@@ -58,12 +58,13 @@ class Group:
 
 
 def join_group() -> Group:
-    """The process group torchrun set up in the environment (gloo on CPU, NCCL on GPUs), or one process."""
+    """The process group torchrun set up in the environment, or one process. Always gloo: the jobs keep their
+    models and tensors on the CPU (nothing moves them to a GPU yet), and NCCL would need them there."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world == 1:
         return Group()
     if not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if torch.cuda.is_available() else "gloo")
+        dist.init_process_group(backend="gloo")
     return Group(rank=dist.get_rank(), world=dist.get_world_size())
 
 

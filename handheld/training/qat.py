@@ -6,7 +6,8 @@ Phases (`--phase`):
 - `lora`: the backbone frozen (still fake-quantized) and LoRA adapters trained on every block linear,
   unquantized;
 - `both`: `qat`, then `lora` on its result (Meta's recipe);
-- `float`: the same fine-tuning without quantization: the fair baseline (same data, same steps).
+- `float`: the same fine-tuning without quantization, the baseline; `both` trains `steps` twice (QAT, then
+  LoRA), so a fair float baseline runs twice the steps on the same data.
 Then convert: the backbone to the real quantized scheme with the adapters unmerged, written in Meta's
 pre-quantized QLoRA layout (`quantization_args` and `lora_args` in params.json); `float` writes a float
 checkpoint.
