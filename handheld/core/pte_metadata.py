@@ -10,7 +10,6 @@ too: the handheld fields then say "unknown".
 
 from __future__ import annotations
 
-import dataclasses
 import json
 from dataclasses import dataclass, field
 from typing import Any
@@ -18,8 +17,6 @@ from typing import Any
 from handheld.core.errors import HandheldError
 
 UNKNOWN = "unknown"
-# Constant methods whose value is a list even when it has one element.
-LIST_METHODS = frozenset({"get_eos_ids"})
 # handheld field -> constant method; JSON-encoded fields travel as strings.
 _HANDHELD_METHODS = {
     "model": "handheld_model",
@@ -33,6 +30,10 @@ _HANDHELD_METHODS = {
     "op_counts": "handheld_op_counts",
 }
 _JSON_FIELDS = frozenset({"params", "weight_bytes", "op_counts"})
+# What each field must hold once read from a file.
+_FIELD_KINDS = {"max_seq_len": int, "vocab_size": int, "n_layers": int, "bos_id": int, "eos_ids": tuple, "model": str,
+                "params": dict, "scheme": str, "backend": str, "version": str, "full_logits": bool,
+                "group_size": (int, type(None)), "weight_bytes": dict, "op_counts": dict}
 
 
 @dataclass(frozen=True)
@@ -94,12 +95,10 @@ class ProgramMetadata:
         return cls(**values)._checked(source)
 
     def _checked(self, source: str) -> "ProgramMetadata":
-        for f in dataclasses.fields(self):
-            value = getattr(self, f.name)
-            kind = {"int": int, "str": str, "bool": bool, "dict[str, Any]": dict, "dict[str, int]": dict,
-                    "dict[str, dict[str, int]]": dict, "int | None": (int, type(None)), "tuple[int, ...]": tuple}[f.type]
+        for name, kind in _FIELD_KINDS.items():
+            value = getattr(self, name)
             if not isinstance(value, kind):
-                raise HandheldError(f"{source} has malformed metadata: {f.name} is {value!r}")
+                raise HandheldError(f"{source} has malformed metadata: {name} is {value!r}")
         if self.max_seq_len < 1 or self.vocab_size < 1:
             raise HandheldError(f"{source} has malformed metadata: max_seq_len {self.max_seq_len}, vocab {self.vocab_size}")
         return self
@@ -111,11 +110,6 @@ class ProgramMetadata:
             return None
         table = self.weight_bytes.get("8-bit embedding", 0) + self.weight_bytes.get("embedding", 0)
         return round(sum(self.weight_bytes.values()) - table * (1 - 1 / self.vocab_size))
-
-    def summary(self) -> dict[str, Any]:
-        """The scalar fields, for a benchmark row or `inspect`."""
-        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
-                if f.name not in ("params", "weight_bytes", "op_counts")} | {"eos_ids": list(self.eos_ids)}
 
 
 def _as_list(value: Any) -> list:

@@ -89,7 +89,7 @@ def _check_figures(pte: Path, result: dict) -> None:
     """Every measured figure a finite number (a runner writes null for NaN or infinity)."""
     for metric in ("load_s", "ttft_s", "prefill_tok_s", "decode_tok_s", "peak_rss_bytes", "rss_before_load_bytes"):
         value = result.get(metric)
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value or abs(value) == float("inf"):
+        if not _number(value):
             raise HandheldError(f"measuring {pte} gave no usable {metric} ({value!r})")
 
 

@@ -116,16 +116,12 @@ def build_runner(target_name: str = "host", log=print) -> Path:
     binary = cache_root() / "native" / f"{target.name}-{_source_digest()}" / "handheld_runner"
     if binary.is_file():
         return binary
-    with tempfile.TemporaryDirectory(prefix=".build-", dir=_ensure(binary.parent.parent)) as build:
+    binary.parent.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=".build-", dir=binary.parent.parent) as build:
         built = _build(target, Path(build), log)
         with atomic_path(binary) as tmp:
             shutil.copy2(built, tmp)
     return binary
-
-
-def _ensure(folder: Path) -> Path:
-    folder.mkdir(parents=True, exist_ok=True)
-    return folder
 
 
 def _build(target: Target, build: Path, log) -> Path:

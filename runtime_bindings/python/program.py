@@ -12,7 +12,7 @@ import torch
 
 from handheld.core.errors import HandheldError
 from handheld.core.pte_metadata import ProgramMetadata
-from handheld.runtime_bindings.pte_file import read_pte_structure
+from handheld.runtime_bindings.pte_file import PteStructure, read_pte_structure
 
 def load_runtime_kernels() -> None:
     """Register ExecuTorch's quantized kernels with the runtime (needed by quantized programs), and its
@@ -22,11 +22,12 @@ def load_runtime_kernels() -> None:
 
 
 class PteProgram:
-    def __init__(self, path: str | Path):
+    def __init__(self, path: str | Path, structure: PteStructure | None = None):
+        """`structure`: the file already parsed by `read_pte_structure` (parsed here otherwise)."""
         from executorch.runtime import Runtime
 
         self.path = Path(path)
-        structure = read_pte_structure(self.path)
+        structure = structure or read_pte_structure(self.path)
         if "forward" not in structure.methods:
             raise HandheldError(f"{self.path} has no forward method; methods: {', '.join(structure.methods)}")
         self.method_names = structure.methods

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from handheld.core.config import ModelArgs
-from handheld.core.errors import HandheldError
+from handheld.core.errors import HandheldError, first_line
 from handheld.core.model import rope_frequencies
 
 MAGIC = b"GGUF"
@@ -59,11 +59,8 @@ def open_gguf(path: Path):
     try:
         return gguf.GGUFReader(path)
     except Exception as e:  # a parse boundary: damaged headers surface as many exception types
-        raise HandheldError(f"{path} is not a readable GGUF file ({e.__class__.__name__}: {_first_line(e)})") from None
+        raise HandheldError(f"{path} is not a readable GGUF file ({e.__class__.__name__}: {first_line(e)})") from None
 
-
-def _first_line(e: Exception) -> str:
-    return (str(e).splitlines() or [""])[0][:200]
 
 
 def metadata(reader, path: Path) -> dict[str, Any]:
@@ -76,7 +73,7 @@ def metadata(reader, path: Path) -> dict[str, Any]:
         try:
             values[key] = field.contents()
         except (ValueError, IndexError, UnicodeDecodeError, TypeError) as e:
-            raise HandheldError(f"{path}: metadata {key} is malformed ({_first_line(e)})") from None
+            raise HandheldError(f"{path}: metadata {key} is malformed ({first_line(e)})") from None
     return values
 
 
@@ -166,7 +163,7 @@ def tensor_to_torch(tensor, path: Path) -> torch.Tensor:
     try:
         values = np.asarray(dequantize(tensor.data, tensor.tensor_type)).reshape(shape)
     except (ValueError, NotImplementedError, TypeError, IndexError) as e:
-        raise HandheldError(f"{path}: tensor {tensor.name} ({kind}, shape {shape}) cannot be read ({_first_line(e)})") from None
+        raise HandheldError(f"{path}: tensor {tensor.name} ({kind}, shape {shape}) cannot be read ({first_line(e)})") from None
     dtype = _FLOAT_TYPES.get(kind, torch.float32)
     return torch.from_numpy(np.array(values, dtype=np.float32)).to(dtype)  # a copy: F32 data is the read-only map
 
