@@ -43,6 +43,21 @@ def ensure_checkpoint(work: Path) -> Path:
     return checkpoint
 
 
+def made_by_this_code(pte: Path) -> bool:
+    """A program exported by other code (another commit's digest) is re-exported, never mixed into the table."""
+    from handheld.core.pte_metadata import ProgramMetadata
+    from handheld.export.provenance import export_provenance
+    from handheld.runtime_bindings.pte_file import read_pte_structure
+
+    if not pte.exists():
+        return False
+    recorded = ProgramMetadata.from_constant_methods(read_pte_structure(pte).constant_methods, str(pte)).provenance
+    if recorded.get("code_digest") == export_provenance()["code_digest"]:
+        return True
+    log(f"{pte.name} was exported by other code ({recorded.get('commit', 'unknown')[:10]}): re-exporting")
+    return False
+
+
 def ensure_handheld_programs(checkpoint: Path, work: Path, max_seq_len: int) -> list[Path]:
     from handheld.export.program import export_checkpoint
 
@@ -52,7 +67,7 @@ def ensure_handheld_programs(checkpoint: Path, work: Path, max_seq_len: int) -> 
     programs = []
     for name in SCHEMES + LAYOUTS:
         pte = work / f"{name}.pte"
-        if not pte.exists():
+        if not made_by_this_code(pte):
             source, scheme = checkpoint, name
             if name in LAYOUTS:
                 source, scheme = work / f"{name}_checkpoint", None

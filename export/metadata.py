@@ -5,6 +5,7 @@ from __future__ import annotations
 import handheld
 from handheld.core.config import ModelArgs, known_model_names, named_model_args
 from handheld.core.pte_metadata import ProgramMetadata
+from handheld.export.provenance import export_provenance
 
 
 def model_name(args: ModelArgs) -> str:
@@ -22,4 +23,5 @@ def program_metadata(args: ModelArgs, *, max_seq_len: int, bos_id: int, eos_ids:
         max_seq_len=max_seq_len, vocab_size=args.vocab_size, n_layers=args.n_layers, bos_id=bos_id,
         eos_ids=tuple(eos_ids), model=model_name(args), params=args.to_dict(), scheme=scheme, backend=backend,
         version=handheld.__version__, full_logits=full_logits, group_size=group_size, weight_bytes=weight_bytes,
+        provenance=export_provenance(),
     )

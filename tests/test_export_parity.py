@@ -1,10 +1,12 @@
 """The exported `.pte` against the eager model it came from: prefill plus 8 decode steps."""
 
 import pytest
+import torch
 
 from conftest import PARITY_MAX_SEQ_LEN, delegated_linears
 from handheld.core.checkpoints import build_model, read_checkpoint
 from handheld.cli.inspect import describe_pte
+from handheld.export.provenance import export_provenance
 from handheld.quant.schemes import apply_scheme
 from handheld.runtime_bindings.generation import EagerRunner
 from handheld.runtime_bindings.python.program import PteProgram
@@ -56,6 +58,9 @@ def test_pte_carries_runner_and_handheld_metadata(odd_fp32_pte):
     typed = program.metadata  # handheld's typed view of the same contract
     assert typed.scheme == "fp32" and typed.backend == "xnnpack" and typed.max_seq_len == PARITY_MAX_SEQ_LEN
     assert typed.model.startswith("llama(dim=96") and typed.version
+    # Which code made it: this checkout's commit and export-code digest, and the library versions.
+    assert typed.provenance == export_provenance()
+    assert len(typed.provenance["commit"]) == 40 and typed.provenance["torch"] == torch.__version__
 
 
 def test_every_linear_is_delegated_to_xnnpack(odd_fp32_pte):

@@ -95,6 +95,15 @@ def gguf_bytes_per_token(path: Path) -> int:
     return total
 
 
+def last_position_argmax(llm) -> int:
+    """Greedy: the argmax of the last evaluated position's logits. `Llama.scores` is filled only with
+    logits_all=True (logits for every prompt position: extra prefill work), so read llama.cpp's own buffer."""
+    import llama_cpp
+
+    logits = np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(llm.ctx, -1), shape=(llm.n_vocab(),))
+    return int(np.argmax(logits))
+
+
 def measure_once(path: str, prompt_len: int, gen_len: int, threads: int) -> dict:
     """One run, in this (fresh) process."""
     import llama_cpp
@@ -111,12 +120,12 @@ def measure_once(path: str, prompt_len: int, gen_len: int, threads: int) -> dict
     prompt = synthetic_prompt(prompt_len)
     start = time.perf_counter()
     llm.eval(prompt)
-    token = int(np.argmax(llm.scores[llm.n_tokens - 1]))
+    token = last_position_argmax(llm)
     first = time.perf_counter()
     generated = [token]
     for _ in range(gen_len - 1):
         llm.eval([token])
-        token = int(np.argmax(llm.scores[llm.n_tokens - 1]))
+        token = last_position_argmax(llm)
         generated.append(token)
     end = time.perf_counter()
     return {"load_s": load_s, "ttft_s": first - start, "prefill_tok_s": prompt_len / (first - start),

@@ -40,6 +40,7 @@ def describe_pte(path: Path) -> dict[str, Any]:
         "methods": program.methods,
         "metadata": {k: v for k, v in program.constant_methods.items() if k not in _STRUCTURED},
         "weight_bytes": metadata.weight_bytes,
+        "provenance": metadata.provenance,
         "partitions": counts.get("partitions", {}),
         "ops_delegated": counts["delegated"],
         "ops_not_delegated": counts["portable"],
@@ -47,7 +48,7 @@ def describe_pte(path: Path) -> dict[str, Any]:
     }
 
 
-_STRUCTURED = {"handheld_op_counts", "handheld_weight_bytes"}
+_STRUCTURED = {"handheld_op_counts", "handheld_weight_bytes", "handheld_provenance"}
 
 
 def describe_checkpoint(directory: Path) -> dict[str, Any]:
@@ -77,6 +78,8 @@ def format_pte(info: dict[str, Any]) -> str:
         "metadata",
     ]
     lines += [f"  {key:24} {value}" for key, value in info["metadata"].items()]
+    if info.get("provenance"):
+        lines.append("made by     " + ", ".join(f"{key} {value}" for key, value in info["provenance"].items()))
     if info["weight_bytes"]:
         lines.append("weights by kind")
         lines += [f"  {kind:24} {n:>15,} bytes ({n / 2**20:.1f} MiB)" for kind, n in info["weight_bytes"].items()]

@@ -28,12 +28,14 @@ _HANDHELD_METHODS = {
     "group_size": "handheld_group_size",
     "weight_bytes": "handheld_weight_bytes",
     "op_counts": "handheld_op_counts",
+    "provenance": "handheld_provenance",
 }
-_JSON_FIELDS = frozenset({"params", "weight_bytes", "op_counts"})
+_JSON_FIELDS = frozenset({"params", "weight_bytes", "op_counts", "provenance"})
 # What each field must hold once read from a file.
 _FIELD_KINDS = {"max_seq_len": int, "vocab_size": int, "n_layers": int, "bos_id": int, "eos_ids": tuple, "model": str,
                 "params": dict, "scheme": str, "backend": str, "version": str, "full_logits": bool,
-                "group_size": (int, type(None)), "weight_bytes": dict, "op_counts": dict}
+                "group_size": (int, type(None)), "weight_bytes": dict, "op_counts": dict,
+               "provenance": dict}
 
 
 @dataclass(frozen=True)
@@ -54,6 +56,8 @@ class ProgramMetadata:
     group_size: int | None = None
     weight_bytes: dict[str, int] = field(default_factory=dict)  # stored weight bytes by kind
     op_counts: dict[str, dict[str, int]] = field(default_factory=dict)  # operators delegated / not
+    # Which code made it: git commit, dirty tree, digest of the export code, library versions.
+    provenance: dict[str, Any] = field(default_factory=dict)
 
     def to_constant_methods(self) -> dict[str, Any]:
         methods: dict[str, Any] = {

@@ -1,8 +1,9 @@
 """`handheld bench`: measure `.pte` programs, each run in a fresh child process, into self-describing rows.
 
 A row says what ran (model shape, scheme, backend — from the program's metadata, not its file name),
-how (prompt/generated lengths, threads, runner, target) and where (CPU, flags, cores, OS, versions),
-with every run's figures and their median, min, max and coefficient of variation.
+how (prompt/generated lengths, threads, runner, target) and where (CPU, flags, cores, OS, versions; on an
+Android device over adb also the device's model, SoC, Android version, governor and temperatures), with every
+run's figures and their median, min, max and coefficient of variation.
 """
 
 from __future__ import annotations
@@ -11,14 +12,18 @@ import json
 import statistics
 import subprocess
 import sys
+import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 from handheld.core.errors import HandheldError
 from handheld.core.pte_metadata import ProgramMetadata
 from handheld.measure.host import host_info, usable_cores
 from handheld.runtime_bindings.native.targets import get_target, toolchain
+
+if TYPE_CHECKING:
+    from handheld.measure.device import Device
 
 SCHEMA = "handheld-bench/1"
 # The figures each run reports; "higher is better" for rates, lower for the rest.
@@ -37,6 +42,7 @@ class BenchConfig:
     runner: str = "python"
     target: str = "host"
     count_work: bool = False  # also one counted run: a deterministic figure for the regression gate
+    cool_down_s: float = 0.0  # idle time before each run after the first (a phone sheds heat)
 
     def __post_init__(self):
         for name in ("prompt_len", "gen_len", "runs", "threads"):
@@ -44,16 +50,30 @@ class BenchConfig:
                 raise HandheldError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
         if self.warmup < 0:
             raise HandheldError(f"--warmup must be 0 or more, got {self.warmup}")
+        if not _number(self.cool_down_s) or self.cool_down_s < 0:
+            raise HandheldError(f"--cool-down must be 0 or more seconds, got {self.cool_down_s}")
         if self.runner not in RUNNERS:
             raise HandheldError(f"unknown runner {self.runner!r}; known runners: {', '.join(RUNNERS)}")
-        if get_target(self.target).emulator is not None and self.runner != "native":
+        if default_runner(self.target) == "native" and self.runner != "native":
             raise HandheldError(f"target {self.target} runs the native runner only: add --runner native")
         if self.count_work and self.runner != "native":
             raise HandheldError("--count-work counts the native runner's work: add --runner native")
+        if self.count_work and self.on_device:
+            raise HandheldError("--count-work counts work on this machine (valgrind or qemu), not on a device")
+
+    @property
+    def on_device(self) -> bool:
+        return get_target(self.target).device is not None
 
     @property
     def emulated(self) -> bool:
         return get_target(self.target).emulator is not None
+
+
+def default_runner(target: str) -> str:
+    """ExecuTorch's Python runtime on this machine; handheld's native runner under an emulator or on a device."""
+    found = get_target(target)
+    return "native" if found.emulator is not None or found.device is not None else "python"
 
 
 def summarize(values: list[float]) -> dict[str, float]:
@@ -65,14 +85,18 @@ def summarize(values: list[float]) -> dict[str, float]:
     return {"median": statistics.median(values), "min": min(values), "max": max(values), "cv": cv}
 
 
-def run_child(pte: Path, config: BenchConfig, native_binary: Path | None = None) -> dict:
-    """One run in a fresh process: the Python runtime's measuring module, or the native runner."""
+def run_child(pte: Path, config: BenchConfig, native_binary: Path | None = None, device: Device | None = None) -> dict:
+    """One run in a fresh process: the Python runtime's measuring module, or the native runner (here or on a
+    device)."""
     if config.runner == "native":
         from handheld.runtime_bindings.generation import synthetic_prompt
         from handheld.runtime_bindings.native.run import run_native
 
-        result = run_native(native_binary, config.target, pte, synthetic_prompt(config.prompt_len), config.gen_len,
-                            config.threads)
+        prompt = synthetic_prompt(config.prompt_len)
+        if device is not None:
+            result = device.run(pte, prompt, config.gen_len, config.threads)
+        else:
+            result = run_native(native_binary, config.target, pte, prompt, config.gen_len, config.threads)
         result.pop("stderr")
         result["first_tokens"] = result.pop("tokens")[:8]
         return result
@@ -94,13 +118,17 @@ def _check_figures(pte: Path, result: dict) -> None:
 
 
 def bench_program(pte: Path, config: BenchConfig, progress: Callable[[str], None] = lambda _: None,
-                  native_binary: Path | None = None) -> dict:
+                  native_binary: Path | None = None, device: Device | None = None) -> dict:
     if not pte.is_file():
         raise HandheldError(f"{pte} not found")
+    if device is not None and device.install_program(pte):
+        progress(f"pushed {pte.name} to {device.serial}")
     samples = []
     for i in range(config.warmup + config.runs):
         warm = i < config.warmup
-        result = run_child(pte, config, native_binary)
+        if i and config.cool_down_s:
+            time.sleep(config.cool_down_s)
+        result = run_child(pte, config, native_binary, device)
         _check_figures(pte, result)
         # What the program adds to the process: the interpreter and runtime alone are several hundred MiB.
         result["program_rss_bytes"] = result["peak_rss_bytes"] - result["rss_before_load_bytes"]
@@ -129,27 +157,43 @@ def bench_program(pte: Path, config: BenchConfig, progress: Callable[[str], None
         "backend": metadata.backend,
         "max_seq_len": metadata.max_seq_len,
         "bytes_per_token": metadata.bytes_per_token(),
+        "provenance": metadata.provenance,  # the commit and code that exported the program
         **asdict(config),
         "toolchain": toolchain(config.target) if config.runner == "native" else None,
         "emulated": config.emulated,
         "samples": samples,
         "stats": {metric: summarize([sample[metric] for sample in samples]) for metric in METRICS},
         "work": work,
-        "host": host_info(),
+        "host": host_info(),  # on a device: the machine that drove it
+        **({"device": device.facts} if device is not None else {}),
     }
 
 
 def run_bench(ptes: list[Path], config: BenchConfig, progress: Callable[[str], None] = print,
-              bandwidth_gbs: float | None = None) -> dict:
-    """All programs under one config; the host's measured bandwidth rides along for the roofline."""
+              bandwidth_gbs: float | None = None, device: Device | None = None) -> dict:
+    """All programs under one config; the host's measured bandwidth rides along for the roofline. A device
+    target connects first (so a missing device fails before the build), then gets the runner pushed once."""
+    if config.on_device and device is None:
+        device = connect_device(config.target)
     native_binary = None
     if config.runner == "native":
         from handheld.runtime_bindings.native.build import build_runner
 
         native_binary = build_runner(config.target, log=progress)
-    rows = [bench_program(pte, config, progress, native_binary) for pte in ptes]
+    if device is not None and device.install_runner(native_binary):
+        progress(f"pushed the runner bundle to {device.serial}")
+    rows = [bench_program(pte, config, progress, native_binary, device) for pte in ptes]
     return {"schema": SCHEMA, "host": host_info(), "memory_bandwidth_gbs": bandwidth_gbs,
             "bandwidth_threads": config.threads, "rows": rows}
+
+
+def connect_device(target: str) -> Device | None:
+    """The device a device target names (checked attached, its facts read), or None for this machine's targets."""
+    if get_target(target).device is None:
+        return None
+    from handheld.measure.device import Device
+
+    return Device.connect(target)
 
 
 def load_results(paths: list[Path]) -> dict:
@@ -211,6 +255,9 @@ def _row_problem(row) -> str | None:
         summary = stats.get(metric)
         if not isinstance(summary, dict) or not all(_number(summary.get(k)) for k in ("median", "min", "max", "cv")):
             return f"stats.{metric} is {summary!r}"
+    device = row.get("device")
+    if device is not None and not (isinstance(device, dict) and isinstance(device.get("serial"), str)):
+        return f"device is {device!r}"
     work = row.get("work")
     if work is not None and not (isinstance(work, dict) and isinstance(work.get("metric"), str)
                                  and _number(work.get("value"))):
