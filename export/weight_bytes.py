@@ -16,7 +16,7 @@ def weight_bytes_by_kind(model: nn.Module) -> dict[str, int]:
     "embedding" is a float table not shared with the classifier (decode reads one row of it per token)."""
     from torchao.quantization import IntxUnpackedToInt8Tensor
 
-    split = {"4-bit linears": 0, "scales": 0, "8-bit embedding": 0, "8-bit classifier": 0, "embedding": 0, "other": 0}
+    split = {"4-bit linears": 0, "scales": 0, "8-bit embedding": 0, "embedding": 0, "other": 0}
     # A tied table is listed once (as the embedding) but read whole by the classifier every token.
     tied = model.tok_embeddings.weight is getattr(model, CLASSIFIER).weight
     for name, param in model.named_parameters():
@@ -29,7 +29,8 @@ def weight_bytes_by_kind(model: nn.Module) -> dict[str, int]:
         if name.startswith("tok_embeddings"):
             split["8-bit embedding"] += values
         elif name.startswith(CLASSIFIER + "."):
-            split["8-bit classifier"] += values
+            kind = f"{bits}-bit classifier"
+            split[kind] = split.get(kind, 0) + values
         else:
             split["4-bit linears"] += values
         scale_bytes = GROUP_SCALE_BYTES if bits == 4 else param.scale.element_size()

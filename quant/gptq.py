@@ -1,5 +1,8 @@
 """GPTQ (Frantar et al. 2022) for the scheme's 4-bit groupwise block linears.
 
+`sequential_gptq` runs it as the paper does, block by block: a block's Hessians come from inputs that went
+through the blocks before it *already quantized*, so each block also corrects the error its predecessors made.
+
 Each weight column is rounded in turn and its rounding error is pushed onto the columns not yet
 rounded, weighted by the inverse Hessian of the layer's reconstruction error, H = 2 X^T X over
 calibration inputs X. Group scales come from the (already updated) weights when a group starts,
@@ -8,6 +11,8 @@ differ only in which integers they pick.
 """
 
 from __future__ import annotations
+
+from typing import Callable
 
 import torch
 from torch import nn
@@ -72,3 +77,32 @@ class HessianCollector:
     def close(self) -> None:
         for handle in self._handles:
             handle.remove()
+
+
+def dequantized(values: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
+    """values [out, in] (int8 holding int4) times their group's scale [out, in / group]."""
+    group_size = values.shape[1] // scales.shape[1]
+    return values.float() * scales.repeat_interleave(group_size, dim=1)
+
+
+@torch.no_grad()
+def sequential_gptq(model: nn.Module, sequences: torch.Tensor, group_size: int, batch_size: int,
+                    reduce: Callable[[torch.Tensor], torch.Tensor] = lambda h: h) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """GPTQ of every block linear, block by block through the already-quantized prefix. Each block's weights
+    are replaced by their quantized values in place; returns {linear name: (values, scales)}.
+    `reduce` sums Hessians across data-parallel processes (each holds its own share of `sequences`)."""
+    hidden = [model.tok_embeddings(sequences[i : i + batch_size]) for i in range(0, sequences.shape[0], batch_size)]
+    rope = model.batch_rope(sequences.shape[1])
+    results = {}
+    for index, block in enumerate(model.layers):
+        linears = {f"layers.{index}.{name}": m for name, m in block.named_modules() if isinstance(m, nn.Linear)}
+        collector = HessianCollector(linears)
+        for h in hidden:
+            block.forward_batch(h, *rope)
+        collector.close()
+        for name, linear in linears.items():
+            values, scales = gptq_quantize(linear.weight.detach(), reduce(collector.hessians[name]), group_size)
+            linear.weight.copy_(dequantized(values, scales).to(linear.weight.dtype))
+            results[name] = (values, scales)
+        hidden = [block.forward_batch(h, *rope) for h in hidden]  # what the next block sees once this one ships
+    return results

@@ -41,6 +41,10 @@ def _to_8da4w(model: nn.Module, options: SchemeOptions) -> nn.Module:
     return quantize_8da4w(model.float(), group_size=options.group_size)
 
 
+def _to_8da4w_c4(model: nn.Module, options: SchemeOptions) -> nn.Module:
+    return quantize_8da4w(model.float(), group_size=options.group_size, classifier_bits=4)
+
+
 def _to_bf16(model: nn.Module, options: SchemeOptions) -> nn.Module:
     # Constant tables stay float32 (bf16 cos/sin lose too much precision at long positions; 1/dim in the
     # norms' mean would be off by up to 0.4%); only weights and the KV caches become bf16.
@@ -60,6 +64,13 @@ SCHEMES: dict[str, Scheme] = {
         "Llama 3.2 mobile: 4-bit g32 linears + 8-bit dynamic activations, 8-bit classifier and embedding",
         torch.float32,
         _to_8da4w,
+        quantized=True,
+    ),
+    "8da4w-c4": Scheme(
+        "8da4w-c4",
+        "8da4w with a 4-bit g32 classifier (ExecuTorch's export_llm CLI default): fewer bytes per token, less quality",
+        torch.float32,
+        _to_8da4w_c4,
         quantized=True,
     ),
 }

@@ -101,3 +101,24 @@ def test_undelegated_quantized_linear_fails_loudly():
 def test_group_size_option_reaches_the_scheme():
     model = apply_scheme(_float_model(), "8da4w", SchemeOptions(group_size=16))
     assert model.layers[0].feed_forward.w2.weight.block_size == (1, 16)
+
+
+@torch.no_grad()
+def test_four_bit_classifier_option_exports_and_matches_its_oracle(odd_checkpoint, tmp_path):
+    """8da4w-c4: the classifier in 4-bit g32 groups like ExecuTorch's CLI; delegated, and the program follows
+    its own eager oracle much more closely than the 8-bit-classifier program does."""
+    from handheld.export.program import export_checkpoint
+
+    model = apply_scheme(_float_model(), "8da4w-c4")
+    assert model.output.weight.target_dtype == torch.int4 and model.output.weight.block_size == (1, 32)
+    split = weight_bytes_by_kind(model)
+    assert split["4-bit classifier"] == ODD_ARGS.vocab_size * ODD_ARGS.dim // 2 and "8-bit classifier" not in split
+    pte = export_checkpoint(odd_checkpoint, tmp_path / "c4.pte", scheme_name="8da4w-c4", backend_name="xnnpack",
+                            max_seq_len=PARITY_MAX_SEQ_LEN, log=lambda _: None).path
+    info = describe_pte(pte)
+    assert info["metadata"]["handheld_scheme"] == "8da4w-c4" and "linear" not in info["ops_not_delegated"]
+    program = PteProgram(pte)
+    oracle = EagerRunner(apply_scheme(build_model(read_checkpoint(odd_checkpoint), PARITY_MAX_SEQ_LEN, False), "8da4w-c4"))
+    eight_bit = EagerRunner(apply_scheme(build_model(read_checkpoint(odd_checkpoint), PARITY_MAX_SEQ_LEN, False), "8da4w"))
+    ours, expected, other = (m.forward(PROMPT, 0)[-1] for m in (program, oracle, eight_bit))
+    assert (ours - expected).abs().max() < 0.3 * (expected - other).abs().max()

@@ -71,6 +71,24 @@ def test_aarch64_runner_under_qemu_produces_the_x86_tokens(scheme, demo_report, 
     assert "aarch64" in targets.runner_command(aarch64_runner, "qemu-aarch64")[0]
 
 
+def test_android_bundle_under_qemu_without_a_sysroot_gives_the_x86_tokens_and_logits(demo_report, host_runner,
+                                                                                     aarch64_runner, tmp_path):
+    """The wheel ships shared libraries only, so the Android runner is a bundle, not a static binary: the runner,
+    every library it loads and glibc's loader. Under qemu with no sysroot (-L), nothing but the bundle can serve it."""
+    bundle = build.build_runner("android-arm64", log=lambda _: None)
+    assert build.missing_libraries(bundle.parent) == []
+    command = targets.runner_command(bundle, "android-arm64")
+    assert "-L" not in command and command[3] == str(bundle.parent / "lib" / "ld-linux-aarch64.so.1")
+    out, _ = demo_report
+    pte = out / "8da4w.pte"
+    on_x86 = run.run_native(host_runner, "host", pte, PROMPT, 16, threads=1, logits_path=tmp_path / "x86.f32")
+    on_android = run.run_native(bundle, "android-arm64", pte, PROMPT, 16, threads=2, logits_path=tmp_path / "arm.f32")
+    assert on_android["tokens"] == on_x86["tokens"]
+    # Seen: 3e-6 apart (other kernels, same arithmetic up to rounding).
+    np.testing.assert_allclose(np.fromfile(tmp_path / "arm.f32", dtype=np.float32),
+                               np.fromfile(tmp_path / "x86.f32", dtype=np.float32), atol=LOGITS_ATOL, rtol=0)
+
+
 def test_aarch64_binary_is_an_arm_executable(aarch64_runner):
     header = aarch64_runner.read_bytes()[:20]
     assert header[:4] == b"\x7fELF" and int.from_bytes(header[18:20], "little") == 183  # EM_AARCH64

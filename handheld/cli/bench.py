@@ -7,13 +7,14 @@ import json
 from pathlib import Path
 
 from handheld.cli._shared import add_gate_arguments, apply_gate, read_baseline
-from handheld.measure.bench import RUNNERS, BenchConfig
+from handheld.measure.bench import RUNNERS, BenchConfig, default_runner
 
 HELP = "measure .pte programs: load, TTFT, prefill and decode tok/s, peak RSS, file size"
 DESCRIPTION = ("Runs each program --warmup + --runs times, each run in a fresh process (so peak RSS is that program's "
                "own), on a synthetic prompt (no tokenizer needed), generating exactly --gen-len tokens greedily. Rates "
                "follow ExecuTorch's LLM runner: prefill = prompt tokens / prefill time, decode = decode steps / decode "
-               "time. Prints median, min, max and coefficient of variation; --json writes self-describing rows.")
+               "time. Prints median, min, max and coefficient of variation; --json writes self-describing rows. --target adb "
+               "runs on an Android phone over adb (see README: tested against a fake adb only).")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -23,12 +24,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--gen-len", type=int, default=d.gen_len, help=f"generated tokens (default {d.gen_len})")
     p.add_argument("--runs", type=int, default=d.runs, help=f"measured runs per program (default {d.runs})")
     p.add_argument("--warmup", type=int, default=d.warmup, help=f"unmeasured runs first (default {d.warmup})")
-    p.add_argument("--threads", type=int, help="runtime threads (default: the cores this process may use)")
-    p.add_argument("--runner", default=d.runner, help=f"{' or '.join(RUNNERS)}: ExecuTorch's Python runtime, or "
-                   "handheld's C++ runner (built on first use)")
+    p.add_argument("--threads", type=int, help="runtime threads (default: the cores this process may use; on a "
+                   "device, its big cores)")
+    p.add_argument("--runner", help=f"{' or '.join(RUNNERS)}: ExecuTorch's Python runtime, or handheld's C++ runner "
+                   "(built on first use; default: python on host, native elsewhere)")
     p.add_argument("--target", default=d.target,
-                   help="host (this machine) or qemu-aarch64 (cross-built runner under qemu user-mode emulation; "
-                   "figures are labelled emulated)")
+                   help="host (this machine); qemu-aarch64 or android-arm64 (the aarch64 runner, or its self-contained "
+                   "Android bundle, under qemu user-mode emulation: figures are labelled emulated); adb[:SERIAL] "
+                   "(an Android device over adb, threads pinned to its big cores)")
+    p.add_argument("--cool-down", type=float, default=d.cool_down_s, metavar="SECONDS",
+                   help="wait this long before each run after the first (default 0)")
     p.add_argument("--count-work", action="store_true",
                    help="native runner: one more run counting instructions (valgrind) or emulated blocks (qemu), "
                    "a deterministic figure the regression gate also checks")
@@ -39,17 +44,22 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> None:
     from handheld.core.atomic import atomic_path
-    from handheld.measure.bench import run_bench
+    from handheld.measure.bench import connect_device, run_bench
     from handheld.measure.host import measure_bandwidth_gbs
 
-    threads = {} if args.threads is None else {"threads": args.threads}
-    config = BenchConfig(prompt_len=args.prompt_len, gen_len=args.gen_len, runs=args.runs, warmup=args.warmup,
-                         runner=args.runner, target=args.target, count_work=args.count_work, **threads)
+    options = dict(prompt_len=args.prompt_len, gen_len=args.gen_len, runs=args.runs, warmup=args.warmup,
+                   runner=args.runner or default_runner(args.target), target=args.target, count_work=args.count_work,
+                   cool_down_s=args.cool_down)
+    config = BenchConfig(**options, **({} if args.threads is None else {"threads": args.threads}))
+    device = connect_device(config.target)  # a missing adb or device fails here, before any work
+    if device is not None and args.threads is None:
+        config = BenchConfig(**options, threads=len(device.big_cores))
     baseline = read_baseline(args)
-    bandwidth = None if args.no_bandwidth else measure_bandwidth_gbs(config.threads)
+    # The host's bandwidth is no roofline for a device's rows.
+    bandwidth = None if args.no_bandwidth or device is not None else measure_bandwidth_gbs(config.threads)
     if bandwidth:
         print(f"memory bandwidth (triad, {config.threads} threads): {bandwidth:.1f} GB/s")
-    results = run_bench([Path(p) for p in args.models], config, bandwidth_gbs=bandwidth)
+    results = run_bench([Path(p) for p in args.models], config, bandwidth_gbs=bandwidth, device=device)
     print(summary_lines(results))
     if args.json:
         with atomic_path(args.json) as tmp:

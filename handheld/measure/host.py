@@ -9,7 +9,7 @@ from functools import lru_cache
 from importlib import metadata
 
 # CPU features that decide which kernels run (x86 SIMD/AMX, Arm dot-product/matmul/SVE).
-_RELEVANT_FLAGS = (
+RELEVANT_FLAGS = (
     "avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512_vnni", "avx512_bf16", "avx_vnni", "amx_tile", "amx_int8",
     "amx_bf16", "asimd", "asimddp", "i8mm", "bf16", "sve", "sve2",
 )
@@ -33,7 +33,7 @@ def cpu_model() -> str:
 
 def cpu_flags() -> list[str]:
     raw = (_cpuinfo_field("flags", "Features") or "").split()
-    return [flag for flag in _RELEVANT_FLAGS if flag in raw]
+    return [flag for flag in RELEVANT_FLAGS if flag in raw]
 
 
 def usable_cores() -> int:

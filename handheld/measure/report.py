@@ -2,7 +2,9 @@
 
 The report compares programs side by side: speed, memory, size and quality, each as a ratio to the best
 unquantized program (fp32 or bf16), and each decode rate as a share of the memory-bandwidth roofline
-(weight bytes read per decoded token over the host's measured bandwidth).
+(weight bytes read per decoded token over the host's measured bandwidth). Rows from an Android device
+(`bench --target adb`) sit beside host rows, labelled with the device, described under the table, and
+without a roofline (the bandwidth was measured on the host).
 """
 
 from __future__ import annotations
@@ -76,8 +78,19 @@ def value(row: dict, metric: str) -> float | None:
     return row.get(metric)
 
 
+def where(row: dict) -> str:
+    """Where a row ran: the device's model for a device row, else its target."""
+    device = row.get("device")
+    return (device.get("model") or device["serial"]) if device else row["target"]
+
+
+def label(row: dict, rows: list[dict]) -> str:
+    """A row's name, and where it ran when the rows come from more than one place (same program, two places)."""
+    return row["name"] if len({where(r) for r in rows}) == 1 else f"{row['name']} @ {where(row)}"
+
+
 def roofline_tok_s(row: dict, bandwidth_gbs: float | None) -> float | None:
-    if not bandwidth_gbs or not row.get("bytes_per_token"):
+    if not bandwidth_gbs or not row.get("bytes_per_token") or row.get("device"):
         return None
     return bandwidth_gbs * 1e9 / row["bytes_per_token"]
 
@@ -103,7 +116,7 @@ def markdown_table(rows: list[dict], base: dict | None, bandwidth_gbs: float | N
         roof = roofline_tok_s(row, bandwidth_gbs)
         ppl = row.get("perplexity")
         cells = (
-            row["name"] + (" (base)" if row is base else ""), row["scheme"], row["backend"],
+            label(row, rows) + (" (base)" if row is base else ""), row["scheme"], row["backend"],
             _spread(row, "decode_tok_s", digits=2), _spread(row, "prefill_tok_s"), _spread(row, "ttft_s", digits=3),
             f"{value(row, 'peak_rss_bytes') / 2**20:.0f}", f"{value(row, 'program_rss_bytes') / 2**20:.0f}",
             f"{row['file_bytes'] / 1e6:.1f}",
@@ -135,7 +148,7 @@ def draw_chart(rows: list[dict], chart: Chart, path: Path) -> bool:
         errors = [[m - r["stats"][chart.metric]["min"] / chart.scale for m, r in zip(medians, shown)],
                   [r["stats"][chart.metric]["max"] / chart.scale - m for m, r in zip(medians, shown)]]
     fig, ax = plt.subplots(figsize=(7, 0.5 * len(shown) + 1.2))
-    ax.barh([r["name"] for r in shown], medians, xerr=errors, color="#4878a8", capsize=3)
+    ax.barh([label(r, rows) for r in shown], medians, xerr=errors, color="#4878a8", capsize=3)
     ax.invert_yaxis()
     ax.set_xlabel(f"{chart.title} ({chart.unit})" if chart.unit else chart.title)
     ax.set_title(chart.title + (" (median; whiskers: min–max)" if errors else ""))
@@ -154,8 +167,11 @@ def host_lines(results: dict) -> list[str]:
         f"- Host: {host['cpu']}, {host['cores']} cores, {host['machine']}, {host['os']}; flags: {' '.join(host['cpu_flags']) or 'none listed'}",
         f"- Software: {versions}",
         f"- Runs: prompt {first['prompt_len']} tokens, {first['gen_len']} generated, {first['threads']} threads, "
-        f"{first['runs']} runs after {first['warmup']} warm-up, each in a fresh process; runner {first['runner']}, target {first['target']}",
+        f"{first['runs']} runs after {first['warmup']} warm-up, each in a fresh process; runner {first['runner']}, "
+        f"target {', '.join(dict.fromkeys(row['target'] for row in results['rows']))}",
     ]
+    devices = {row["device"]["serial"]: row["device"] for row in results["rows"] if row.get("device")}
+    lines += [device_line(device) for device in devices.values()]
     if any(row.get("emulated") for row in results["rows"]):
         lines.append("- **Emulated**: these figures come from qemu user-mode emulation, not Arm hardware; compare them "
                      "only with each other")
@@ -167,6 +183,16 @@ def host_lines(results: dict) -> list[str]:
         lines.append(f"- Memory bandwidth (STREAM-style triad, {results.get('bandwidth_threads', '?')} threads): "
                      f"{results['memory_bandwidth_gbs']:.1f} GB/s")
     return lines
+
+
+def device_line(device: dict) -> str:
+    """One Android device as a report line: what it is, what it runs, how its big cores were set."""
+    name = " ".join(filter(None, (device.get("manufacturer"), device.get("model")))) or device["serial"]
+    soc = device.get("soc") or device.get("platform") or "SoC unknown"
+    return (f"- Device: {name} ({soc}), Android {device.get('android') or '?'} (SDK {device.get('sdk') or '?'}), "
+            f"{device.get('abi') or '?'}, kernel {device.get('kernel') or '?'}; flags: "
+            f"{' '.join(device.get('cpu_flags') or []) or 'none listed'}; big cores {device.get('big_cores')}, "
+            f"governor {', '.join(device.get('governor') or ['?'])}; not emulated")
 
 
 def summary_markdown(rows: list[dict], out_dir: Path) -> str:

@@ -3,7 +3,8 @@
 `host` builds with the system C++ compiler against the installed executorch wheel; `qemu-aarch64`
 cross-compiles with Debian's g++-aarch64-linux-gnu against the aarch64 executorch wheel of the same
 version (fetched with `pip download`, or given by HANDHELD_EXECUTORCH_AARCH64). Builds are cached per
-target, sources and executorch version.
+target, sources and executorch version. `android-arm64` and `adb` bundle the aarch64 binary with the wheel's
+libraries and the cross sysroot's glibc (loader included) into one folder that needs nothing else.
 """
 
 from __future__ import annotations
@@ -18,10 +19,12 @@ import zipfile
 from importlib import metadata
 from pathlib import Path
 
-from handheld.core.atomic import atomic_path
+from handheld.core.atomic import atomic_dir, atomic_path
 from handheld.core.cache import cache_root
 from handheld.core.errors import HandheldError
-from handheld.runtime_bindings.native.targets import Target, get_target, require_tool
+from handheld.runtime_bindings.native.targets import (
+    AARCH64_SYSROOT, BUNDLE_LIBRARIES, BUNDLE_LOADER, Target, get_target, require_tool,
+)
 
 SOURCES = Path(__file__).resolve().parent
 SOURCE_FILES = ("handheld_runner.cpp", "CMakeLists.txt", "aarch64-linux-gnu.cmake")
@@ -30,6 +33,11 @@ PINNED_WHEELS = {
     "executorch-1.5.1-cp311-cp311-manylinux_2_28_aarch64.whl":
         "8ee02348a3ea80ddf770822911ebf78da616b73afce0fbaaa79f23311c88c66a",
 }
+# What a bundle carries beside the runner: the wheel's libraries it links, and glibc with its loader.
+BUNDLED_EXECUTORCH = ("libexecutorch.so", "libexecutorch_threadpool.so", "libexecutorch_kernels_optimized.so",
+                      "libexecutorch_kernels_quantized.so", "libexecutorch_backend_xnnpack.so")
+BUNDLED_SYSTEM = (BUNDLE_LOADER, "libc.so.6", "libm.so.6", "libdl.so.2", "libpthread.so.0", "libstdc++.so.6",
+                  "libgcc_s.so.1")
 
 
 def _cmake() -> str:
@@ -113,6 +121,8 @@ def build_runner(target_name: str = "host", log=print) -> Path:
     """The runner binary for a target, built once per source/executorch version and cached. The build runs in
     a private folder; only a finished binary is moved into the cache (concurrent or killed builds are safe)."""
     target = get_target(target_name)
+    if target.bundled_from is not None:
+        return bundle_runner(build_runner(target.bundled_from, log), target)
     binary = cache_root() / "native" / f"{target.name}-{_source_digest()}" / "handheld_runner"
     if binary.is_file():
         return binary
@@ -140,3 +150,40 @@ def _build(target: Target, build: Path, log) -> Path:
             raise HandheldError(f"building the native runner failed ({' '.join(command[:2])}):\n{done.stdout[-3000:]}{done.stderr[-3000:]}")
     return build / "handheld_runner"
 
+
+def bundle_runner(binary: Path, target: Target) -> Path:
+    """The runner in a folder with every shared library it loads (cached beside the binary it bundles). The
+    folder is checked complete: every library any of its files needs is in it."""
+    bundle = binary.parent.with_name(binary.parent.name + "-bundle")
+    if (bundle / binary.name).is_file():
+        return bundle / binary.name
+    sources = [aarch64_executorch_dir(target) / "lib" / name for name in BUNDLED_EXECUTORCH]
+    sources += [AARCH64_SYSROOT / "lib" / name for name in BUNDLED_SYSTEM]
+    with atomic_dir(bundle) as tmp:
+        (tmp / BUNDLE_LIBRARIES).mkdir()
+        for source in sources:
+            if not source.is_file():
+                raise HandheldError(f"cannot bundle the runner: {source} is missing "
+                                    f"(install Debian's {target.compiler_package})")
+            shutil.copy2(source, tmp / BUNDLE_LIBRARIES / source.name)  # follows symlinks (libstdc++.so.6)
+        shutil.copy2(binary, tmp / binary.name)
+        missing = missing_libraries(tmp)
+        if missing:
+            raise HandheldError(f"cannot bundle the runner: nothing in the bundle provides {', '.join(missing)}")
+    return bundle / binary.name
+
+
+def needed_libraries(elf: Path) -> list[str]:
+    """The shared libraries an aarch64 ELF file names as NEEDED (read with the cross binutils' readelf)."""
+    require_tool("aarch64-linux-gnu-readelf", "binutils-aarch64-linux-gnu")
+    done = subprocess.run(["aarch64-linux-gnu-readelf", "-dW", str(elf)], capture_output=True, text=True)
+    if done.returncode != 0:
+        raise HandheldError(f"cannot read {elf}'s dynamic section: {done.stderr.strip()[:200]}")
+    return [line.split("[", 1)[1].split("]", 1)[0] for line in done.stdout.splitlines() if "(NEEDED)" in line]
+
+
+def missing_libraries(bundle: Path) -> list[str]:
+    """Libraries some file in the bundle needs that the bundle lacks (empty: it is complete)."""
+    present = {p.name for p in (bundle / BUNDLE_LIBRARIES).iterdir()}
+    files = [bundle / "handheld_runner", *sorted((bundle / BUNDLE_LIBRARIES).iterdir())]
+    return sorted({name for f in files if f.name != BUNDLE_LOADER for name in needed_libraries(f)} - present)

@@ -17,19 +17,32 @@ _MISSING_OPERATOR_EXIT = 3
 def run_native(binary: Path, target_name: str, pte: Path, prompt: list[int], gen_len: int, threads: int,
                logits_path: Path | None = None, wrapper: list[str] = ()) -> dict:
     """One run of the native runner; its JSON result. `wrapper` prefixes the command (e.g. valgrind)."""
-    command = [*wrapper, *runner_command(binary, target_name), str(pte), "--prompt", ",".join(map(str, prompt)),
-               "--gen-len", str(gen_len), "--threads", str(threads)]
+    command = [*wrapper, *runner_command(binary, target_name), *runner_arguments(str(pte), prompt, gen_len, threads)]
     if logits_path is not None:
         command += ["--logits", str(logits_path)]
     done = subprocess.run(command, capture_output=True, text=True)
-    if done.returncode == _MISSING_OPERATOR_EXIT:
-        missing = sorted(set(re.findall(r"Missing operator: \[\d+\] (\S+)", done.stderr)))
+    return runner_result(pte, done.returncode, done.stdout, done.stderr)
+
+
+def runner_arguments(pte: str, prompt: list[int], gen_len: int, threads: int) -> list[str]:
+    return [pte, "--prompt", ",".join(map(str, prompt)), "--gen-len", str(gen_len), "--threads", str(threads)]
+
+
+def runner_result(pte, returncode: int, stdout: str, stderr: str) -> dict:
+    """The runner's JSON result from its exit status and output, wherever it ran; its failures as one error."""
+    if returncode == _MISSING_OPERATOR_EXIT:
+        missing = sorted(set(re.findall(r"Missing operator: \[\d+\] (\S+)", stderr)))
         raise HandheldError(f"{pte} needs operators the native runner does not have: {', '.join(missing) or 'see its log'}")
-    if done.returncode != 0:
-        error_lines = [line for line in done.stderr.splitlines() if "error" in line.lower()][-5:]
-        raise HandheldError(f"the native runner failed on {pte} (exit {done.returncode}):\n" + "\n".join(error_lines))
-    result = json.loads(done.stdout.strip().splitlines()[-1])
-    result["stderr"] = done.stderr
+    if returncode != 0:
+        # The runner's own error lines; else (a shell on a device: "taskset: not found") the last line.
+        error_lines = [line for line in stderr.splitlines() if "error" in line.lower()][-5:] or stderr.splitlines()[-1:]
+        raise HandheldError(f"the native runner failed on {pte} (exit {returncode}):\n" + "\n".join(error_lines))
+    lines = [line for line in stdout.splitlines() if line.startswith("{")]
+    try:
+        result = json.loads(lines[-1])
+    except (IndexError, json.JSONDecodeError):
+        raise HandheldError(f"the native runner printed no result for {pte}: {stdout.strip()[-200:]!r}") from None
+    result["stderr"] = stderr
     return result
 
 
@@ -42,7 +55,7 @@ def count_work(binary: Path, target_name: str, pte: Path, prompt: list[int], gen
     within a few parts per million; this machine has no hardware counters (`perf stat` says not supported).
     """
     target = get_target(target_name)
-    args = [str(pte), "--prompt", ",".join(map(str, prompt)), "--gen-len", str(gen_len), "--threads", "1"]
+    args = runner_arguments(str(pte), prompt, gen_len, 1)
     if target.emulator is None:
         require_tool("valgrind", "valgrind")
         command = ["valgrind", "--tool=cachegrind", "--cache-sim=no", "--cachegrind-out-file=/dev/null", str(binary), *args]
@@ -51,7 +64,7 @@ def count_work(binary: Path, target_name: str, pte: Path, prompt: list[int], gen
         if done.returncode != 0 or not found:
             raise HandheldError(f"counting instructions with valgrind failed (exit {done.returncode}):\n{done.stderr[-1500:]}")
         return {"metric": "instructions (valgrind)", "value": int(found.group(1).replace(",", ""))}
-    command = [*runner_command(binary, target_name)[:-1], "-d", "nochain,exec", "-D", "/dev/stderr", str(binary), *args]
+    command = [*runner_command(binary, target_name, ("-d", "nochain,exec", "-D", "/dev/stderr")), *args]
     blocks = 0
     with subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True) as process:
         for line in process.stderr:

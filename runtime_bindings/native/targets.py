@@ -1,6 +1,11 @@
 """Where the native runner runs: one entry per target, and the command line that starts it there.
 
 `host` runs natively; `qemu-aarch64` runs the cross-built binary under Debian's qemu user-mode emulation.
+`android-arm64` is that aarch64 binary bundled with every shared library it loads and glibc's own loader
+(the executorch wheel ships shared libraries only, so a fully static link is impossible); started through the
+bundled loader it needs nothing from the system but a Linux kernel, so it runs in an Android shell. Here it
+runs under qemu without a sysroot, which proves the bundle complete. `adb[:SERIAL]` runs the same bundle on a
+device over adb (handheld/measure/device.py).
 """
 
 from __future__ import annotations
@@ -24,26 +29,53 @@ class Target:
     emulator_args: tuple[str, ...] = ()
     toolchain_file: str | None = None
     wheel_platform: str | None = None  # another architecture's executorch wheel (None: the installed one)
+    bundled_from: str | None = None  # this target's binary, bundled with its libraries and glibc's loader
+    device: str | None = None  # runs on a device reached through this tool, not on this machine
+
+
+# Debian's aarch64 cross toolchain and the aarch64 executorch wheel, shared by every aarch64 target.
+_AARCH64 = dict(compiler="aarch64-linux-gnu-g++", compiler_package="g++-aarch64-linux-gnu",
+                toolchain_file="aarch64-linux-gnu.cmake", wheel_platform="manylinux_2_28_aarch64")
+# An Armv9-class CPU (SVE2, i8mm, dot product, bf16) without SME: XNNPACK's SME kernels compute wrong
+# logits under Debian's qemu 7.2 (tokens differ from x86's; with sme=off they match), and the Arm
+# servers CI runs on (Neoverse N2) have no SME either.
+_QEMU = dict(emulator="qemu-aarch64-static", emulator_package="qemu-user-static", emulator_args=("-cpu", "max,sme=off"))
 
 
 TARGETS = {
     "host": Target("host", "c++", "g++"),
-    "qemu-aarch64": Target(
-        "qemu-aarch64", "aarch64-linux-gnu-g++", "g++-aarch64-linux-gnu", emulator="qemu-aarch64-static",
-        emulator_package="qemu-user-static",
-        # An Armv9-class CPU (SVE2, i8mm, dot product, bf16) without SME: XNNPACK's SME kernels compute wrong
-        # logits under Debian's qemu 7.2 (tokens differ from x86's; with sme=off they match), and the Arm
-        # servers CI runs on (Neoverse N2) have no SME either.
-        emulator_args=("-cpu", "max,sme=off"),
-        toolchain_file="aarch64-linux-gnu.cmake", wheel_platform="manylinux_2_28_aarch64",
-    ),
+    "qemu-aarch64": Target("qemu-aarch64", **_AARCH64, **_QEMU),
+    "android-arm64": Target("android-arm64", **_AARCH64, **_QEMU, bundled_from="qemu-aarch64"),
+    "adb": Target("adb", **_AARCH64, bundled_from="qemu-aarch64", device="adb"),
 }
+# The bundle's layout: the runner at its root, its libraries and glibc's loader in lib/.
+BUNDLE_LIBRARIES = "lib"
+BUNDLE_LOADER = "ld-linux-aarch64.so.1"
 
 
-def get_target(name: str) -> Target:
+def get_target(spec: str) -> Target:
+    """The target a `--target` value names; a device target may carry `:SERIAL` (adb:SERIAL)."""
+    name, _, serial = spec.partition(":")
     if name not in TARGETS:
-        raise HandheldError(f"unknown target {name!r}; known targets: {', '.join(TARGETS)}")
-    return TARGETS[name]
+        known = ", ".join(f"{t}[:SERIAL]" if TARGETS[t].device else t for t in TARGETS)
+        raise HandheldError(f"unknown target {spec!r}; known targets: {known}")
+    target = TARGETS[name]
+    if ":" in spec and (target.device is None or not serial):
+        raise HandheldError(f"target {spec!r}: only a device target takes :SERIAL, and it must not be empty "
+                            f"(e.g. adb:emulator-5554)")
+    return target
+
+
+def device_serial(spec: str) -> str | None:
+    """The SERIAL in `adb:SERIAL`, or None (the one device attached)."""
+    return spec.partition(":")[2] or None
+
+
+def bundle_command(bundle: str) -> list[str]:
+    """Start a bundle's runner through its own loader, with its own libraries only (no ld.so.cache, no system
+    folders searched first). `bundle` is the folder, on this machine or on a device."""
+    libraries = f"{bundle}/{BUNDLE_LIBRARIES}"
+    return [f"{libraries}/{BUNDLE_LOADER}", "--inhibit-cache", "--library-path", libraries, f"{bundle}/handheld_runner"]
 
 
 
@@ -52,15 +84,21 @@ def require_tool(executable: str, package: str) -> None:
         raise HandheldError(f"{executable} not found: install Debian's {package} (apt-get install {package})")
 
 
-def runner_command(binary: Path, target_name: str) -> list[str]:
-    """How to start the binary: directly, or under the target's emulator with the cross sysroot."""
+def runner_command(binary: Path, target_name: str, emulator_options: tuple[str, ...] = ()) -> list[str]:
+    """How to start the binary on this machine: directly, under the target's emulator with the cross sysroot,
+    or (a bundle) through its own loader under the emulator, with no sysroot."""
     target = get_target(target_name)
+    if target.device is not None:
+        raise HandheldError(f"target {target.name} runs on a device, not on this machine")
+    if target.bundled_from is not None:
+        require_tool(target.emulator, target.emulator_package)
+        return [target.emulator, *target.emulator_args, *emulator_options, *bundle_command(str(binary.parent))]
     if target.emulator is None:
         return [str(binary)]
     require_tool(target.emulator, target.emulator_package)
     if not AARCH64_SYSROOT.is_dir():
         raise HandheldError(f"{AARCH64_SYSROOT} is missing: install Debian's {target.compiler_package}")
-    return [target.emulator, *target.emulator_args, "-L", str(AARCH64_SYSROOT), str(binary)]
+    return [target.emulator, *target.emulator_args, *emulator_options, "-L", str(AARCH64_SYSROOT), str(binary)]
 
 
 
@@ -73,7 +111,8 @@ def toolchain(target_name: str) -> str:
     parts = [_first_line([target.compiler, "--version"])]
     if target.emulator is not None:
         parts.append(_first_line([target.emulator, "--version"]))
-        parts.append(f"glibc {_sysroot_glibc()}")
+    if target.wheel_platform is not None:
+        parts.append(f"glibc {_sysroot_glibc()}" + (" (bundled)" if target.bundled_from else ""))
     else:
         parts.append(f"glibc {platform.libc_ver()[1]}")
     return "; ".join(parts)
