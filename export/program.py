@@ -14,6 +14,7 @@ from torch import nn
 
 from handheld.core.atomic import atomic_path, refuse_overwriting_inputs
 from handheld.core.checkpoints import read_checkpoint
+from handheld.core.checkpoints.prequantized import executorch_loader_notes
 from handheld.core.errors import HandheldError
 from handheld.core.pte_metadata import ProgramMetadata
 from handheld.export.backends import Backend, get_backend
@@ -62,6 +63,8 @@ def export_checkpoint(
     """`scheme_name` None means: the checkpoint's own (pre-quantized) scheme, else fp32.
     `full_logits` returns logits for every input position (for evaluation), not just the last."""
     backend = get_backend(backend_name)  # fail on bad names before any heavy work
+    if backend.partitioners is None:
+        raise HandheldError(f"backend {backend.name} takes calibrated NPU schemes: export it with handheld.export.npu")
     if scheme_name is not None:
         get_scheme(scheme_name)
     if max_seq_len < 2:
@@ -74,6 +77,8 @@ def export_checkpoint(
     if tokenizer_path is None:
         log(f"no tokenizer given: BOS/EOS ids assume Llama 3's layout (BOS {bos_id})")
     log(f"loaded {checkpoint.format} checkpoint {checkpoint_dir}")
+    for note in executorch_loader_notes(checkpoint.args):
+        log(note)
     options = scheme_options(scheme_name, group_size, checkpoint)
     prepared = prepare_model(checkpoint, scheme_name, options, max_seq_len=max_seq_len, full_logits=full_logits)
     model, scheme = prepared.model, prepared.scheme
@@ -148,17 +153,22 @@ def trace(model: nn.Module, max_seq_len: int) -> torch.export.ExportedProgram:
 
 
 def count_ops(graph_module: torch.fx.GraphModule) -> dict[str, dict[str, int]]:
-    """Operator counts inside backend delegates and outside them (run by ExecuTorch's kernels), and the
-    number of delegate partitions per backend (each one a call at run time and a compile at export)."""
+    """Operator counts inside backend delegates and outside them (run by ExecuTorch's kernels), the same
+    split by delegate (which backend runs what), and the number of delegate partitions per backend (each one
+    a call at run time and a compile at export)."""
     delegated: collections.Counter[str] = collections.Counter()
     partitions: collections.Counter[str] = collections.Counter()
+    by_backend: dict[str, collections.Counter[str]] = collections.defaultdict(collections.Counter)
     for node in graph_module.graph.nodes:
         if node.op == "get_attr" and node.target.startswith("lowered_module"):
             lowered = getattr(graph_module, node.target)
-            delegated.update(_op_names(lowered.original_module.graph_module))
+            ops = _op_names(lowered.original_module.graph_module)
+            delegated.update(ops)
+            by_backend[lowered.backend_id].update(ops)
             partitions[lowered.backend_id] += 1
     portable = collections.Counter(_op_names(graph_module))
-    return {"delegated": dict(delegated), "portable": dict(portable), "partitions": dict(partitions)}
+    return {"delegated": dict(delegated), "portable": dict(portable), "partitions": dict(partitions),
+            "by_backend": {backend: dict(ops) for backend, ops in by_backend.items()}}
 
 
 def _op_names(graph_module: torch.fx.GraphModule) -> list[str]:

@@ -37,16 +37,16 @@ def gptq_quantize(weight: torch.Tensor, hessian: torch.Tensor, group_size: int, 
     dead = torch.diag(h) == 0  # inputs that never fire: any value works, zero is simplest
     h[dead, dead] = 1
     w[:, dead] = 0
-    h += damping * torch.diag(h).mean() * torch.eye(h.shape[0], dtype=h.dtype)
+    h += damping * torch.diag(h).mean() * torch.eye(h.shape[0], dtype=h.dtype, device=h.device)
     h_inv = torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(h)), upper=True)
 
     columns = w.shape[1]
     values = torch.zeros_like(w)
-    scales = torch.zeros(w.shape[0], columns // group_size, dtype=torch.float64)
+    scales = torch.zeros(w.shape[0], columns // group_size, dtype=torch.float64, device=w.device)
     block = max(group_size, block - block % group_size)
     for start in range(0, columns, block):
         end = min(start + block, columns)
-        errors = torch.zeros(w.shape[0], end - start, dtype=w.dtype)
+        errors = torch.zeros(w.shape[0], end - start, dtype=w.dtype, device=w.device)
         for i in range(start, end):
             if i % group_size == 0:
                 scales[:, i // group_size] = group_scales(w[:, i : i + group_size])
@@ -64,14 +64,16 @@ class HessianCollector:
     """Accumulates X^T X of every listed linear's input over forward passes (forward hooks)."""
 
     def __init__(self, linears: dict[str, nn.Linear]):
-        self.hessians = {name: torch.zeros(m.in_features, m.in_features, dtype=torch.float64) for name, m in linears.items()}
+        self.hessians = {name: torch.zeros(m.in_features, m.in_features, dtype=torch.float64, device=m.weight.device)
+                         for name, m in linears.items()}
         self.tokens = 0
         self._handles = [m.register_forward_hook(self._hook(name)) for name, m in linears.items()]
 
     def _hook(self, name: str):
         def accumulate(module, inputs, output):
-            x = inputs[0].detach().reshape(-1, inputs[0].shape[-1]).double()
-            self.hessians[name] += 2 * x.T @ x
+            # Each batch's product in float32 (several times faster than float64 on CPUs), summed in float64.
+            x = inputs[0].detach().reshape(-1, inputs[0].shape[-1]).float()
+            self.hessians[name] += (2 * x.T @ x).double()
         return accumulate
 
     def close(self) -> None:

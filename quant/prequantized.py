@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from handheld.core.checkpoints.meta import write_meta
-from handheld.core.checkpoints.prequantized import PER_ROW, float_args, validate_prequantized
+from handheld.core.checkpoints.prequantized import PER_ROW, expected_layout, float_args, validate_prequantized
 from handheld.core.config import ModelArgs
 from handheld.core.errors import HandheldError
 from handheld.core.model import Transformer
@@ -64,7 +64,7 @@ def prequantized_state(model: nn.Module, adaptor_dtype: torch.dtype = torch.bflo
             base = name.removesuffix(".weight")
             state[name] = param.qdata.clone()
             scales = param.scale.float()
-            state[f"{base}.scales"] = scales.reshape(-1) if base in PER_ROW else scales.clone()
+            state[f"{base}.scales"] = scales.reshape(-1, 1) if base in PER_ROW else scales.clone()  # Meta's [rows, 1]
         elif ".adaptor." in name:
             state[name] = param.detach().to(adaptor_dtype).clone()
         else:
@@ -73,9 +73,11 @@ def prequantized_state(model: nn.Module, adaptor_dtype: torch.dtype = torch.bflo
 
 
 def write_prequantized(directory, args: ModelArgs, model: nn.Module) -> None:
-    """Write `model` (quantized by `quantize_8da4w`, optionally with LoRA) in Meta's layout."""
+    """Write `model` (quantized by `quantize_8da4w`, optionally with LoRA) in Meta's layout and tensor order:
+    a float tensor first, so ExecuTorch's `export_llm` (which takes the checkpoint's dtype from its first
+    tensor) reads the file too."""
     if args.quantization_args is None:
         raise HandheldError("write_prequantized needs params with quantization_args")
     state = prequantized_state(model)
     validate_prequantized(args, state)
-    write_meta(directory, args, state)
+    write_meta(directory, args, {name: state[name] for name in expected_layout(args)})

@@ -41,15 +41,23 @@ def _to_8da4w(model: nn.Module, options: SchemeOptions) -> nn.Module:
     return quantize_8da4w(model.float(), group_size=options.group_size)
 
 
+def _to_bf16(model: nn.Module, options: SchemeOptions) -> nn.Module:
+    return _to_16_bit(model, torch.bfloat16)
+
+
+def _to_fp16(model: nn.Module, options: SchemeOptions) -> nn.Module:
+    return _to_16_bit(model, torch.float16)
+
+
 def _to_8da4w_c4(model: nn.Module, options: SchemeOptions) -> nn.Module:
     return quantize_8da4w(model.float(), group_size=options.group_size, classifier_bits=4)
 
 
-def _to_bf16(model: nn.Module, options: SchemeOptions) -> nn.Module:
-    # Constant tables stay float32 (bf16 cos/sin lose too much precision at long positions; 1/dim in the
-    # norms' mean would be off by up to 0.4%); only weights and the KV caches become bf16.
+def _to_16_bit(model: nn.Module, dtype: torch.dtype) -> nn.Module:
+    # Constant tables stay float32 (16-bit cos/sin lose too much precision at long positions; 1/dim in the
+    # norms' mean would be off by up to 0.4%); only weights and the KV caches become 16-bit.
     constants = {name: buf for name, buf in model.named_buffers() if not name.endswith("_cache")}
-    model = model.to(torch.bfloat16)
+    model = model.to(dtype)
     for name, buf in constants.items():
         owner, _, attribute = name.rpartition(".")
         setattr(model.get_submodule(owner), attribute, buf)
@@ -59,6 +67,8 @@ def _to_bf16(model: nn.Module, options: SchemeOptions) -> nn.Module:
 SCHEMES: dict[str, Scheme] = {
     "fp32": Scheme("fp32", "unquantized, float32", torch.float32, _to_fp32),
     "bf16": Scheme("bf16", "unquantized, bfloat16 weights and activations", torch.bfloat16, _to_bf16),
+    # XNNPACK serves float16 natively on x86 too (F16C/AVX-512 FP16 kernels) and keeps the weights 16-bit.
+    "fp16": Scheme("fp16", "unquantized, float16 weights and activations", torch.float16, _to_fp16),
     "8da4w": Scheme(
         "8da4w",
         "Llama 3.2 mobile: 4-bit g32 linears + 8-bit dynamic activations, 8-bit classifier and embedding",

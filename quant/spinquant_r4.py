@@ -28,3 +28,18 @@ def enable_online_hadamard(model: nn.Module) -> nn.Module:
         check_hadamard_size(layer.feed_forward.w2.in_features, "the FFN width (SpinQuant's online R4)")
         layer.feed_forward.enable_online_hadamard()
     return model
+
+
+def unfold_r4(model: nn.Module) -> nn.Module:
+    """`fold_r4` undone: w2 <- w2 @ H, no online Hadamard. For float checkpoints (params.json has no way to
+    say "apply R4 online"), so R1 and R2 stay folded and the function is unchanged."""
+    for layer in model.layers:
+        ff = layer.feed_forward
+        if not ff.online_hadamard:
+            continue
+        h = hadamard_matrix(ff.w2.in_features)
+        with torch.no_grad():
+            ff.w2.weight.copy_((ff.w2.weight.double() @ h).to(ff.w2.weight.dtype))
+        ff.online_hadamard = False
+        del ff.hadamard_a, ff.hadamard_b
+    return model

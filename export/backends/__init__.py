@@ -1,6 +1,8 @@
 """The backends a model can be lowered to, as one explicit table.
 
-Each backend module exposes `partitioners(scheme)`; vendor SDKs are imported inside it, lazily.
+A CPU backend (XNNPACK) lowers eager schemes (`handheld.quant.schemes`) and supplies `partitioners(scheme)`.
+An NPU backend (QNN, MediaTek) brings its own calibrated PT2E schemes, chips, SDK check and lowering
+(`NpuSupport`, run by `handheld.export.npu`). Vendor SDKs are imported inside each backend module, lazily.
 """
 
 from __future__ import annotations
@@ -9,7 +11,8 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 from handheld.core.errors import HandheldError
-from handheld.export.backends import xnnpack
+from handheld.export.backends import mediatek, qnn, xnnpack
+from handheld.export.backends.npu import NpuSupport
 from handheld.quant.schemes import Scheme
 
 
@@ -17,11 +20,14 @@ from handheld.quant.schemes import Scheme
 class Backend:
     name: str
     description: str
-    partitioners: Callable[[Scheme], list[Any]]
+    partitioners: Callable[[Scheme], list[Any]] | None = None  # CPU: lowers an eager scheme's model
+    npu: NpuSupport | None = None  # NPU: calibrated schemes, quantized anywhere, lowered where the SDK is
 
 
 BACKENDS: dict[str, Backend] = {
-    "xnnpack": Backend("xnnpack", "XNNPACK: every Arm and x86 CPU", xnnpack.partitioners),
+    "xnnpack": Backend("xnnpack", "XNNPACK: every Arm and x86 CPU", partitioners=xnnpack.partitioners),
+    "qnn": Backend("qnn", "Qualcomm Hexagon NPU (QNN / QAIRT SDK)", npu=qnn.SUPPORT),
+    "mediatek": Backend("mediatek", "MediaTek APU (NeuroPilot)", npu=mediatek.SUPPORT),
 }
 
 

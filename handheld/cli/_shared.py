@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from handheld.core.defaults import GROUP_SIZE
+from handheld.core.defaults import GROUP_SIZE, NPU_CALIB_SEQUENCES
 from handheld.core.errors import HandheldError
 
 
@@ -28,6 +28,9 @@ def add_job_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--group-size", type=int, default=GROUP_SIZE, help=f"4-bit weight group size (default {GROUP_SIZE})")
     p.add_argument("--resume", action="store_true", help="continue an interrupted run from OUTPUT.resume/")
     p.add_argument("--tokenizer", help="tokenizer file (default: the checkpoint's own)")
+    p.add_argument("--device", default="auto",
+                   help="auto (default: a CUDA GPU when torch sees one, else the CPU), cpu or cuda; under torchrun "
+                   "each process takes GPU LOCAL_RANK (NCCL), or the CPU (gloo)")
 
 
 def is_checkpoint_path(path: str) -> bool:
@@ -77,3 +80,35 @@ def refuse_checkpoint_flags(args: argparse.Namespace, what: str) -> None:
     for flag in ("scheme", "group_size"):
         if getattr(args, flag, None) is not None:
             raise HandheldError(f"--{flag.replace('_', '-')} applies to checkpoints; {what} already has its scheme")
+
+
+def add_npu_arguments(p: argparse.ArgumentParser) -> None:
+    """What an NPU scheme takes besides --backend and --scheme: the chip and the calibration text."""
+    p.add_argument("--soc", help="NPU chip: qnn SM8550, SM8650 (default), SM8750; mediatek mt6989 (default), mt6991, mt6993")
+    p.add_argument("--calib", help="NPU schemes: UTF-8 text whose tokens set the activation ranges")
+    p.add_argument("--calib-sequences", type=int, default=NPU_CALIB_SEQUENCES,
+                   help=f"NPU schemes: calibration sequences drawn from --calib (default {NPU_CALIB_SEQUENCES})")
+
+
+def is_npu_artefact(path: str) -> bool:
+    """A calibrated NPU program written by `handheld quantize` (torch.export's .pt2)."""
+    return Path(path).suffix == ".pt2"
+
+
+def npu_quantized(args: argparse.Namespace, checkpoint: Path, options):
+    """`options`' scheme applied to a float checkpoint, calibrated on --calib: a `QuantizedProgram` in memory."""
+    from handheld.core.checkpoints import own_tokenizer_path
+    from handheld.core.tokenizer import load_tokenizer
+    from handheld.export.npu import quantize_checkpoint
+    from handheld.training.calibration import choose_samples, text_sequences
+
+    if not args.calib:
+        raise HandheldError("--calib is needed: an NPU scheme sets its activation ranges on calibration text")
+    tokenizer_path = optional_path(getattr(args, "tokenizer", None)) or own_tokenizer_path(checkpoint)
+    if tokenizer_path is None:
+        raise HandheldError(f"{checkpoint} has no tokenizer to read --calib with: pass --tokenizer")
+    tokenizer = load_tokenizer(tokenizer_path)
+    sequences = text_sequences(Path(args.calib), tokenizer, options.seq_len)
+    sequences = choose_samples(sequences, args.calib_sequences, seed=0)
+    return quantize_checkpoint(checkpoint, options, sequences, tokenizer.bos_id, tokenizer.stop_ids,
+                               log=lambda msg: print(f"[quantize] {msg}", flush=True))

@@ -6,22 +6,27 @@ import argparse
 import json
 from pathlib import Path
 
-from handheld.cli._shared import add_group_size, eager_model, is_checkpoint_path, refuse_checkpoint_flags
+from handheld.cli._shared import (add_group_size, add_npu_arguments, eager_model, is_checkpoint_path, is_npu_artefact,
+                                  npu_quantized, refuse_checkpoint_flags)
 from handheld.core.errors import HandheldError
 
 HELP = "perplexity of a .pte or a checkpoint on a text, and agreement with a float reference"
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("model", help="a .pte exported with --full-logits, or a checkpoint (eager PyTorch)")
+    p.add_argument("model", help="a .pte exported with --full-logits, a checkpoint (eager PyTorch), or a .pt2 from "
+                   "`handheld quantize` (an NPU scheme, simulated on the CPU)")
     p.add_argument("--text", required=True, help="UTF-8 text file to score")
     p.add_argument("--tokenizer", required=True, help="tokenizer file (tiktoken tokenizer.model)")
     p.add_argument("--context", type=int, default=256, help="window length in tokens (default 256)")
     p.add_argument("--stride", type=int, default=128, help="window step; each window scores its last `stride` tokens")
     p.add_argument("--max-tokens", type=int, help="score only the text's first N tokens")
     p.add_argument("--reference", help="float checkpoint to compare with: top-1 agreement and mean KL divergence")
-    p.add_argument("--scheme", help="checkpoints only: scheme applied in eager PyTorch (default fp32)")
+    p.add_argument("--scheme", help="checkpoints only: scheme applied in eager PyTorch (default fp32), or with "
+                   "--backend qnn|mediatek that NPU's scheme, calibrated on --calib and simulated on the CPU")
     add_group_size(p, "4-bit schemes (checkpoints only)")
+    p.add_argument("--backend", help="checkpoints only: qnn or mediatek, to score an NPU scheme (needs --calib)")
+    add_npu_arguments(p)
     p.add_argument("--json", action="store_true", help="print JSON")
 
 
@@ -59,6 +64,8 @@ def _text_ids(args: argparse.Namespace) -> list[int]:
 def _logits_fn(args: argparse.Namespace):
     from handheld.measure.quality import eager_logits_fn, pte_logits_fn
 
+    if is_npu_artefact(args.model) or args.backend:
+        return _simulated_logits_fn(args)
     if is_checkpoint_path(args.model):
         prepared, _ = eager_model(args, max_seq_len=args.context, full_logits=True)
         return eager_logits_fn(prepared.model), "eager", prepared.label
@@ -69,3 +76,23 @@ def _logits_fn(args: argparse.Namespace):
     if args.context > program.max_seq_len:
         raise HandheldError(f"--context {args.context} exceeds {args.model}'s max sequence length {program.max_seq_len}")
     return pte_logits_fn(program), ".pte", program.metadata.scheme
+
+
+def _simulated_logits_fn(args: argparse.Namespace):
+    """An NPU scheme's converted graph run on the CPU: from a .pt2, or quantized here from a checkpoint."""
+    from handheld.export.npu import NpuOptions, load_quantized
+
+    if is_npu_artefact(args.model):
+        for flag in ("scheme", "backend", "soc", "calib", "group_size"):
+            if getattr(args, flag) is not None:
+                raise HandheldError(f"--{flag.replace('_', '-')} does not apply to {args.model}: it is already quantized")
+        quantized = load_quantized(Path(args.model))
+        if args.context > quantized.options.seq_len:
+            raise HandheldError(f"--context {args.context} exceeds {args.model}'s {quantized.options.seq_len} tokens per call")
+    else:
+        if args.group_size is not None:
+            raise HandheldError(f"--group-size applies to xnnpack's 4-bit schemes, not --backend {args.backend}")
+        options = NpuOptions(args.backend, args.scheme, args.soc, seq_len=args.context)
+        options.resolve()
+        quantized = npu_quantized(args, Path(args.model), options)
+    return quantized.logits, "simulated", f"{quantized.options.backend} {quantized.options.scheme}"

@@ -1,35 +1,68 @@
-"""`handheld export`: lower a checkpoint to an ExecuTorch `.pte` under a scheme, for a backend."""
+"""`handheld export`: lower a checkpoint to an ExecuTorch `.pte` under a scheme, for a backend.
+
+CPU (xnnpack): an eager scheme. NPU (qnn, mediatek): a calibrated scheme, from a checkpoint and --calib or
+from a `.pt2` that `handheld quantize` wrote; the vendor SDK must be installed, which is checked first.
+"""
 
 from __future__ import annotations
 
 import argparse
 from pathlib import Path
 
-from handheld.cli._shared import add_group_size, optional_path
-from handheld.core.defaults import MAX_SEQ_LEN
+from handheld.cli._shared import add_group_size, add_npu_arguments, is_npu_artefact, npu_quantized, optional_path
+from handheld.core.defaults import MAX_SEQ_LEN, NPU_SEQ_LEN
+from handheld.core.errors import HandheldError
 
 HELP = "lower a checkpoint to an ExecuTorch .pte"
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--checkpoint", required=True, help="Meta or Hugging Face checkpoint directory, or a .gguf file")
+    p.add_argument("--checkpoint", required=True, help="Meta or Hugging Face checkpoint directory, or a .gguf file; "
+                   "for NPU backends also a .pt2 from `handheld quantize`")
     p.add_argument("--scheme", help="numeric scheme: fp32 (default), bf16, 8da4w (Llama 3.2 mobile 4-bit); "
-                   "pre-quantized checkpoints (SpinQuant, QLoRA) bring their own")
+                   "pre-quantized checkpoints (SpinQuant, QLoRA) bring their own; qnn: 16a4w, 16a8w, 8a8w; "
+                   "mediatek: a16w4, a16w8, a8w8")
     add_group_size(p)
-    p.add_argument("--backend", default="xnnpack", help="delegate to lower to (default xnnpack)")
-    p.add_argument("--max-seq-len", type=int, default=MAX_SEQ_LEN,
-                   help=f"KV cache length: prompt + generated tokens (default {MAX_SEQ_LEN})")
+    p.add_argument("--backend", default="xnnpack", help="delegate to lower to: xnnpack (default), qnn, mediatek")
+    add_npu_arguments(p)
+    p.add_argument("--max-seq-len", type=int, help=f"KV cache length: prompt + generated tokens (default "
+                   f"{MAX_SEQ_LEN}; NPU programs: {NPU_SEQ_LEN}, also their fixed tokens per call)")
     p.add_argument("--tokenizer", help="tokenizer for the BOS/EOS ids (default: the checkpoint's own)")
     p.add_argument("--full-logits", action="store_true", help="return logits for every position (needed by `handheld eval`)")
     p.add_argument("-o", "--output", required=True, help=".pte file to write (written atomically)")
 
 
 def run(args: argparse.Namespace) -> None:
+    from handheld.export.backends import get_backend
     from handheld.export.program import export_checkpoint
 
+    if get_backend(args.backend).npu is not None:
+        _run_npu(args)
+        return
     result = export_checkpoint(
         Path(args.checkpoint), Path(args.output), scheme_name=args.scheme, backend_name=args.backend,
-        max_seq_len=args.max_seq_len, tokenizer_path=optional_path(args.tokenizer), group_size=args.group_size,
-        full_logits=args.full_logits, log=lambda msg: print(f"[export] {msg}", flush=True),
+        max_seq_len=args.max_seq_len or MAX_SEQ_LEN, tokenizer_path=optional_path(args.tokenizer),
+        group_size=args.group_size, full_logits=args.full_logits, log=lambda msg: print(f"[export] {msg}", flush=True),
     )
     print(f"wrote {result.path} ({result.file_bytes / 2**20:.1f} MiB) in {result.seconds:.0f} s")
+
+
+def _run_npu(args: argparse.Namespace) -> None:
+    from handheld.core.atomic import refuse_overwriting_inputs
+    from handheld.export.npu import NpuOptions, load_quantized, lower_quantized, npu_backend, require_sdk
+
+    backend, source, output = npu_backend(args.backend), Path(args.checkpoint), Path(args.output)
+    if args.group_size is not None:
+        raise HandheldError(f"--group-size applies to xnnpack's 4-bit schemes; {backend.name}'s schemes fix their own")
+    options = None
+    if not is_npu_artefact(args.checkpoint):
+        options = NpuOptions(backend.name, args.scheme, args.soc, args.max_seq_len or NPU_SEQ_LEN)
+        options.resolve()  # bad scheme or chip names fail before anything else
+    require_sdk(backend)  # before any work: one line saying what is missing
+    refuse_overwriting_inputs(output, [source, optional_path(args.calib), optional_path(args.tokenizer)])
+    quantized = load_quantized(source) if options is None else npu_quantized(args, source, options)
+    if quantized.options.backend != backend.name:
+        raise HandheldError(f"{source} was quantized for {quantized.options.backend}, not {backend.name}")
+    lower_quantized(quantized, output, log=lambda msg: print(f"[export] {msg}", flush=True))
+    print(f"wrote {output} ({output.stat().st_size / 2**20:.1f} MiB): {backend.name} {quantized.options.scheme} "
+          f"for {quantized.options.chip}")

@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 from handheld.cli._shared import add_group_size, eager_model, is_checkpoint_path, refuse_checkpoint_flags
-from handheld.core.defaults import MAX_SEQ_LEN
+from handheld.core.defaults import DRAFT_TOKENS, MAX_SEQ_LEN
 from handheld.core.errors import HandheldError
 
 HELP = "generate text from a .pte (ExecuTorch runtime) or a checkpoint (eager PyTorch)"
@@ -26,30 +26,87 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--scheme", help="checkpoints only: numeric scheme applied in eager PyTorch (default fp32)")
     add_group_size(p, "4-bit schemes (checkpoints only)")
     p.add_argument("--max-seq-len", type=int, default=MAX_SEQ_LEN, help="checkpoints only: KV cache length")
+    p.add_argument("--draft", metavar="DRAFT.pte",
+                   help="speculative decoding (greedy, lossless): a smaller program with the same tokenizer drafts, "
+                   "MODEL (a .pte exported with --full-logits) verifies")
+    p.add_argument("--draft-tokens", type=int, default=DRAFT_TOKENS, metavar="K",
+                   help=f"with --draft: tokens drafted per target call (default {DRAFT_TOKENS})")
+    p.add_argument("--guard", metavar="GUARD.pte",
+                   help="with --chat: check the prompt, then the answer, with a Llama Guard 3 program before showing them")
+    p.add_argument("--guard-tokenizer", help="with --guard: the guard's tokenizer (default: --tokenizer)")
 
 
 def run(args: argparse.Namespace) -> None:
-    from handheld.core.tokenizer import load_tokenizer
-    from handheld.runtime_bindings.generation import generate
+    from handheld.core.tokenizer import load_tokenizer, prompt_ids
 
-    if args.system is not None and not args.chat:
-        raise HandheldError("--system goes with --chat")
+    _check_flags(args)
     tokenizer = load_tokenizer(_tokenizer_path(args))  # before the model: a bad tokenizer fails at once
-    prompt = _prompt(args, tokenizer)
+    prompt = prompt_ids(tokenizer, args.prompt, args.chat, args.system)
+    guard = _guard(args) if args.guard else None
+    if guard is not None:
+        verdict = guard.check(args.prompt)
+        if not verdict.safe:
+            print(f"[guard] prompt withheld: {verdict.summary()}")
+            return
     runner, stop_ids, vocab_size, label = _step_model(args)
     if tokenizer.vocab_size > vocab_size:
         raise HandheldError(f"tokenizer has {tokenizer.vocab_size} ids but {args.model} only {vocab_size}")
     # Byte-level BPE splits multi-byte characters across tokens: decode bytes incrementally.
     decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+    shown: list[int] = []
 
     def show(token: int) -> None:
-        sys.stdout.write(decoder.decode(tokenizer.decode_bytes([token])))
-        sys.stdout.flush()
+        shown.append(token)
+        if guard is None:  # a guarded answer is shown only once the guard has read all of it
+            sys.stdout.write(decoder.decode(tokenizer.decode_bytes([token])))
+            sys.stdout.flush()
 
     stops = sorted(set(stop_ids) | set(tokenizer.stop_ids))
-    _, stats = generate(runner, prompt, args.max_new_tokens, stops, on_token=show)
-    sys.stdout.write(decoder.decode(b"", final=True) + "\n")
+    stats = _decode(args, runner, prompt, stops, show)
+    if guard is not None:
+        _show_guarded(guard, args.prompt, tokenizer.decode(shown))
+    else:
+        sys.stdout.write(decoder.decode(b"", final=True) + "\n")
     print(f"{stats.line()} | {label}")
+
+
+def _check_flags(args: argparse.Namespace) -> None:
+    if args.system is not None and not args.chat:
+        raise HandheldError("--system goes with --chat")
+    if args.guard and not args.chat:
+        raise HandheldError("--guard goes with --chat: the guard reads a user's message and the model's answer")
+    if args.guard_tokenizer and not args.guard:
+        raise HandheldError("--guard-tokenizer goes with --guard")
+    if args.draft and (is_checkpoint_path(args.model) or is_checkpoint_path(args.draft)):
+        raise HandheldError("--draft takes .pte programs: export the target (with --full-logits) and the draft first")
+
+
+def _guard(args: argparse.Namespace):
+    from handheld.cli.guard import load_guard
+
+    tokenizer = args.guard_tokenizer or args.tokenizer
+    if not tokenizer:
+        raise HandheldError("--guard needs the guard's tokenizer: pass --guard-tokenizer (or --tokenizer)")
+    return load_guard(args.guard, tokenizer)
+
+
+def _show_guarded(guard, prompt: str, answer: str) -> None:
+    verdict = guard.check(prompt, answer)
+    print(answer if verdict.safe else f"[guard] answer withheld: {verdict.summary()}")
+
+
+def _decode(args: argparse.Namespace, runner, prompt: list[int], stops: list[int], show):
+    """Plain greedy decoding, or speculative with --draft (the same tokens, fewer target calls)."""
+    from handheld.runtime_bindings.generation import generate
+
+    if not args.draft:
+        return generate(runner, prompt, args.max_new_tokens, stops, on_token=show)[1]
+    from handheld.runtime_bindings.python.program import PteProgram
+    from handheld.runtime_bindings.speculative import check_compatible, speculative_generate
+
+    draft = PteProgram(args.draft)
+    check_compatible(runner.metadata, draft.metadata)
+    return speculative_generate(runner, draft, prompt, args.max_new_tokens, stops, args.draft_tokens, on_token=show)[1]
 
 
 def _tokenizer_path(args: argparse.Namespace) -> str:
@@ -61,15 +118,6 @@ def _tokenizer_path(args: argparse.Namespace) -> str:
     if own is None:
         raise HandheldError(f"{args.model} carries no tokenizer: pass --tokenizer")
     return str(own)
-
-
-def _prompt(args: argparse.Namespace, tokenizer) -> list[int]:
-    from handheld.core.chat_template import Message
-
-    if not args.chat:
-        return tokenizer.encode(args.prompt, bos=tokenizer.add_bos)
-    system = [Message("system", args.system)] if args.system is not None else []
-    return tokenizer.encode_chat(system + [Message("user", args.prompt)])
 
 
 def _step_model(args: argparse.Namespace):

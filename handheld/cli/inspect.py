@@ -41,7 +41,9 @@ def describe_pte(path: Path) -> dict[str, Any]:
         "metadata": {k: v for k, v in program.constant_methods.items() if k not in _STRUCTURED},
         "weight_bytes": metadata.weight_bytes,
         "provenance": metadata.provenance,
+        "delegates": program.delegates,  # from the file's own structure, whoever wrote it
         "partitions": counts.get("partitions", {}),
+        "ops_by_delegate": counts.get("by_backend", {}),
         "ops_delegated": counts["delegated"],
         "ops_not_delegated": counts["portable"],
         "delegated_share": delegated / total if total else None,
@@ -83,11 +85,16 @@ def format_pte(info: dict[str, Any]) -> str:
     if info["weight_bytes"]:
         lines.append("weights by kind")
         lines += [f"  {kind:24} {n:>15,} bytes ({n / 2**20:.1f} MiB)" for kind, n in info["weight_bytes"].items()]
+    lines.append("delegates   " + (", ".join(f"{backend} x{n}" for backend, n in info["delegates"].items()) or "none"))
     if info.get("partitions"):
         lines.append("partitions  " + ", ".join(f"{n} {backend}" for backend, n in info["partitions"].items()))
     share = info["delegated_share"]
-    lines.append(f"operators   {'unknown' if share is None else f'{share:.0%} delegated to the backend'}")
-    lines += _op_table("  delegated", info["ops_delegated"])
+    lines.append(f"operators   {'unknown' if share is None else f'{share:.0%} delegated'}")
+    if info["ops_by_delegate"]:  # which delegate runs what
+        for backend, ops in info["ops_by_delegate"].items():
+            lines += _op_table(f"  run by {backend}", ops)
+    else:  # programs written before handheld recorded the split by delegate
+        lines += _op_table("  delegated", info["ops_delegated"])
     lines += _op_table("  not delegated (ExecuTorch kernels)", info["ops_not_delegated"])
     return "\n".join(lines)
 

@@ -37,6 +37,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> None:
+    from handheld.core.checkpoints.prequantized import executorch_loader_notes
+    from handheld.core.config import read_params_json
     from handheld.training.distributed import process_group
     from handheld.training.qat import run_qat
 
@@ -47,10 +49,12 @@ def run(args: argparse.Namespace) -> None:
         lora_lr=args.lora_lr, seq_len=args.seq_len, lora_rank=args.lora_rank, lora_alpha=args.lora_alpha,
         group_size=args.group_size, resume=args.resume, tokenizer=optional_path(args.tokenizer),
     )
-    with process_group() as group:
+    with process_group(args.device) as group:
         results = run_qat(options, group)
     if group.is_main:
         for r in results:
             val = f", validation {r.validation[-1][1]:.4f}" if r.validation else ""
             print(f"{r.phase}: {r.steps} steps, loss {r.first_loss:.4f} -> {r.last_loss:.4f}{val}, {r.tokens_per_s:.0f} tok/s")
         print(f"wrote {options.phase} checkpoint to {options.output}")
+        for note in executorch_loader_notes(read_params_json(options.output / "params.json")):
+            print(note)

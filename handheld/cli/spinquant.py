@@ -24,7 +24,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help=f"calibration sequences drawn from the text (default {Defaults.samples})")
     p.add_argument("--batch-size", type=int, default=Defaults.batch_size, help="sequences per step, over all processes")
     p.add_argument("--weight-quant", default=Defaults.weight_quant,
-                   help=f"{' or '.join(WEIGHT_QUANT)} (GPTQ runs its own calibration pass)")
+                   help=f"{', '.join(WEIGHT_QUANT)}: GPTQ runs its own calibration pass; float writes the rotated "
+                   "float weights (a float Meta checkpoint) for NPU schemes (`handheld quantize`)")
+    p.add_argument("--no-rotations", action="store_true",
+                   help="quantize the unrotated model (RTN or GPTQ alone): the baseline that shows what the rotations add")
     p.add_argument("--seed", type=int, default=Defaults.seed, help="seeds the initial random Hadamards and the sample order")
     p.add_argument("--save-every", type=int, default=Defaults.save_every, help="save resumable state every N steps")
 
@@ -36,12 +39,13 @@ def run(args: argparse.Namespace) -> None:
     options = Defaults(
         checkpoint=Path(args.checkpoint), calib=Path(args.calib), output=Path(args.output), steps=args.steps, lr=args.lr,
         seq_len=args.seq_len, samples=args.samples, batch_size=args.batch_size, weight_quant=args.weight_quant,
-        group_size=args.group_size, seed=args.seed, resume=args.resume, save_every=args.save_every,
+        rotations=not args.no_rotations, group_size=args.group_size, seed=args.seed, resume=args.resume, save_every=args.save_every,
         tokenizer=optional_path(args.tokenizer),
     )
-    with process_group() as group:
+    with process_group(args.device) as group:
         result = run_spinquant(options, group)
     if group.is_main:
         losses = f"quantized loss {result.first_loss:.4f} -> {result.last_loss:.4f} | " if result.steps else ""
-        print(f"wrote SpinQuant checkpoint ({options.weight_quant.upper()}) to {options.output} | {losses}"
+        kind = "SpinQuant" if options.rotations else "unrotated 8da4w"
+        print(f"wrote {kind} checkpoint ({options.weight_quant.upper()}) to {options.output} | {losses}"
               f"learning {result.learn_seconds:.0f} s, quantization {result.quantize_seconds:.0f} s")

@@ -24,9 +24,18 @@ META_KEYS = frozenset(
 )
 
 
+# The one scheme Meta's pre-quantized releases use (llama-models' `QuantizationScheme`): 4-bit groupwise
+# weights with 8-bit dynamic activations in the blocks, 8-bit embedding and classifier ("EO8").
+META_SCHEME = "int4_weight_int8_dynamic_activation"
+
+
 @dataclass(frozen=True)
 class QuantizationArgs:
-    """`quantization_args` of Meta's pre-quantized releases (SpinQuant_INT4_EO8, QLORA_INT4_EO8)."""
+    """`quantization_args` of Meta's pre-quantized releases (SpinQuant_INT4_EO8, QLORA_INT4_EO8).
+
+    Meta's released params.json carry only `group_size`; `scheme` (llama-models' loader) and
+    `quantize_embedding` are honoured when present: they may only say what handheld reads.
+    """
 
     group_size: int
     spinquant: bool = False
@@ -36,6 +45,12 @@ class QuantizationArgs:
     def __post_init__(self) -> None:
         if not isinstance(self.group_size, int) or isinstance(self.group_size, bool) or not 1 <= self.group_size <= 4096:
             raise HandheldError(f"params: quantization_args.group_size must be between 1 and 4096, got {self.group_size!r}")
+        if self.scheme is not None and self.scheme != META_SCHEME:
+            raise HandheldError(f"params: quantization_args.scheme {self.scheme!r} is not supported; "
+                                f"handheld reads only {META_SCHEME!r} (Meta's pre-quantized layout)")
+        if self.quantize_embedding is False:
+            raise HandheldError("params: quantization_args.quantize_embedding false is not supported; handheld reads "
+                                "only the 8-bit embedding of Meta's EO8 layouts (true, or leave it out)")
 
 
 @dataclass(frozen=True)
@@ -95,6 +110,9 @@ class ModelArgs:
     # Present only in pre-quantized checkpoints (Meta's SpinQuant / QLoRA releases and handheld's own).
     quantization_args: QuantizationArgs | None = None
     lora_args: LoraArgs | None = None
+    # Not in Meta's 3.2 files: a pruned unembedding (Llama Guard 3 1B-INT4 keeps the rows of the ~20 tokens a
+    # verdict is written with). Logits of every other id are -inf, so the logits keep their vocabulary width.
+    output_token_ids: tuple[int, ...] | None = None
 
     def __post_init__(self) -> None:
         for field in dataclasses.fields(self):
@@ -104,6 +122,8 @@ class ModelArgs:
             raise HandheldError(f"params: dim {self.dim} is not divisible by n_heads {self.n_heads}")
         if self.n_heads % self.kv_heads:
             raise HandheldError(f"params: n_heads {self.n_heads} is not divisible by n_kv_heads {self.kv_heads}")
+        if self.output_token_ids is not None:
+            self._check_output_tokens()
         if self.attn_head_dim % 2:
             raise HandheldError(f"params: head_dim {self.attn_head_dim} must be even for RoPE")
 
@@ -139,19 +159,27 @@ class ModelArgs:
             hidden = int(self.ffn_dim_multiplier * hidden)
         return self.multiple_of * ((hidden + self.multiple_of - 1) // self.multiple_of)
 
+    def _check_output_tokens(self) -> None:
+        ids = self.output_token_ids
+        if not ids or len(set(ids)) != len(ids) or not all(0 <= i < self.vocab_size for i in ids):
+            raise HandheldError(f"params: output_token_ids must be distinct ids below vocab_size {self.vocab_size}, got {ids!r}")
+
     def architecture(self) -> tuple:
         """Resolved shape and RoPE: equal for params that build the same network (Meta's or HF's way)."""
         rope = (self.rope_theta, self.use_scaled_rope)
         if self.use_scaled_rope:
             rope += (self.rope_scale_factor, self.rope_low_freq_factor, self.rope_high_freq_factor, self.rope_original_context)
         shape = (self.dim, self.n_layers, self.n_heads, self.kv_heads, self.attn_head_dim, self.ffn_hidden_dim, self.vocab_size)
-        return shape + (self.norm_eps,) + rope
+        return shape + (self.norm_eps,) + rope + (self.output_token_ids,)
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any], source: str = "params") -> "ModelArgs":
         raw = dict(raw)
+        if isinstance(raw.get("output_token_ids"), list):  # JSON has lists; the frozen args hold a tuple
+            raw["output_token_ids"] = tuple(raw["output_token_ids"])
         if raw.get("quantization_args") is not None:
-            raw["quantization_args"] = _typed_from_dict(QuantizationArgs, raw["quantization_args"], f"{source}: quantization_args")
+            quant = _meta_spinquant_default(raw["quantization_args"], raw.get("lora_args"))
+            raw["quantization_args"] = _typed_from_dict(QuantizationArgs, quant, f"{source}: quantization_args")
         if raw.get("lora_args") is not None:
             raw["lora_args"] = _typed_from_dict(LoraArgs, raw["lora_args"], f"{source}: lora_args")
         return _typed_from_dict(cls, raw, source)
@@ -163,10 +191,23 @@ class ModelArgs:
             value = getattr(self, field.name)
             if field.name in META_KEYS or value != field.default:
                 out[field.name] = _plain(value)
+        if self.quantization_args is not None and self.lora_args is not None and not self.quantization_args.spinquant:
+            del out["quantization_args"]["spinquant"]  # Meta's QLoRA form: lora_args already imply no rotation
         return out
 
 
+def _meta_spinquant_default(quant: Any, lora: Any) -> Any:
+    """Meta's released params.json leave `spinquant` out: with `lora_args` the file is QLORA_INT4_EO8 (no
+    rotation); without, it is SpinQuant_INT4_EO8 (R4 folded into w2, applied online). handheld always writes
+    the flag when there are no adapters, so its own plain 8da4w output is never read as SpinQuant."""
+    if isinstance(quant, dict) and "spinquant" not in quant:
+        return {**quant, "spinquant": lora is None}
+    return quant
+
+
 def _plain(value: Any) -> Any:
+    if isinstance(value, tuple):
+        return list(value)
     if dataclasses.is_dataclass(value):
         return {k: v for k, v in dataclasses.asdict(value).items() if v is not None}
     return value
@@ -179,6 +220,10 @@ def _field_types() -> dict[str, Any]:
 def _check_type(name: str, value: Any, hint: Any) -> None:
     allowed = typing.get_args(hint) or (hint,)
     if value is None and type(None) in allowed:
+        return
+    if any(typing.get_origin(t) is tuple for t in allowed):  # a tuple of ints
+        if not (isinstance(value, tuple) and all(isinstance(i, int) and not isinstance(i, bool) for i in value)):
+            raise HandheldError(f"params: {name} must be a list of integers, got {value!r}")
         return
     dataclass_types = tuple(t for t in allowed if dataclasses.is_dataclass(t))
     if dataclass_types:

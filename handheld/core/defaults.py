@@ -4,3 +4,6 @@ GROUP_SIZE = 32  # weights per scale in 4-bit schemes (the Llama 3.2 mobile sche
 MAX_SEQ_LEN = 128  # KV-cache length of an exported program: prompt + generated tokens
 LORA_RANK = 16  # Meta's QLoRA releases: rank 16 ...
 LORA_ALPHA = 32.0  # ... and alpha 32 (scale 2.0)
+NPU_SEQ_LEN = 256  # NPU programs have static shapes: tokens per call = KV-cache length (eval's default context)
+NPU_CALIB_SEQUENCES = 16  # calibration sequences of NPU_SEQ_LEN tokens that set an NPU scheme's activation ranges
+DRAFT_TOKENS = 4  # speculative decoding: tokens a draft proposes per target call

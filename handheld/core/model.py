@@ -10,6 +10,8 @@
 - No Python branches on tensor values: positions index the tables, the mask and the cache.
 - Cache slots past the current position are masked out; like ExecuTorch's own non-custom-op cache,
   this relies on the runtime handing out zeroed planned memory (so 0 * slot is never NaN).
+- NPU variant (options, not a copy): traced with a fixed token count (static shapes) and a finite
+  `mask_value`, since an NPU's integer activations cannot hold -inf (Qualcomm's static Llama masks with -255).
 """
 
 from __future__ import annotations
@@ -164,18 +166,24 @@ class TransformerBlock(nn.Module):
 class Transformer(nn.Module):
     """Llama 3.2. `output` shares `tok_embeddings`' weight unless the checkpoint has its own."""
 
-    def __init__(self, args: ModelArgs, max_seq_len: int = MAX_SEQ_LEN, full_logits: bool = True, tied: bool = True):
+    def __init__(self, args: ModelArgs, max_seq_len: int = MAX_SEQ_LEN, full_logits: bool = True, tied: bool = True,
+                 mask_value: float = float("-inf")):
         super().__init__()
         self.args = args
         self.max_seq_len = max_seq_len
+        self.mask_value = mask_value  # added to masked attention scores
         # Decoding only needs the last position's logits; evaluation needs all of them.
         self.full_logits = full_logits
         self.tok_embeddings = nn.Embedding(args.vocab_size, args.dim)
         self.layers = nn.ModuleList(TransformerBlock(args, max_seq_len) for _ in range(args.n_layers))
         self.norm = RMSNorm(args.dim, args.norm_eps)
-        self.output = nn.Linear(args.dim, args.vocab_size, bias=False)
-        if tied:
+        # A pruned unembedding (Llama Guard 3 1B-INT4) has rows for its kept tokens only, so it cannot be tied.
+        kept = args.output_token_ids
+        self.output = nn.Linear(args.dim, len(kept) if kept else args.vocab_size, bias=False)
+        if tied and not kept:
             self.output.weight = self.tok_embeddings.weight
+        if kept:
+            self.register_buffer("output_token_ids", torch.tensor(kept), persistent=False)
 
         angles = torch.outer(torch.arange(max_seq_len, dtype=torch.float64), rope_frequencies(args))
         angles = angles.repeat_interleave(2, dim=1)  # full head width: each pair's angle twice
@@ -195,25 +203,38 @@ class Transformer(nn.Module):
         cos, sin = self.rope_cos[positions].float()[:, None, :], self.rope_sin[positions].float()[:, None, :]
         # Causal mask over the whole cache, computed rather than stored (max_seq_len² floats).
         future = self.cache_positions[None, :] > positions[:, None]
-        mask = torch.where(future, float("-inf"), 0.0)
+        mask = torch.where(future, self.mask_value, 0.0)
         h = self.tok_embeddings(tokens)
         swap = self.rope_swap.float()
         for layer in self.layers:
             h = layer(h, positions, cos, sin, mask, swap)
         if not self.full_logits:
             h = h[:, -1:, :]
-        return self.output(self.norm(h))
+        logits = self.output(self.norm(h))
+        if self.args.output_token_ids:
+            logits = self.expand_pruned(logits)
+        return logits
+
+    def expand_pruned(self, logits: torch.Tensor) -> torch.Tensor:
+        """Kept-token logits [B, T, kept] -> [B, T, vocab], -inf elsewhere (as ExecuTorch's output_prune_map
+        does), so every reader sees the vocabulary's ids."""
+        full = torch.full((logits.shape[0], logits.shape[1], self.args.vocab_size), float("-inf"), dtype=logits.dtype)
+        return full.index_copy(2, self.output_token_ids, logits)
 
     def forward_batch(self, tokens: torch.Tensor) -> torch.Tensor:
         """Logits [B, T, vocab] for whole sequences [B, T] from position 0, without the KV cache:
         the training and evaluation path (same weights and math as `forward`, batched)."""
-        seq_len = tokens.shape[1]
-        cos, sin = self.rope_cos[:seq_len].float()[:, None, :], self.rope_sin[:seq_len].float()[:, None, :]
         h = self.tok_embeddings(tokens)
-        swap = self.rope_swap.float()
+        rope = self.batch_rope(tokens.shape[1])
         for layer in self.layers:
-            h = layer.forward_batch(h, cos, sin, swap)
-        return self.output(self.norm(h))
+            h = layer.forward_batch(h, *rope)
+        logits = self.output(self.norm(h))
+        return self.expand_pruned(logits) if self.args.output_token_ids else logits
+
+    def batch_rope(self, seq_len: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(cos, sin, swap) for `TransformerBlock.forward_batch` over positions 0..seq_len-1."""
+        cos, sin = self.rope_cos[:seq_len].float()[:, None, :], self.rope_sin[:seq_len].float()[:, None, :]
+        return cos, sin, self.rope_swap.float()
 
     def reset_cache(self) -> None:
         for layer in self.layers:

@@ -164,3 +164,12 @@ def load_tokenizer(path: str | Path) -> Tokenizer:
     if head.startswith(b"{"):
         return from_tokenizer_json(path)
     return Llama3Tokenizer(path)
+
+
+def prompt_ids(tokenizer: Tokenizer, prompt: str, chat: bool = False, system: str | None = None) -> list[int]:
+    """What `handheld generate` feeds a model: the text, with BOS when the tokenizer adds one; or, with `chat`,
+    the text as a user turn (after `system`, when given) in the tokenizer's chat template."""
+    if not chat:
+        return tokenizer.encode(prompt, bos=tokenizer.add_bos)
+    turns = [Message("system", system)] if system is not None else []
+    return tokenizer.encode_chat(turns + [Message("user", prompt)])

@@ -24,7 +24,7 @@ def cayley_step(x: torch.Tensor, grad: torch.Tensor, lr: float) -> torch.Tensor:
     A = G X^T - X G^T (skew-symmetric), X <- (I + lr/2 A)^-1 (I - lr/2 A) X  (~ X - lr (G - X G^T X))."""
     x64, g64 = x.double(), grad.double()
     skew = g64 @ x64.transpose(-1, -2) - x64 @ g64.transpose(-1, -2)
-    eye = torch.eye(x.shape[-1], dtype=torch.float64).expand_as(skew)
+    eye = torch.eye(x.shape[-1], dtype=torch.float64, device=x.device).expand_as(skew)
     return torch.linalg.solve(eye + 0.5 * lr * skew, (eye - 0.5 * lr * skew) @ x64).to(x.dtype)
 
 

@@ -10,7 +10,7 @@ from torch import nn
 from tqdm import tqdm
 
 from handheld.core.atomic import atomic_dir
-from handheld.core.checkpoints import TOKENIZER, Checkpoint
+from handheld.core.checkpoints import TOKENIZER, Checkpoint, write_checkpoint
 from handheld.core.config import ModelArgs
 from handheld.core.errors import HandheldError
 from handheld.core.tokenizer import Tokenizer, load_tokenizer
@@ -48,4 +48,12 @@ def write_quantized_output(output: Path, args: ModelArgs, model: nn.Module, toke
     """The job's result in Meta's pre-quantized layout, with the tokenizer beside it; all or nothing."""
     with atomic_dir(output) as tmp:
         write_prequantized(tmp, args, model)
+        shutil.copyfile(tokenizer, tmp / TOKENIZER)
+
+
+def write_float_output(output: Path, args: ModelArgs, model: nn.Module, tokenizer: Path) -> None:
+    """The job's result as a float Meta checkpoint (untied classifier), with the tokenizer beside it."""
+    state = {name: t.detach().clone() for name, t in model.state_dict().items()}
+    with atomic_dir(output) as tmp:
+        write_checkpoint(tmp, args, state, "meta")
         shutil.copyfile(tokenizer, tmp / TOKENIZER)

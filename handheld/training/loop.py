@@ -65,15 +65,16 @@ def train(model: nn.Module, optimizer: torch.optim.Optimizer, train_set: Example
           save: Callable[[TrainState], None], progress: Callable[[TrainState], None]) -> TrainState:
     loss_module = _BatchLoss(model)
     runner = _data_parallel(loss_module, group)
+    device = group.device
     model.train()
     while state.step < config.steps:
         started = time.perf_counter()
         micro = [train_set.rows(_rows(len(train_set), state.step * config.grad_accum + k, config))
                  for k in range(config.grad_accum)]
         trained_tokens = sum(int(m.mask[:, 1:].sum()) for m in micro)  # global: every process knows the batch
-        total = torch.zeros(())
+        total = torch.zeros((), device=device)
         for k, batch in enumerate(micro):
-            tokens, mask = group.shard(batch.tokens), group.shard(batch.mask)
+            tokens, mask = group.shard(batch.tokens).to(device), group.shard(batch.mask).to(device)
             with _maybe_no_sync(runner, last=k == len(micro) - 1):
                 # DDP averages over processes; scaling by their number turns that into the global sum.
                 loss = runner(tokens, mask) * group.world / max(1, trained_tokens)
@@ -105,7 +106,8 @@ def _data_parallel(module: nn.Module, group: Group) -> nn.Module:
         return module
     from torch.nn.parallel import DistributedDataParallel
 
-    return DistributedDataParallel(module)
+    # On a GPU, DDP needs to know which one is this process's.
+    return DistributedDataParallel(module, device_ids=[group.device.index] if group.device.type == "cuda" else None)
 
 
 def _maybe_no_sync(runner: nn.Module, last: bool):
@@ -121,9 +123,9 @@ def validation_loss(loss_module: nn.Module, val_set: Examples, batch_size: int, 
     """Mean masked next-token loss over the validation rows (each process scores its share)."""
     loss_module.eval()
     mine = val_set.rows(torch.arange(group.rank, len(val_set), group.world))
-    total, count = torch.zeros((), dtype=torch.float64), torch.zeros((), dtype=torch.float64)
+    total, count = (torch.zeros((), dtype=torch.float64, device=group.device) for _ in range(2))
     for start in range(0, len(mine), batch_size):
         batch = mine.rows(torch.arange(start, min(start + batch_size, len(mine))))
-        total += loss_module(batch.tokens, batch.mask).double()
-        count += batch.mask[:, 1:].sum()
+        total += loss_module(batch.tokens.to(group.device), batch.mask.to(group.device)).double()
+        count += batch.mask[:, 1:].sum().to(group.device)
     return (group.sum_(total) / group.sum_(count).clamp(min=1)).item()

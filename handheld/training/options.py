@@ -57,7 +57,8 @@ class QatOptions:
             raise HandheldError("--steps, --batch-size and --grad-accum must be >= 1 and --seq-len >= 2")
 
 
-WEIGHT_QUANT = ("rtn", "gptq")
+# "float": the rotated float weights (R1, R2 folded; R4 unfolded), the input of NPU schemes.
+WEIGHT_QUANT = ("rtn", "gptq", "float")
 
 
 @dataclass(frozen=True)
@@ -71,6 +72,7 @@ class SpinQuantOptions:
     samples: int | None = 128
     batch_size: int = 4
     weight_quant: str = "rtn"
+    rotations: bool = True  # False: the same RTN/GPTQ on the unrotated model, the baseline that credits R1/R2/R4
     group_size: int = GROUP_SIZE
     seed: int = 0
     resume: bool = False

@@ -62,7 +62,7 @@ def run_qat(options: QatOptions, group: Group, progress: bool = True) -> list[Ph
     first = phases.index(saved["phase"]) if saved is not None else 0
     results = []
     for i, phase in enumerate(phases):
-        model = _prepare(model, phase, options)
+        model = _prepare(model, phase, options).to(group.device)  # new adapters start on the CPU
         if i < first:
             continue  # trained before the interruption: its weights are in the saved state
         results.append(_train_phase(model, phase, train_set, val_set, options, group, run_identity,
@@ -131,6 +131,7 @@ def _train_phase(model, phase, train_set, val_set, options, group, run_identity,
                         tok_s=f"{s.tokens_per_s:.0f}")
 
     state = train(model, optimizer, train_set, val_set, config, group, state, save, show)
+    save(state)  # before the next risky step (the next phase, or converting and writing): a crash there keeps this phase
     bar.close()
     return PhaseResult(phase, state.step, state.losses[0], state.losses[-1], state.validation, state.tokens_per_s)
 
@@ -146,7 +147,7 @@ def _quantized_args(checkpoint: Checkpoint, options: QatOptions):
 def convert(model: nn.Module, args) -> nn.Module:
     """The trained model with its backbone really quantized (same configs as the fake quantization, so the
     same integers) and any adapters kept unmerged beside it."""
-    state = {k: v.detach() for k, v in model.state_dict().items()}
+    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
     return quantized_model(args, state, max_seq_len=model.max_seq_len, full_logits=model.full_logits)
 
 
@@ -157,5 +158,5 @@ def _write(model: nn.Module, checkpoint: Checkpoint, options: QatOptions) -> Non
         write_quantized_output(options.output, args, convert(model, args), tokenizer)
         return
     with atomic_dir(options.output) as tmp:
-        write_checkpoint(tmp, checkpoint.args, {k: v.detach().clone() for k, v in model.state_dict().items()}, "meta")
+        write_checkpoint(tmp, checkpoint.args, {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}, "meta")
         shutil.copyfile(tokenizer, tmp / TOKENIZER)

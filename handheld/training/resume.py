@@ -58,7 +58,7 @@ def start_or_resume(output: Path, resume: bool, print_fingerprint: str) -> dict 
     if not state_path.exists():
         raise HandheldError(f"--resume: no saved state at {state_path}")
     try:
-        state = torch.load(state_path, weights_only=True)
+        state = torch.load(state_path, weights_only=True, map_location="cpu")
     except Exception as e:  # a parse boundary: a damaged or foreign file can raise many types
         raise HandheldError(f"--resume: {state_path} is damaged ({e.__class__.__name__}); delete it to start over") from None
     if not isinstance(state, dict) or state.get("fingerprint") != print_fingerprint:

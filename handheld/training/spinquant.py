@@ -17,17 +17,17 @@ from torch import nn
 
 from handheld.core.checkpoints import Checkpoint, build_model, read_checkpoint
 from handheld.core.config import QuantizationArgs
-from handheld.quant.fake_quant import prepare_fake_quant
-from handheld.quant.gptq import HessianCollector, gptq_quantize
-from handheld.quant.linears import block_linears, check_group_size
+from handheld.quant.fake_quant import prepare_activation_fake_quant, prepare_fake_quant
+from handheld.quant.gptq import sequential_gptq
+from handheld.quant.linears import check_group_size
 from handheld.quant.mobile_8da4w import quantize_8da4w
 from handheld.quant.spinquant import (Rotations, apply_rotations, check_rotatable, fold_norms, initial_rotations,
                                       rotatable_state)
-from handheld.quant.spinquant_r4 import fold_r4
+from handheld.quant.spinquant_r4 import fold_r4, unfold_r4
 from handheld.training.calibration import batch_at, choose_samples, text_sequences
 from handheld.training.cayley import LearnState, learn_rotations
 from handheld.training.common import (check_ids_fit, job_tokenizer, job_tokenizer_path, progress_bar, require_float,
-                                      write_quantized_output)
+                                      write_float_output, write_quantized_output)
 from handheld.training.distributed import Group
 from handheld.training.options import SpinQuantOptions
 from handheld.training.resume import discard_state, fingerprint, save_state, start_or_resume, weights_digest
@@ -44,22 +44,27 @@ class SpinQuantResult:
 def run_spinquant(options: SpinQuantOptions, group: Group, progress: bool = True) -> SpinQuantResult:
     checkpoint = read_checkpoint(options.checkpoint)
     require_float(checkpoint, "SpinQuant")
-    check_rotatable(checkpoint.args)
-    sequences = _calibration(options, checkpoint)
-    base = _rotation_ready_model(checkpoint, options)
+    if options.rotations:
+        check_rotatable(checkpoint.args)
+    sequences = _calibration(options, checkpoint).to(group.device)
 
     start = time.perf_counter()
-    rotations, losses = _learn(base, sequences, options, group, progress)
+    if options.rotations:
+        base = _rotation_ready_model(checkpoint, options).to(group.device)  # folded on the CPU (float64 Hadamards)
+        rotations, losses = _learn(base, sequences, options, group, progress)
+        model = apply_rotations(base, rotations)
+    else:
+        model, losses = _plain_model(checkpoint, options).to(group.device), []
     learn_seconds = time.perf_counter() - start
 
     start = time.perf_counter()
-    quantized = _quantize(apply_rotations(base, rotations), sequences, options, group)
+    quantized = unfold_r4(model.cpu()) if options.weight_quant == "float" else _quantize(model, sequences, options, group)
     if group.is_main:
         _write(quantized, checkpoint, options)
         discard_state(options.output)  # only now: a crash in GPTQ or the write keeps the learned rotations
     group.barrier()
-    return SpinQuantResult(losses[0] if losses else None, losses[-1] if losses else None, options.steps,
-                           learn_seconds, time.perf_counter() - start)
+    return SpinQuantResult(losses[0] if losses else None, losses[-1] if losses else None,
+                           options.steps if options.rotations else 0, learn_seconds, time.perf_counter() - start)
 
 
 def _calibration(options: SpinQuantOptions, checkpoint: Checkpoint) -> torch.Tensor:
@@ -75,16 +80,27 @@ def _rotation_ready_model(checkpoint: Checkpoint, options: SpinQuantOptions) -> 
     return fold_r4(fold_norms(model)).eval()
 
 
+def _on(rotations: Rotations, device: torch.device) -> Rotations:
+    return Rotations(rotations.r1.to(device), rotations.r2.to(device))
+
+
+def _plain_model(checkpoint: Checkpoint, options: SpinQuantOptions) -> nn.Module:
+    model = build_model(checkpoint, max_seq_len=options.seq_len, full_logits=True).float()
+    check_group_size(model, options.group_size)
+    return model.eval()
+
+
 def _learn(base: nn.Module, sequences: torch.Tensor, options: SpinQuantOptions, group: Group,
            progress: bool) -> tuple[Rotations, list[float]]:
-    run_identity = fingerprint(weights=weights_digest(rotatable_state(base)), sequences=sequences, lr=options.lr, seed=options.seed,
-                         batch_size=options.batch_size, group_size=options.group_size)
+    run_identity = fingerprint(weights=weights_digest(rotatable_state(base)), sequences=sequences.cpu(), lr=options.lr, seed=options.seed,
+                                 batch_size=options.batch_size, group_size=options.group_size,
+                                 weight_quant=options.weight_quant)
     saved = start_or_resume(options.output, options.resume, run_identity)
     if saved is None:
-        state = LearnState(0, initial_rotations(base.args, options.seed))
+        state = LearnState(0, _on(initial_rotations(base.args, options.seed), group.device))
         losses: list[float] = []
     else:
-        state = LearnState(int(saved["step"]), Rotations(saved["r1"], saved["r2"]))
+        state = LearnState(int(saved["step"]), _on(Rotations(saved["r1"], saved["r2"]), group.device))
         losses = list(saved["losses"])
 
     bar = progress_bar(options.steps, "learning R1/R2", progress and group.is_main, done=state.step)
@@ -94,10 +110,14 @@ def _learn(base: nn.Module, sequences: torch.Tensor, options: SpinQuantOptions, 
         bar.update(1)
         bar.set_postfix(loss=f"{loss:.4f}")
         if group.is_main and (new_state.step % options.save_every == 0 or new_state.step == options.steps):
-            save_state(options.output, {"fingerprint": run_identity, "step": new_state.step, "r1": new_state.rotations.r1,
-                                        "r2": new_state.rotations.r2, "losses": losses})
+            save_state(options.output, {"fingerprint": run_identity, "step": new_state.step, "r1": new_state.rotations.r1.cpu(),
+                                        "r2": new_state.rotations.r2.cpu(), "losses": losses})
 
-    fake_quant_model = prepare_fake_quant(copy.deepcopy(base), options.group_size)
+    # The paper's GPTQ variant learns the rotations under activation quantization only: GPTQ then fits the weights.
+    if options.weight_quant == "gptq":
+        fake_quant_model = prepare_activation_fake_quant(copy.deepcopy(base))
+    else:
+        fake_quant_model = prepare_fake_quant(copy.deepcopy(base), options.group_size)
     state = learn_rotations(fake_quant_model, state, options.steps, options.lr,
                             lambda step: batch_at(sequences, step, options.batch_size, options.seed), group, on_step)
     bar.close()
@@ -106,38 +126,24 @@ def _learn(base: nn.Module, sequences: torch.Tensor, options: SpinQuantOptions, 
 
 
 def _quantize(rotated: nn.Module, sequences: torch.Tensor, options: SpinQuantOptions, group: Group) -> nn.Module:
-    """8da4w of the rotated model; with GPTQ, the 4-bit block linears' integers and scales replaced."""
-    hessians = _collect_hessians(rotated, sequences, options, group) if options.weight_quant == "gptq" else None
+    """8da4w of the rotated model; with GPTQ (block by block through the quantized prefix), the 4-bit block
+    linears' integers and scales replaced by GPTQ's."""
     gptq_results = {}
-    if hessians is not None:
-        linears = block_linears(rotated)
-        bar = progress_bar(len(linears), "GPTQ", group.is_main, unit="linear")
-        for name, linear in linears.items():
-            gptq_results[name] = gptq_quantize(linear.weight.detach(), hessians[name], options.group_size)
-            bar.update(1)
-        bar.close()
-    quantized = quantize_8da4w(rotated, group_size=options.group_size)
+    if options.weight_quant == "gptq":
+        mine = sequences[group.rank :: group.world]
+        gptq_results = sequential_gptq(rotated, mine, options.group_size, options.batch_size, reduce=group.sum_)
+    quantized = quantize_8da4w(rotated.cpu(), group_size=options.group_size)  # torchao's CPU layout, as shipped
     with torch.no_grad():
         for name, (values, scales) in gptq_results.items():
             weight = quantized.get_submodule(name).weight
-            weight.qdata.copy_(values)
-            weight.scale.copy_(scales.reshape(weight.scale.shape))
+            weight.qdata.copy_(values.cpu())
+            weight.scale.copy_(scales.cpu().reshape(weight.scale.shape))
     return quantized
 
 
-def _collect_hessians(model: nn.Module, sequences: torch.Tensor, options: SpinQuantOptions,
-                      group: Group) -> dict[str, torch.Tensor]:
-    """GPTQ's calibration pass: X^T X of every block linear's input in the rotated float model."""
-    collector = HessianCollector(block_linears(model))
-    mine = sequences[group.rank :: group.world]
-    with torch.no_grad():
-        for start in range(0, mine.shape[0], options.batch_size):
-            model.forward_batch(mine[start : start + options.batch_size])
-    collector.close()
-    return {name: group.sum_(h) for name, h in collector.hessians.items()}
-
-
 def _write(quantized: nn.Module, checkpoint: Checkpoint, options: SpinQuantOptions) -> None:
-    quant = QuantizationArgs(group_size=options.group_size, spinquant=True)
+    if options.weight_quant == "float":  # rotated float weights, for NPU schemes
+        return write_float_output(options.output, checkpoint.args, quantized, job_tokenizer_path(options.tokenizer, checkpoint))
+    quant = QuantizationArgs(group_size=options.group_size, spinquant=options.rotations)
     args = dataclasses.replace(checkpoint.args, quantization_args=quant)
     write_quantized_output(options.output, args, quantized, job_tokenizer_path(options.tokenizer, checkpoint))

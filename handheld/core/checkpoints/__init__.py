@@ -121,11 +121,13 @@ def validate_state(args: ModelArgs, state: dict[str, torch.Tensor], tied: bool) 
             raise HandheldError(f"tensor {name} has dtype {state[name].dtype}; a float checkpoint was expected")
 
 
-def build_model(checkpoint: Checkpoint, max_seq_len: int = MAX_SEQ_LEN, full_logits: bool = True) -> Transformer:
+def build_model(checkpoint: Checkpoint, max_seq_len: int = MAX_SEQ_LEN, full_logits: bool = True,
+                mask_value: float = float("-inf")) -> Transformer:
     """The float model of a float checkpoint (pre-quantized ones are built by `handheld.quant.schemes`)."""
     if checkpoint.prequantized:
         raise HandheldError(f"{checkpoint.path} is pre-quantized ({checkpoint.kind}); a float checkpoint is needed here")
-    model = Transformer(checkpoint.args, max_seq_len=max_seq_len, full_logits=full_logits, tied=checkpoint.tied)
+    model = Transformer(checkpoint.args, max_seq_len=max_seq_len, full_logits=full_logits, tied=checkpoint.tied,
+                        mask_value=mask_value)
     state = {name: t.float() for name, t in checkpoint.state.items()}
     model.load_state_dict(state, strict=not checkpoint.tied)
     return model.eval()
@@ -136,10 +138,11 @@ def load_model(directory: str | Path, max_seq_len: int = MAX_SEQ_LEN, full_logit
 
 
 def random_state(args: ModelArgs, seed: int, dtype: torch.dtype = torch.bfloat16) -> dict[str, torch.Tensor]:
-    """Llama-like random weights (std 0.02, unit norms), tied embedding; values don't matter for speed."""
+    """Llama-like random weights (std 0.02, unit norms), tied embedding unless the unembedding is pruned;
+    values don't matter for speed."""
     generator = torch.Generator().manual_seed(seed)
     state = {}
-    for name, shape in expected_shapes(args, tied=True).items():
+    for name, shape in expected_shapes(args, tied=args.output_token_ids is None).items():
         if name.endswith("norm.weight"):
             state[name] = torch.ones(shape, dtype=dtype)
         else:
