@@ -1,6 +1,7 @@
 """Quantize and calibrate anywhere, lower where the vendor SDK lives: handheld's NPU flow.
 
-checkpoint -> the model's NPU variant (a fixed token count, a finite attention mask) -> torch.export -> the
+checkpoint -> the model's NPU variant (a finite attention mask, single-op norms), traced with a fixed token
+count -> torch.export -> the
 backend's PT2E quantizer -> calibration on text -> convert (a graph of quantize/dequantize pairs around float
 ops) -> a `.pt2` artefact (`torch.export.save`, handheld's metadata inside). `handheld eval` runs that graph
 on the CPU, which computes what the NPU's integer kernels will up to their rounding; `handheld export`
@@ -26,7 +27,6 @@ from handheld.export.backends import BACKENDS, Backend, get_backend
 from handheld.export.backends.npu import NpuScheme
 from handheld.export.metadata import program_metadata
 
-NPU_MASK_VALUE = -255.0  # Qualcomm's static Llama masks with -255: exp(-255) is 0 in float, and 16 bits hold it
 ARTEFACT_SUFFIX = ".pt2"
 _META_FILE = "handheld.json"
 
@@ -97,7 +97,7 @@ def quantize_checkpoint(path: Path, options: NpuOptions, calibration: torch.Tens
     if checkpoint.prequantized:
         raise HandheldError(f"{path} is pre-quantized ({checkpoint.kind}); NPU schemes start from float weights "
                             "(for SpinQuant: `handheld spinquant --weight-quant float`)")
-    model = build_model(checkpoint, max_seq_len=options.seq_len, full_logits=True, mask_value=NPU_MASK_VALUE)
+    model = build_model(checkpoint, max_seq_len=options.seq_len, full_logits=True, npu=True)
     log(f"quantizing for {backend.name} {scheme.name} ({chip}) on {calibration.shape[0]} calibration sequences")
     program = quantize_model(model, scheme.quantizer(chip), calibration)
     resolved = dataclasses.replace(options, scheme=scheme.name, chip=chip)

@@ -132,23 +132,18 @@ def finetune_job(model: Path, data: Path, out: Path, seed: int, budget: Budget, 
 def plan(seeds: list[int], budget: Budget, model: Path, calib: Path, work: Path):
     """(recipe, seed, job producing a checkpoint or None, checkpoint to score, scheme to score it under)."""
     rows = [("float", 0, None, model, "fp32"), ("rtn", 0, None, model, "8da4w")]
-    later = []  # SpinQuant and GPTQ last: per-sequence rotation gradients and GPTQ's calibration are the slow jobs
-    for seed in seeds:
+    for seed in seeds:  # every recipe for one seed before the next seed: a cut-short run still compares them all
         sq = lambda wq, rot, out, s=seed: (lambda: spinquant_job(model, calib, out, s, budget, wq, rot))  # noqa: E731
         ft = lambda phase, out, s=seed: (lambda: finetune_job(model, calib, out, s, budget, phase))  # noqa: E731
         rows += [
             ("float-ft", seed, ft("float", work / f"ft_{seed}"), work / f"ft_{seed}", "fp32"),
             ("float-ft-rtn", seed, ft("float", work / f"ft_{seed}"), work / f"ft_{seed}", "8da4w"),
             ("qat-lora", seed, ft("both", work / f"qat_lora_{seed}"), work / f"qat_lora_{seed}", None),
+            ("gptq", seed, sq("gptq", False, work / f"gptq_{seed}"), work / f"gptq_{seed}", None),
+            ("spinquant-rtn", seed, sq("rtn", True, work / f"sq_rtn_{seed}"), work / f"sq_rtn_{seed}", None),
+            ("spinquant-gptq", seed, sq("gptq", True, work / f"sq_gptq_{seed}"), work / f"sq_gptq_{seed}", None),
             ("qat", seed, ft("qat", work / f"qat_{seed}"), work / f"qat_{seed}", None),
         ]
-        later += [
-            ("spinquant-rtn", seed, sq("rtn", True, work / f"sq_rtn_{seed}"), work / f"sq_rtn_{seed}", None),
-            ("gptq", seed, sq("gptq", False, work / f"gptq_{seed}"), work / f"gptq_{seed}", None),
-            ("spinquant-gptq", seed, sq("gptq", True, work / f"sq_gptq_{seed}"), work / f"sq_gptq_{seed}", None),
-        ]
-    order = {"spinquant-rtn": 0, "gptq": 1, "spinquant-gptq": 2}
-    rows += sorted(later, key=lambda row: (order[row[0]], row[1]))
     return rows
 
 

@@ -10,9 +10,9 @@ with PyTorch's PT2E machinery, configured the same way:
   4-bit affine in [-8, 7] (W4);
 - ops outside its annotator's list (softmax, rsqrt, reshapes, cache writes) stay float, as there; integer
   arithmetic (the positions' additions) is left alone, which its annotator does not check.
-Its SDPA decomposition pass is not needed (handheld's model has no SDPA op) and its RMSNorm pattern does
-not match handheld's norm (a mean written as a linear), so the norm's steps are quantized one by one, as
-MediaTek's quantizer would also do on this graph.
+Its SDPA decomposition pass is not needed (handheld's model has no SDPA op). Its RMSNorm pattern
+(x * rsqrt(mean(x*x) + eps), only the output quantized) is the NPU variant's single `rms_norm` op here, whose
+output alone is quantized; the gain inside it is a float multiply there, part of the op here.
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ PLATFORMS = {
 OUTPUT_OPS = (  # ops whose output its annotator quantizes (annotator.py's `annotate_output_qspec` list)
     "add.Scalar", "add.Tensor", "bmm.default", "div.Scalar", "div.Tensor", "gelu.default", "layer_norm.default",
     "matmul.default", "mul.Scalar", "mul.Tensor", "pow.Tensor_Scalar", "rsub.Scalar", "silu.default",
-    "sub.Scalar", "sub.Tensor",
+    "sub.Scalar", "sub.Tensor", "rms_norm.default",  # the last: its RMSNorm pattern, as one op
 )
 AFFINE_OPS = ("linear.default", "conv1d.default", "conv2d.default")
 

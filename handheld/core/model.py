@@ -10,8 +10,10 @@
 - No Python branches on tensor values: positions index the tables, the mask and the cache.
 - Cache slots past the current position are masked out; like ExecuTorch's own non-custom-op cache,
   this relies on the runtime handing out zeroed planned memory (so 0 * slot is never NaN).
-- NPU variant (options, not a copy): traced with a fixed token count (static shapes) and a finite
-  `mask_value`, since an NPU's integer activations cannot hold -inf (Qualcomm's static Llama masks with -255).
+- NPU variant (`npu=True`, an option, not a copy; traced with a fixed token count by handheld.export.npu):
+  a finite mask (-255, as Qualcomm's static Llama: integer activations cannot hold -inf) and each RMSNorm as
+  one `rms_norm` op, which NPU quantizers keep whole (quantized alone, the square of a residual stream with
+  massive activations, ~2e4 in SmolLM2, would not fit 16 bits).
 """
 
 from __future__ import annotations
@@ -25,6 +27,8 @@ from torch import nn
 from handheld.core.config import ModelArgs
 from handheld.core.defaults import MAX_SEQ_LEN
 from handheld.core.hadamard import apply_hadamard, hadamard_factors
+
+NPU_MASK_VALUE = -255.0  # exp(-255) is 0 in float32, and 16-bit activations hold it
 
 
 def rope_frequencies(args: ModelArgs) -> torch.Tensor:
@@ -62,15 +66,18 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, swap: torc
 
 
 class RMSNorm(nn.Module):
-    def __init__(self, dim: int, eps: float):
+    def __init__(self, dim: int, eps: float, single_op: bool = False):
         super().__init__()
         self.eps = eps
+        self.single_op = single_op  # NPUs: one op (see the module docstring)
         self.weight = nn.Parameter(torch.ones(dim))
         # The mean of squares as a constant linear: XNNPACK takes a linear (not a last-axis mean), so the
         # norm stays inside its neighbours' partition.
         self.register_buffer("mean_weight", torch.full((1, dim), 1.0 / dim), persistent=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.single_op:
+            return F.rms_norm(x.float(), (x.shape[-1],), self.weight.float(), self.eps).type_as(x)
         x_float = x.float()
         normed = x_float * torch.rsqrt(F.linear(x_float * x_float, self.mean_weight.float()) + self.eps)
         return normed.type_as(x) * self.weight
@@ -147,12 +154,12 @@ class FeedForward(nn.Module):
 
 
 class TransformerBlock(nn.Module):
-    def __init__(self, args: ModelArgs, max_seq_len: int):
+    def __init__(self, args: ModelArgs, max_seq_len: int, npu: bool = False):
         super().__init__()
         self.attention = Attention(args, max_seq_len)
         self.feed_forward = FeedForward(args.dim, args.ffn_hidden_dim)
-        self.attention_norm = RMSNorm(args.dim, args.norm_eps)
-        self.ffn_norm = RMSNorm(args.dim, args.norm_eps)
+        self.attention_norm = RMSNorm(args.dim, args.norm_eps, single_op=npu)
+        self.ffn_norm = RMSNorm(args.dim, args.norm_eps, single_op=npu)
 
     def forward(self, x, positions, cos, sin, mask, swap):
         h = x + self.attention(self.attention_norm(x), positions, cos, sin, mask, swap)
@@ -167,16 +174,16 @@ class Transformer(nn.Module):
     """Llama 3.2. `output` shares `tok_embeddings`' weight unless the checkpoint has its own."""
 
     def __init__(self, args: ModelArgs, max_seq_len: int = MAX_SEQ_LEN, full_logits: bool = True, tied: bool = True,
-                 mask_value: float = float("-inf")):
+                 npu: bool = False):
         super().__init__()
         self.args = args
         self.max_seq_len = max_seq_len
-        self.mask_value = mask_value  # added to masked attention scores
+        self.mask_value = NPU_MASK_VALUE if npu else float("-inf")  # added to masked attention scores
         # Decoding only needs the last position's logits; evaluation needs all of them.
         self.full_logits = full_logits
         self.tok_embeddings = nn.Embedding(args.vocab_size, args.dim)
-        self.layers = nn.ModuleList(TransformerBlock(args, max_seq_len) for _ in range(args.n_layers))
-        self.norm = RMSNorm(args.dim, args.norm_eps)
+        self.layers = nn.ModuleList(TransformerBlock(args, max_seq_len, npu) for _ in range(args.n_layers))
+        self.norm = RMSNorm(args.dim, args.norm_eps, single_op=npu)
         # A pruned unembedding (Llama Guard 3 1B-INT4) has rows for its kept tokens only, so it cannot be tied.
         kept = args.output_token_ids
         self.output = nn.Linear(args.dim, len(kept) if kept else args.vocab_size, bias=False)

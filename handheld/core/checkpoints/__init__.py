@@ -122,12 +122,12 @@ def validate_state(args: ModelArgs, state: dict[str, torch.Tensor], tied: bool) 
 
 
 def build_model(checkpoint: Checkpoint, max_seq_len: int = MAX_SEQ_LEN, full_logits: bool = True,
-                mask_value: float = float("-inf")) -> Transformer:
+                npu: bool = False) -> Transformer:
     """The float model of a float checkpoint (pre-quantized ones are built by `handheld.quant.schemes`)."""
     if checkpoint.prequantized:
         raise HandheldError(f"{checkpoint.path} is pre-quantized ({checkpoint.kind}); a float checkpoint is needed here")
     model = Transformer(checkpoint.args, max_seq_len=max_seq_len, full_logits=full_logits, tied=checkpoint.tied,
-                        mask_value=mask_value)
+                        npu=npu)
     state = {name: t.float() for name, t in checkpoint.state.items()}
     model.load_state_dict(state, strict=not checkpoint.tied)
     return model.eval()
