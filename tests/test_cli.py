@@ -97,7 +97,7 @@ def test_params_disagreeing_with_weights(capsys, tmp_path):
 @pytest.mark.parametrize(
     "argv, pattern",
     [
-        (["init-random", "--model", "llama9"], r"unknown model 'llama9'; known models: llama3.2-1b, llama3.2-3b, smollm2-135m, tiny"),
+        (["init-random", "--model", "llama9"], r"unknown model 'llama9'; known models: llama-guard3-1b, llama3.2-1b, llama3.2-3b, smollm2-135m, tiny"),
         (["init-random", "--model", "tiny", "--format", "gguf"], r"unknown format 'gguf'; known formats: meta, hf"),
         (["export", "--checkpoint", "CKPT", "--scheme", "int2"], r"unknown scheme 'int2'; known schemes: fp32, bf16"),
         (["export", "--checkpoint", "CKPT", "--backend", "tpu"], r"unknown backend 'tpu'; known backends: xnnpack"),
