@@ -35,7 +35,7 @@ def code_digest(roots: tuple[Path, ...] | None = None) -> str:
 def export_provenance() -> dict[str, object]:
     """Cached per process: an export reads it once, a test suite many times."""
     commit, dirty = _git_state(Path(handheld.core.__file__).resolve().parents[2])
-    versions = {name: _version(name) for name in _LIBRARIES}
+    versions = {name: package_version(name) for name in _LIBRARIES}
     return {"commit": commit, "dirty": dirty, "code_digest": code_digest(), **versions}
 
 
@@ -55,7 +55,7 @@ def _git_state(root: Path) -> tuple[str, bool | None]:
     return commit.strip(), None if status is None else bool(status.strip())
 
 
-def _version(name: str) -> str:
+def package_version(name: str) -> str:
     try:
         return importlib.metadata.version(name)
     except importlib.metadata.PackageNotFoundError:

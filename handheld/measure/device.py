@@ -8,13 +8,13 @@ them against a fake `adb` (tests/test_android_runner.py). The adb path has not r
 
 from __future__ import annotations
 
-import hashlib
 import shlex
 import shutil
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
+from handheld.core.catalog import sha256_file
 from handheld.core.errors import HandheldError
 from handheld.measure.host import RELEVANT_FLAGS
 from handheld.runtime_bindings.native.run import runner_arguments, runner_result
@@ -162,14 +162,6 @@ def bundle_files(runner: Path) -> dict[str, Path]:
     for library in sorted((runner.parent / BUNDLE_LIBRARIES).iterdir()):
         files[f"{REMOTE_DIR}/{BUNDLE_LIBRARIES}/{library.name}"] = library
     return files
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 @dataclass
