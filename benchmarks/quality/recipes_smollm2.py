@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -186,16 +185,19 @@ def main() -> None:
     args = parser.parse_args()
     budget = Budget(args.ft_steps, args.sq_steps, args.sq_batch, args.sq_seq_len, args.sq_samples)
     from handheld.core.tokenizer import load_tokenizer
+    from handheld.export.provenance import export_provenance
     from handheld.measure.host import host_info
 
     model, calib, test = smollm2()
     test_ids = load_tokenizer(model).encode(test.read_text(encoding="utf-8"), bos=False)[:EVAL_TOKENS]
     args.work.mkdir(parents=True, exist_ok=True)
     report = json.loads(RESULTS.read_text()) if RESULTS.is_file() else {"rows": []}
+    report.pop("commit", None)  # recorded per row
     report.update({"model": model.name, "eval_text": "handheld/proxy/test.txt", "eval_tokens": len(test_ids),
                    "context": CONTEXT, "stride": STRIDE, "train_text": "handheld/proxy/calib.txt",
                    "budget": budget.__dict__, "ft_batch": BATCH, "ft_seq_len": SEQ_LEN, "host": host_info(),
-                   "torch_threads": torch.get_num_threads(), "commit": _commit()})
+                   "torch_threads": torch.get_num_threads()})
+    provenance = export_provenance()  # per row: a table resumed across commits says so row by row
     done = {(r["recipe"], r["seed"]) for r in report["rows"]}
     for recipe, seed, job, checkpoint, scheme in plan(args.seeds, budget, model, calib, args.work):
         if (recipe, seed) in done:
@@ -203,7 +205,8 @@ def main() -> None:
         seconds, steps, tokens = run_job(job, checkpoint) if job is not None else (0.0, 0, 0)
         started = time.perf_counter()
         row = {"recipe": recipe, "seed": seed, "perplexity": perplexity(checkpoint, scheme, test_ids),
-               "steps": steps, "tokens": tokens, "seconds": seconds, "eval_seconds": time.perf_counter() - started}
+               "steps": steps, "tokens": tokens, "seconds": seconds, "eval_seconds": time.perf_counter() - started,
+               "commit": provenance["commit"], "dirty": provenance["dirty"]}
         if args.pte and seed == args.seeds[0]:
             row["pte_perplexity"] = pte_perplexity(checkpoint, scheme, test_ids, args.work / f"{recipe}.pte")
         print(json.dumps(row), flush=True)
@@ -222,10 +225,6 @@ def run_job(job, checkpoint: Path) -> tuple[float, int, int]:
         record.write_text(json.dumps([time.perf_counter() - started, steps, tokens]))
     seconds, steps, tokens = json.loads(record.read_text())
     return seconds, steps, tokens
-
-
-def _commit() -> str:
-    return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ROOT).stdout.strip()
 
 
 def _write(report: dict) -> None:
