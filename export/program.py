@@ -115,7 +115,9 @@ def lower_to_file(
     exported = trace(model, max_seq_len)
     log(f"lowering to {backend.name} (the slow step)")
     compile_config = EdgeCompileConfig(_check_ir_validity=False)
-    lowered = to_edge_transform_and_lower(exported, partitioner=backend.partitioners(scheme), compile_config=compile_config)
+    with backend.lowering():
+        lowered = to_edge_transform_and_lower(exported, partitioner=backend.partitioners(scheme),
+                                              compile_config=compile_config)
     op_counts = count_ops(lowered.exported_program().graph_module)
     if scheme.quantized:
         check_quantized_linears_delegated(op_counts, backend.name)

@@ -7,11 +7,12 @@ An NPU backend (QNN, MediaTek) brings its own calibrated PT2E schemes, chips, SD
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, ContextManager
 
 from handheld.core.errors import HandheldError
-from handheld.export.backends import mediatek, qnn, xnnpack
+from handheld.export.backends import mediatek, qnn, xnnpack, xnnpack_passes
 from handheld.export.backends.npu import NpuSupport
 from handheld.quant.schemes import Scheme
 
@@ -22,10 +23,12 @@ class Backend:
     description: str
     partitioners: Callable[[Scheme], list[Any]] | None = None  # CPU: lowers an eager scheme's model
     npu: NpuSupport | None = None  # NPU: calibrated schemes, quantized anywhere, lowered where the SDK is
+    lowering: Callable[[], ContextManager[None]] = contextlib.nullcontext  # held while the program is lowered
 
 
 BACKENDS: dict[str, Backend] = {
-    "xnnpack": Backend("xnnpack", "XNNPACK: every Arm and x86 CPU", partitioners=xnnpack.partitioners),
+    "xnnpack": Backend("xnnpack", "XNNPACK: every Arm and x86 CPU", partitioners=xnnpack.partitioners,
+                       lowering=xnnpack_passes.pruned_passes),
     "qnn": Backend("qnn", "Qualcomm Hexagon NPU (QNN / QAIRT SDK)", npu=qnn.SUPPORT),
     "mediatek": Backend("mediatek", "MediaTek APU (NeuroPilot)", npu=mediatek.SUPPORT),
 }

@@ -1,0 +1,79 @@
+"""XNNPACK's preprocessing without the passes that cannot change a partition.
+
+ExecuTorch runs 17 passes on every XNNPACK partition, and most of them end by retracing the whole partition
+with fake tensors whether or not they changed anything: on a Llama graph that retrace, not the rewriting, is
+about half of the lowering time (measured: SmolLM2 width, 8da4w, 2 layers: 19.7 of 44 s in those passes).
+A pass whose operators are absent from a partition has nothing to rewrite, so it is skipped there. Which
+operators each pass acts on is read from its source (ExecuTorch 1.5.1); a test checks that the programs
+come out byte for byte the same as with every pass.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Callable, Iterator
+
+import torch
+
+
+def _op_name(target: object) -> str:
+    """"aten.max" for aten.max.dim: the operator without its overload (coarser, so never skips wrongly)."""
+    name = getattr(target, "__name__", str(target))
+    return ".".join(name.split(".")[:2])
+
+
+def _graph_ops(graph: torch.fx.Graph) -> set[str]:
+    return {_op_name(node.target) for node in graph.nodes if node.op == "call_function"}
+
+
+def _any_of(*ops: str) -> Callable[[set[str]], bool]:
+    return lambda present: not present.isdisjoint(ops)
+
+
+def _all_of(*ops: str) -> Callable[[set[str]], bool]:
+    return lambda present: present.issuperset(ops)
+
+
+UPSAMPLE_PATTERN_NEEDS = ("aten.upsample_bilinear2d",)
+SDPA_PATTERN_NEEDS = ("aten.bmm", "aten._softmax", "aten.where", "aten.logical_not")
+
+# Pass class name -> "this partition holds something the pass rewrites". Passes not named here always run.
+_ACTS_ON: dict[str, Callable[[set[str]], bool]] = {
+    # The two pattern-matching passes: operators every one of their patterns contains (a test reads the patterns).
+    "ConvertToUpsampleBilinear2d": _all_of(*UPSAMPLE_PATTERN_NEEDS),
+    "ConvertToSDPAPass": _all_of(*SDPA_PATTERN_NEEDS),
+    "FuseBatchNormPass": _any_of("aten.native_batch_norm", "aten._native_batch_norm_legit_no_training"),
+    "DecomposeBatchNorm": _any_of("aten.native_batch_norm", "aten._native_batch_norm_legit_no_training"),
+    "FuseActivationPass": _any_of("aten.relu", "aten.hardtanh"),
+    "DecomposeConcatenate": _any_of("aten.cat"),
+    "RemoveGetItemPass": _any_of("aten.max_pool2d_with_indices", "aten.max"),
+    "InsertPadQDQPass": _any_of("aten.constant_pad_nd"),
+    "Conv1dUnsqueezePass": _any_of("aten.convolution"),
+    "PReLUReshapePass": _any_of("aten._prelu_kernel", "aten.prelu"),
+    "RemoveRedundantCopyPass": _any_of("aten._to_copy"),
+}
+
+
+def passes_for(passes: list[type], graph: torch.fx.Graph) -> list[type]:
+    """The passes that can change this partition, in their order."""
+    present = _graph_ops(graph)
+    return [p for p in passes if _ACTS_ON.get(p.__name__, lambda _: True)(present)]
+
+
+@contextlib.contextmanager
+def pruned_passes(enabled: bool = True) -> Iterator[None]:
+    """While active, XNNPACK's preprocessing runs only `passes_for` each partition."""
+    from executorch.backends.xnnpack._passes import XNNPACKPassManager
+
+    original = XNNPACKPassManager.__init__
+
+    def init(self, exported_program, passes=None) -> None:
+        original(self, exported_program, passes)
+        self.passes = passes_for(self.passes, exported_program.graph)
+
+    if enabled:
+        XNNPACKPassManager.__init__ = init
+    try:
+        yield
+    finally:
+        XNNPACKPassManager.__init__ = original

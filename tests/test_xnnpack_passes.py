@@ -1,0 +1,52 @@
+"""Which XNNPACK passes handheld skips per partition, and why that cannot change a program."""
+
+import torch
+
+from handheld.export.backends import xnnpack_passes
+
+
+def _graph(*ops):
+    """A graph calling each op once on one input."""
+    graph = torch.fx.Graph()
+    x = graph.placeholder("x")
+    for op in ops:
+        x = graph.call_function(op, (x,))
+    graph.output(x)
+    return graph
+
+
+def test_pattern_passes_need_operators_every_pattern_holds():
+    """The two subgraph-matching passes are skipped when an operator that every one of their patterns contains
+    is absent: read from ExecuTorch's own patterns, so a new pattern without it fails here."""
+    from executorch.backends.xnnpack.partition.graphs import bilinear_2d, sdpa
+
+    for needs, graphs in ((xnnpack_passes.UPSAMPLE_PATTERN_NEEDS, list(bilinear_2d.get_graphs_dict())),
+                          (xnnpack_passes.SDPA_PATTERN_NEEDS, sdpa.get_graphs())):
+        assert graphs
+        for pattern in graphs:
+            assert set(needs) <= xnnpack_passes._graph_ops(pattern.graph)
+
+
+def test_passes_kept_in_order_and_only_skipped_without_their_operators():
+    from executorch.backends.xnnpack._passes import XNNPACKPassManager
+    from executorch.exir.dialects._ops import ops as exir_ops
+
+    every = XNNPACKPassManager(None).passes  # the default list, in ExecuTorch's order
+    plain = xnnpack_passes.passes_for(every, _graph(exir_ops.edge.aten.linear.default))
+    names = [p.__name__ for p in plain]
+    assert names == [p.__name__ for p in every if p.__name__ not in xnnpack_passes._ACTS_ON]
+    assert "ConvertToLinearPass" in names and "FuseActivationPass" not in names
+    with_relu = xnnpack_passes.passes_for(every, _graph(exir_ops.edge.aten.linear.default, exir_ops.edge.aten.relu.default))
+    assert "FuseActivationPass" in [p.__name__ for p in with_relu]
+    assert xnnpack_passes.passes_for(every, _graph(exir_ops.edge.aten.max.dim)) != plain  # overloads are coarsened
+
+
+def test_the_patch_is_undone():
+    from executorch.backends.xnnpack._passes import XNNPACKPassManager
+
+    original = XNNPACKPassManager.__init__
+    with xnnpack_passes.pruned_passes():
+        assert XNNPACKPassManager.__init__ is not original
+    assert XNNPACKPassManager.__init__ is original
+    with xnnpack_passes.pruned_passes(enabled=False):
+        assert XNNPACKPassManager.__init__ is original
