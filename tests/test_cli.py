@@ -63,6 +63,16 @@ def test_help_explains_every_command():
         assert command in result.stdout
 
 
+def test_export_help_names_every_scheme_and_backend():
+    from handheld.export.backends import BACKENDS
+    from handheld.quant.schemes import SCHEMES
+
+    result = subprocess.run([sys.executable, "-m", "handheld", "export", "--help"], capture_output=True, text=True)
+    text = " ".join(result.stdout.split())  # argparse wraps lines
+    for name in [*SCHEMES, *BACKENDS]:
+        assert f" {name} " in text or f" {name}," in text or f" {name};" in text or f" {name}:" in text, name
+
+
 def test_missing_checkpoint(capsys, tmp_path):
     code, _, err = run_cli(capsys, "export", "--checkpoint", str(tmp_path / "nope"), "-o", str(tmp_path / "m.pte"))
     assert_clean_error(code, err, r"checkpoint .*nope not found")

@@ -19,7 +19,8 @@ HELP = "lower a checkpoint to an ExecuTorch .pte"
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--checkpoint", required=True, help="Meta or Hugging Face checkpoint directory, or a .gguf file; "
                    "for NPU backends also a .pt2 from `handheld quantize`")
-    p.add_argument("--scheme", help="numeric scheme: fp32 (default), bf16, 8da4w (Llama 3.2 mobile 4-bit); "
+    p.add_argument("--scheme", help="numeric scheme: fp32 (default), bf16, fp16, 8da4w (Llama 3.2 mobile 4-bit), "
+                   "8da4w-c4 (8da4w with a 4-bit classifier, like ExecuTorch's export_llm); "
                    "pre-quantized checkpoints (SpinQuant, QLoRA) bring their own; qnn: 16a4w, 16a8w, 8a8w; "
                    "mediatek: a16w4, a16w8, a8w8")
     add_group_size(p)
