@@ -1,7 +1,7 @@
 """The Llama 3.2 1B shape on this machine: handheld's programs and the peers, in one run, one report.
 
 Random weights (speed does not depend on values) in the exact 1B shape. Programs, all XNNPACK:
-fp32, bf16, 8da4w (Llama 3.2 mobile scheme), the SpinQuant layout (8da4w + online R4 Hadamard) and the
+fp32, bf16, fp16 (stays 16-bit on x86), 8da4w (Llama 3.2 mobile scheme), 8da4w-c4 (its 4-bit classifier), the SpinQuant layout (8da4w + online R4 Hadamard) and the
 QLoRA layout (8da4w + unmerged rank-16 adapters); peers on the same checkpoint and threads: ExecuTorch's
 own `export_llm` recipe (8da4w g32, 8-bit embedding, custom SDPA and KV-cache ops) and llama.cpp Q4_0
 (via llama-cpp-python; skipped with a message when it is not installed). Every program is measured by
@@ -27,7 +27,7 @@ import torch
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
-SCHEMES = ("fp32", "bf16", "8da4w")
+SCHEMES = ("fp32", "bf16", "fp16", "8da4w", "8da4w-c4")
 LAYOUTS = ("spinquant", "qlora")
 ET_RECIPE = "executorch_recipe"
 
