@@ -81,9 +81,10 @@ def export_checkpoint(
         log(note)
     options = scheme_options(scheme_name, group_size, checkpoint)
     prepared = prepare_model(checkpoint, scheme_name, options, max_seq_len=max_seq_len, full_logits=full_logits)
-    model, scheme = prepared.model, prepared.scheme
+    model, scheme, args = prepared.model, prepared.scheme, checkpoint.args
+    del checkpoint  # its tensors (often a memory-mapped file) are freed once the model no longer needs them
     metadata = program_metadata(
-        checkpoint.args, max_seq_len=max_seq_len, bos_id=bos_id, eos_ids=eos_ids, scheme=prepared.label,
+        args, max_seq_len=max_seq_len, bos_id=bos_id, eos_ids=eos_ids, scheme=prepared.label,
         backend=backend.name, full_logits=full_logits, group_size=prepared.group_size,
         weight_bytes=weight_bytes_by_kind(model),
     )

@@ -43,7 +43,30 @@ def quantize_8da4w(model: nn.Module, group_size: int = GROUP_SIZE, classifier_bi
     check_group_size(model, group_size)
     if classifier_bits == 4 and model.output.in_features % group_size:
         raise HandheldError(f"--group-size {group_size} does not divide the classifier's input width {model.output.in_features}")
-    model = untie_embedding(model)
+    model = untie_embedding(_widen_unquantized(model))
     for config, selects in scheme_configs(group_size, classifier_bits):
-        quantize_(model, config, filter_fn=selects)
+        quantize_(model, config, filter_fn=_widened_when_selected(selects))
     return model
+
+
+def _widen_unquantized(model: nn.Module) -> nn.Module:
+    """float32 for what stays float (norm gains); the weights torchao quantizes are widened one by one."""
+    for module in model.modules():
+        if isinstance(module, (nn.Linear, nn.Embedding)):
+            continue
+        for name, param in module.named_parameters(recurse=False):
+            if param.dtype != torch.float32:
+                setattr(module, name, nn.Parameter(param.detach().float(), requires_grad=param.requires_grad))
+    return model
+
+
+def _widened_when_selected(selects: Callable[[nn.Module, str], bool]) -> Callable[[nn.Module, str], bool]:
+    """torchao asks this right before quantizing a module: widen its weight to float32 then, so a 16-bit
+    checkpoint never becomes a whole float32 model (the scheme's math is on float32 weights, as before)."""
+    def select(module: nn.Module, name: str) -> bool:
+        if not selects(module, name):
+            return False
+        if module.weight.dtype != torch.float32:
+            module.weight = nn.Parameter(module.weight.detach().float(), requires_grad=module.weight.requires_grad)
+        return True
+    return select

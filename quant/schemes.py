@@ -38,7 +38,7 @@ def _to_fp32(model: nn.Module, options: SchemeOptions) -> nn.Module:
 
 
 def _to_8da4w(model: nn.Module, options: SchemeOptions) -> nn.Module:
-    return quantize_8da4w(model.float(), group_size=options.group_size)
+    return quantize_8da4w(model, group_size=options.group_size)
 
 
 def _to_bf16(model: nn.Module, options: SchemeOptions) -> nn.Module:
@@ -50,7 +50,7 @@ def _to_fp16(model: nn.Module, options: SchemeOptions) -> nn.Module:
 
 
 def _to_8da4w_c4(model: nn.Module, options: SchemeOptions) -> nn.Module:
-    return quantize_8da4w(model.float(), group_size=options.group_size, classifier_bits=4)
+    return quantize_8da4w(model, group_size=options.group_size, classifier_bits=4)
 
 
 def _to_16_bit(model: nn.Module, dtype: torch.dtype) -> nn.Module:
@@ -120,7 +120,8 @@ def prepare_model(checkpoint: Checkpoint, requested: str | None, options: Scheme
             )
         model = build_prequantized_model(checkpoint.args, checkpoint.state, max_seq_len, full_logits)
         return PreparedModel(model, get_scheme("8da4w"), checkpoint.kind, quant.group_size)
-    model = build_model(checkpoint, max_seq_len=max_seq_len, full_logits=full_logits)
+    # The checkpoint's own dtype: each scheme widens or narrows (8da4w one weight at a time, so 3B fits).
+    model = build_model(checkpoint, max_seq_len=max_seq_len, full_logits=full_logits, dtype=None)
     scheme = get_scheme(requested or "fp32")
     return PreparedModel(scheme.transform(model, options), scheme, scheme.name, options.group_size if scheme.quantized else None)
 

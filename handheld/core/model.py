@@ -84,15 +84,15 @@ class RMSNorm(nn.Module):
 
 
 class Attention(nn.Module):
-    def __init__(self, args: ModelArgs, max_seq_len: int):
+    def __init__(self, args: ModelArgs, max_seq_len: int, weights_device: torch.device | str | None = None):
         super().__init__()
         self.n_heads = args.n_heads
         self.n_kv_heads = args.kv_heads
         self.head_dim = args.attn_head_dim
-        self.wq = nn.Linear(args.dim, self.n_heads * self.head_dim, bias=False)
-        self.wk = nn.Linear(args.dim, self.n_kv_heads * self.head_dim, bias=False)
-        self.wv = nn.Linear(args.dim, self.n_kv_heads * self.head_dim, bias=False)
-        self.wo = nn.Linear(self.n_heads * self.head_dim, args.dim, bias=False)
+        self.wq = nn.Linear(args.dim, self.n_heads * self.head_dim, bias=False, device=weights_device)
+        self.wk = nn.Linear(args.dim, self.n_kv_heads * self.head_dim, bias=False, device=weights_device)
+        self.wv = nn.Linear(args.dim, self.n_kv_heads * self.head_dim, bias=False, device=weights_device)
+        self.wo = nn.Linear(self.n_heads * self.head_dim, args.dim, bias=False, device=weights_device)
         # No batch axis: ExecuTorch's in-place index_put needs values with the cache's rank.
         cache_shape = (self.n_kv_heads, max_seq_len, self.head_dim)
         self.register_buffer("k_cache", torch.zeros(cache_shape), persistent=False)
@@ -131,11 +131,11 @@ class Attention(nn.Module):
 
 
 class FeedForward(nn.Module):
-    def __init__(self, dim: int, hidden_dim: int):
+    def __init__(self, dim: int, hidden_dim: int, weights_device: torch.device | str | None = None):
         super().__init__()
-        self.w1 = nn.Linear(dim, hidden_dim, bias=False)
-        self.w2 = nn.Linear(hidden_dim, dim, bias=False)
-        self.w3 = nn.Linear(dim, hidden_dim, bias=False)
+        self.w1 = nn.Linear(dim, hidden_dim, bias=False, device=weights_device)
+        self.w2 = nn.Linear(hidden_dim, dim, bias=False, device=weights_device)
+        self.w3 = nn.Linear(dim, hidden_dim, bias=False, device=weights_device)
         # SpinQuant's R4: an online Hadamard on the down projection's input (its inverse is in w2).
         self.online_hadamard = False
 
@@ -154,10 +154,11 @@ class FeedForward(nn.Module):
 
 
 class TransformerBlock(nn.Module):
-    def __init__(self, args: ModelArgs, max_seq_len: int, npu: bool = False):
+    def __init__(self, args: ModelArgs, max_seq_len: int, npu: bool = False,
+                 weights_device: torch.device | str | None = None):
         super().__init__()
-        self.attention = Attention(args, max_seq_len)
-        self.feed_forward = FeedForward(args.dim, args.ffn_hidden_dim)
+        self.attention = Attention(args, max_seq_len, weights_device)
+        self.feed_forward = FeedForward(args.dim, args.ffn_hidden_dim, weights_device)
         self.attention_norm = RMSNorm(args.dim, args.norm_eps, single_op=npu)
         self.ffn_norm = RMSNorm(args.dim, args.norm_eps, single_op=npu)
 
@@ -174,19 +175,21 @@ class Transformer(nn.Module):
     """Llama 3.2. `output` shares `tok_embeddings`' weight unless the checkpoint has its own."""
 
     def __init__(self, args: ModelArgs, max_seq_len: int = MAX_SEQ_LEN, full_logits: bool = True, tied: bool = True,
-                 npu: bool = False):
+                 npu: bool = False, weights_device: torch.device | str | None = None):
+        """`weights_device="meta"`: the linears and the embedding get no storage (a checkpoint's tensors are
+        then assigned with `load_state_dict(..., assign=True)`: no random init, no second copy)."""
         super().__init__()
         self.args = args
         self.max_seq_len = max_seq_len
         self.mask_value = NPU_MASK_VALUE if npu else float("-inf")  # added to masked attention scores
         # Decoding only needs the last position's logits; evaluation needs all of them.
         self.full_logits = full_logits
-        self.tok_embeddings = nn.Embedding(args.vocab_size, args.dim)
-        self.layers = nn.ModuleList(TransformerBlock(args, max_seq_len, npu) for _ in range(args.n_layers))
+        self.tok_embeddings = nn.Embedding(args.vocab_size, args.dim, device=weights_device)
+        self.layers = nn.ModuleList(TransformerBlock(args, max_seq_len, npu, weights_device) for _ in range(args.n_layers))
         self.norm = RMSNorm(args.dim, args.norm_eps, single_op=npu)
         # A pruned unembedding (Llama Guard 3 1B-INT4) has rows for its kept tokens only, so it cannot be tied.
         kept = args.output_token_ids
-        self.output = nn.Linear(args.dim, len(kept) if kept else args.vocab_size, bias=False)
+        self.output = nn.Linear(args.dim, len(kept) if kept else args.vocab_size, bias=False, device=weights_device)
         if tied and not kept:
             self.output.weight = self.tok_embeddings.weight
         if kept:

@@ -122,14 +122,23 @@ def validate_state(args: ModelArgs, state: dict[str, torch.Tensor], tied: bool) 
 
 
 def build_model(checkpoint: Checkpoint, max_seq_len: int = MAX_SEQ_LEN, full_logits: bool = True,
-                npu: bool = False) -> Transformer:
-    """The float model of a float checkpoint (pre-quantized ones are built by `handheld.quant.schemes`)."""
+                npu: bool = False, dtype: torch.dtype | None = torch.float32) -> Transformer:
+    """The float model of a float checkpoint (pre-quantized ones are built by `handheld.quant.schemes`), its
+    weights copied to `dtype`. `dtype=None` takes the checkpoint's tensors as they are, without a copy: a
+    quantizing export then widens one weight at a time, so the float model never exists whole (3B fits)."""
     if checkpoint.prequantized:
         raise HandheldError(f"{checkpoint.path} is pre-quantized ({checkpoint.kind}); a float checkpoint is needed here")
     model = Transformer(checkpoint.args, max_seq_len=max_seq_len, full_logits=full_logits, tied=checkpoint.tied,
-                        npu=npu)
-    state = {name: t.float() for name, t in checkpoint.state.items()}
-    model.load_state_dict(state, strict=not checkpoint.tied)
+                        npu=npu, weights_device="meta")
+    state = checkpoint.state
+    if dtype is not None:  # a copy even when the dtype matches: training must not write into the checkpoint
+        state = {name: t.to(dtype, copy=True) for name, t in state.items()}
+    model.load_state_dict(state, strict=not checkpoint.tied, assign=True)
+    if model.output.weight.is_meta:  # tied: assigning the embedding replaced the shared parameter
+        model.output.weight = model.tok_embeddings.weight
+    unloaded = [name for name, param in model.named_parameters() if param.is_meta]
+    if unloaded:
+        raise HandheldError(f"{checkpoint.path} has no tensor for {', '.join(unloaded[:5])}")
     return model.eval()
 
 
