@@ -53,16 +53,16 @@ def main() -> None:
     from handheld.core.tokenizer import load_tokenizer
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--work", type=Path, required=True, help="the recipe benchmark's work folder")
+    parser.add_argument("--work", type=Path, nargs="+", required=True, help="the recipe benchmark's work folder(s)")
     args = parser.parse_args()
     model, _, test = smollm2()
     test_ids = load_tokenizer(model).encode(test.read_text(encoding="utf-8"), bos=False)[:EVAL_TOKENS]
     rows = []
-    for checkpoint in sorted(args.work.glob("qat_lora_[0-9]")):
+    for checkpoint in sorted(c for work in args.work for c in work.glob("qat_lora_[0-9]")):
         seed = int(checkpoint.name.rsplit("_", 1)[1])
         lora = read_checkpoint(checkpoint).args.lora_args
         row = {"seed": seed, "with_adapters": perplexity(checkpoint, None, test_ids),
-               "without_adapters": perplexity(without_adapters(checkpoint, args.work / f"{checkpoint.name}_no_adapters"),
+               "without_adapters": perplexity(without_adapters(checkpoint, checkpoint.with_name(f"{checkpoint.name}_no_adapters")),
                                               None, test_ids),
                "lora_rank": lora.rank, "lora_scale": lora.scale,
                "median_update_ratio": adapter_update_ratio(checkpoint, lora.scale)}
