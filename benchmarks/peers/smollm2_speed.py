@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import re
 import subprocess
 import sys
 from pathlib import Path
@@ -34,15 +33,12 @@ def log(message: str) -> None:
 
 def timed_export(gguf: Path, scheme: str, pte: Path, max_seq_len: int) -> dict:
     """`handheld export` in a child under /usr/bin/time -v: its wall time and peak RSS."""
-    command = ["/usr/bin/time", "-v", "handheld", "export", "--checkpoint", str(gguf), "--scheme", scheme,
-               "--max-seq-len", str(max_seq_len), "-o", str(pte)]
-    done = subprocess.run(command, capture_output=True, text=True)
-    if done.returncode != 0:
-        raise SystemExit(f"export {scheme} failed:\n{done.stderr[-2000:]}")
-    wall = re.search(r"Elapsed \(wall clock\) time \(h:mm:ss or m:ss\): (\S+)", done.stderr).group(1)
-    seconds = sum(float(part) * 60**i for i, part in enumerate(reversed(wall.split(":"))))
-    peak_kb = int(re.search(r"Maximum resident set size \(kbytes\): (\d+)", done.stderr).group(1))
-    return {"scheme": scheme, "wall_s": seconds, "peak_rss_bytes": peak_kb * 1024, "file_bytes": pte.stat().st_size}
+    sys.path.insert(0, str(HERE.parent))
+    from export_memory import time_v
+
+    seconds, peak = time_v(["handheld", "export", "--checkpoint", str(gguf), "--scheme", scheme,
+                            "--max-seq-len", str(max_seq_len), "-o", str(pte)])
+    return {"scheme": scheme, "wall_s": seconds, "peak_rss_bytes": peak, "file_bytes": pte.stat().st_size}
 
 
 def ensure_programs(gguf: Path, work: Path, max_seq_len: int) -> tuple[list[Path], list[dict]]:
