@@ -61,6 +61,17 @@ def test_native_runner_matches_the_python_runtime(scheme, demo_report, host_runn
     assert result["peak_rss_bytes"] > result["rss_before_load_bytes"] > 0 and result["decode_tok_s"] > 0
 
 
+def test_native_runner_reads_fp16_logits(odd_fp16_pte, host_runner, tmp_path):
+    """fp16 programs return fp16 logits; the runner widens them exactly as torch does."""
+    prompt = [3, 17, 42, 250, 9]
+    logits_file = tmp_path / "logits.f32"
+    result = run.run_native(host_runner, "host", odd_fp16_pte, prompt, GEN_LEN, threads=1, logits_path=logits_file)
+    tokens, logits = python_runtime_steps(odd_fp16_pte, prompt, GEN_LEN)
+    assert result["tokens"] == tokens
+    native_logits = np.fromfile(logits_file, dtype=np.float32).reshape(GEN_LEN, -1)
+    np.testing.assert_array_equal(native_logits, logits)
+
+
 @pytest.mark.parametrize("scheme", DEMO_SCHEMES)
 def test_aarch64_runner_under_qemu_produces_the_x86_tokens(scheme, demo_report, host_runner, aarch64_runner):
     out, _ = demo_report

@@ -163,8 +163,32 @@ std::string read_metadata(Module& module, int64_t& max_seq_len, int64_t& vocab_s
   return json + "}";
 }
 
+// IEEE 754 half -> float (fp16 programs return fp16 logits).
+float half_to_float(uint16_t h) {
+  uint32_t sign = static_cast<uint32_t>(h & 0x8000u) << 16;
+  uint32_t exponent = (h >> 10) & 0x1fu, mantissa = h & 0x3ffu, bits;
+  if (exponent == 0x1f) {
+    bits = sign | 0x7f800000u | (mantissa << 13);  // inf, nan
+  } else if (exponent != 0) {
+    bits = sign | ((exponent + 112) << 23) | (mantissa << 13);
+  } else if (mantissa == 0) {
+    bits = sign;
+  } else {  // subnormal: shift until the implicit bit appears
+    uint32_t shift = 0;
+    while (!(mantissa & 0x400u)) {
+      mantissa <<= 1;
+      ++shift;
+    }
+    bits = sign | ((113 - shift) << 23) | ((mantissa & 0x3ffu) << 13);
+  }
+  float f;
+  std::memcpy(&f, &bits, sizeof f);
+  return f;
+}
+
 float to_float(const void* data, ScalarType type, int64_t i) {
   if (type == ScalarType::Float) return static_cast<const float*>(data)[i];
+  if (type == ScalarType::Half) return half_to_float(static_cast<const uint16_t*>(data)[i]);
   if (type == ScalarType::BFloat16) {
     uint32_t bits = static_cast<uint32_t>(static_cast<const uint16_t*>(data)[i]) << 16;
     float f;
