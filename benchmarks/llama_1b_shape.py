@@ -8,7 +8,7 @@ own `export_llm` recipe (8da4w g32, 8-bit embedding, custom SDPA and KV-cache op
 `handheld bench`'s machinery (fresh process per run) plus the host's memory bandwidth for the roofline;
 the 8da4w program runs a second time on handheld's native C++ runner (`--runner native`).
 
-    python benchmarks/llama_1b_shape.py --work /tmp/1b-bench          # builds what is missing (~75 min), then measures
+    python benchmarks/llama_1b_shape.py --work /tmp/1b-bench          # builds what is missing (~35 min), then measures
 
 Writes the report (report.md, charts, results.json) in benchmarks/results/llama_1b_shape/.
 """
@@ -73,7 +73,7 @@ def ensure_handheld_programs(checkpoint: Path, work: Path, max_seq_len: int) -> 
                 source, scheme = work / f"{name}_checkpoint", None
                 if not source.exists():
                     write_layout_checkpoint(checkpoint, source, name)
-            log(f"exporting {name} (the 8da4w shapes take ~13 min here)")
+            log(f"exporting {name} (about 2 min each here; fp32 and bf16 longer)")
             export_checkpoint(source, pte, scheme_name=scheme, backend_name="xnnpack", max_seq_len=max_seq_len,
                               log=lambda m, n=name: log(f"  [{n}] {m}"))
         programs.append(pte)

@@ -9,7 +9,7 @@ docs); every row is scored on its test.txt (held out by file), the same tokens, 
 
 Scored in eager PyTorch on the exact quantized model each recipe exports (its `.pte`'s oracle: the
 parity tests hold every recipe's program within 0.25x of its quantization error from it); `--pte` also
-exports and scores each recipe's first seed through its XNNPACK `.pte` (~5 min per export here).
+exports and scores each recipe's first seed through its XNNPACK `.pte` (~2-4 min per export here).
 
     python benchmarks/quality/recipes_smollm2.py --work /tmp/recipes [--seeds 0 1 2] [--pte]
 
