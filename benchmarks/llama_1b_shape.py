@@ -8,7 +8,7 @@ own `export_llm` recipe (8da4w g32, 8-bit embedding, custom SDPA and KV-cache op
 `handheld bench`'s machinery (fresh process per run) plus the host's memory bandwidth for the roofline;
 the 8da4w program runs a second time on handheld's native C++ runner (`--runner native`).
 
-    python benchmarks/llama_1b_shape.py --work /tmp/1b-bench          # builds what is missing (~35 min), then measures
+    python benchmarks/llama_1b_shape.py --work /tmp/1b-bench          # builds what is missing (~45 min), then measures
 
 Writes the report (report.md, charts, results.json) in benchmarks/results/llama_1b_shape/.
 """
