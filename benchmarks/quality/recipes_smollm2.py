@@ -198,19 +198,23 @@ def main() -> None:
                    "budget": budget.__dict__, "ft_batch": BATCH, "ft_seq_len": SEQ_LEN, "host": host_info(),
                    "torch_threads": torch.get_num_threads()})
     provenance = export_provenance()  # per row: a table resumed across commits says so row by row
-    done = {(r["recipe"], r["seed"]) for r in report["rows"]}
+    rows = {(r["recipe"], r["seed"]): r for r in report["rows"]}
     for recipe, seed, job, checkpoint, scheme in plan(args.seeds, budget, model, calib, args.work):
-        if (recipe, seed) in done:
+        row = rows.get((recipe, seed))
+        if row is None:
+            seconds, steps, tokens = run_job(job, checkpoint) if job is not None else (0.0, 0, 0)
+            started = time.perf_counter()
+            row = {"recipe": recipe, "seed": seed, "perplexity": perplexity(checkpoint, scheme, test_ids),
+                   "steps": steps, "tokens": tokens, "seconds": seconds, "eval_seconds": time.perf_counter() - started,
+                   "commit": provenance["commit"], "dirty": provenance["dirty"]}
+            report["rows"].append(row)
+        # Also for rows scored earlier, when their checkpoint is still in --work (the .pte's own figure).
+        elif not (args.pte and seed == args.seeds[0] and "pte_perplexity" not in row and checkpoint.exists()):
             continue
-        seconds, steps, tokens = run_job(job, checkpoint) if job is not None else (0.0, 0, 0)
-        started = time.perf_counter()
-        row = {"recipe": recipe, "seed": seed, "perplexity": perplexity(checkpoint, scheme, test_ids),
-               "steps": steps, "tokens": tokens, "seconds": seconds, "eval_seconds": time.perf_counter() - started,
-               "commit": provenance["commit"], "dirty": provenance["dirty"]}
-        if args.pte and seed == args.seeds[0]:
+        if args.pte and seed == args.seeds[0] and "pte_perplexity" not in row:
             row["pte_perplexity"] = pte_perplexity(checkpoint, scheme, test_ids, args.work / f"{recipe}.pte")
+            row["pte_commit"] = provenance["commit"]
         print(json.dumps(row), flush=True)
-        report["rows"].append(row)
         report["summary"] = summary(report["rows"])
         _write(report)
     print(json.dumps(report["summary"], indent=1))
