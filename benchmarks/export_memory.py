@@ -64,16 +64,16 @@ def main() -> None:
     parser.add_argument("--max-seq-len", type=int, default=128)
     parser.add_argument("--bench-runs", type=int, default=3, help="native-runner runs of each program (0: none)")
     args = parser.parse_args()
+    from handheld.core.atomic import atomic_path
+
     args.work.mkdir(parents=True, exist_ok=True)
     for item in args.run:
         model, _, scheme = item.partition(":")
         row = export_row(args.work, model, scheme or "8da4w", args.max_seq_len, args.bench_runs)
         report = json.loads(RESULTS.read_text()) if RESULTS.is_file() else {"rows": []}
         report["rows"].append(row)
-        tmp = RESULTS.with_suffix(".tmp")
-        tmp.write_text(json.dumps(report, indent=1) + "\n")
-        tmp.replace(RESULTS)
-    return None
+        with atomic_path(RESULTS) as tmp:
+            tmp.write_text(json.dumps(report, indent=1) + "\n")
 
 
 if __name__ == "__main__":
