@@ -232,9 +232,10 @@ def run_job(job, checkpoint: Path) -> tuple[float, int, int]:
 
 
 def _write(report: dict) -> None:
-    tmp = RESULTS.with_suffix(".tmp")
-    tmp.write_text(json.dumps(report, indent=1) + "\n")
-    tmp.replace(RESULTS)
+    from handheld.core.atomic import atomic_path
+
+    with atomic_path(RESULTS) as tmp:
+        tmp.write_text(json.dumps(report, indent=1) + "\n")
 
 
 if __name__ == "__main__":
