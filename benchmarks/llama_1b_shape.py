@@ -1,15 +1,17 @@
 """The Llama 3.2 1B shape on this machine: handheld's programs and the peers, in one run, one report.
 
 Random weights (speed does not depend on values) in the exact 1B shape. Programs, all XNNPACK:
-fp32, bf16, fp16 (stays 16-bit on x86), 8da4w (Llama 3.2 mobile scheme), 8da4w-c4 (its 4-bit classifier), the SpinQuant layout (8da4w + online R4 Hadamard) and the
-QLoRA layout (8da4w + unmerged rank-16 adapters); peers on the same checkpoint and threads: ExecuTorch's
-own `export_llm` recipe (8da4w g32, 8-bit embedding, custom SDPA and KV-cache ops) and llama.cpp Q4_0
-(via llama-cpp-python; skipped with a message when it is not installed). Every program is measured by
-`handheld bench`'s machinery (fresh process per run) plus the host's memory bandwidth for the roofline;
-the 8da4w program runs a second time on handheld's native C++ runner (`--runner native`).
+fp32, bf16, fp16 (stays 16-bit on x86), 8da4w (Llama 3.2 mobile scheme), 8da4w-c4 (its 4-bit classifier), the
+SpinQuant layout (8da4w + online R4 Hadamard) and the QLoRA layout (8da4w + unmerged rank-16 adapters); peers on the
+same checkpoint and threads: ExecuTorch's own `export_llm` recipe (8da4w g32 with a 4-bit classifier, 8-bit
+embedding, custom SDPA and KV-cache ops) and llama.cpp Q4_0 and F16 (via llama-cpp-python; skipped with a message
+when it is not installed). Each program is exported in a fresh process under `/usr/bin/time -v` (export wall time
+and peak RSS join the report) and measured by `handheld bench`'s machinery (fresh process per run) plus the host's
+memory bandwidth for the roofline; 8da4w and 8da4w-c4 run a second time on handheld's native C++ runner.
 
-    python benchmarks/llama_1b_shape.py --work /tmp/1b-bench          # builds what is missing (~45 min), then measures
+    python benchmarks/llama_1b_shape.py --work /tmp/1b-bench          # builds what is missing (~50 min), then measures
 
+Programs made by other code (another export-code digest) are re-exported, never mixed into the table.
 Writes the report (report.md, charts, results.json) in benchmarks/results/llama_1b_shape/.
 """
 
@@ -26,9 +28,11 @@ from pathlib import Path
 import torch
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
 RESULTS = HERE / "results"
 SCHEMES = ("fp32", "bf16", "fp16", "8da4w", "8da4w-c4")
 LAYOUTS = ("spinquant", "qlora")
+NATIVE_ROWS = ("8da4w", "8da4w-c4")  # also measured on handheld's C++ runner
 ET_RECIPE = "executorch_recipe"
 
 
@@ -58,29 +62,35 @@ def made_by_this_code(pte: Path) -> bool:
     return False
 
 
-def ensure_handheld_programs(checkpoint: Path, work: Path, max_seq_len: int) -> list[Path]:
-    from handheld.export.program import export_checkpoint
+def timed_export(command: list[str], pte: Path, exports: dict) -> None:
+    """Run one export in a fresh process under /usr/bin/time -v; its wall time and peak RSS join the report."""
+    from export_memory import time_v
 
-    sys.path.insert(0, str(HERE))
+    seconds, peak = time_v(command)
+    exports[pte.stem] = {"export_wall_s": round(seconds, 1), "export_peak_rss_bytes": peak}
+    log(f"  {pte.stem}: exported in {seconds:.0f} s, peak RSS {peak / 2**30:.2f} GiB")
+
+
+def ensure_handheld_programs(checkpoint: Path, work: Path, max_seq_len: int, exports: dict) -> list[Path]:
     from layout_decode_cost import write_layout_checkpoint
 
     programs = []
     for name in SCHEMES + LAYOUTS:
         pte = work / f"{name}.pte"
         if not made_by_this_code(pte):
-            source, scheme = checkpoint, name
-            if name in LAYOUTS:
-                source, scheme = work / f"{name}_checkpoint", None
+            source, scheme = checkpoint, ["--scheme", name]
+            if name in LAYOUTS:  # pre-quantized checkpoints bring their own scheme
+                source, scheme = work / f"{name}_checkpoint", []
                 if not source.exists():
                     write_layout_checkpoint(checkpoint, source, name)
-            log(f"exporting {name} (about 2 min each here; fp32 and bf16 longer)")
-            export_checkpoint(source, pte, scheme_name=scheme, backend_name="xnnpack", max_seq_len=max_seq_len,
-                              log=lambda m, n=name: log(f"  [{n}] {m}"))
+            log(f"exporting {name}")
+            timed_export(["handheld", "export", "--checkpoint", str(source), *scheme, "--backend", "xnnpack",
+                          "--max-seq-len", str(max_seq_len), "-o", str(pte)], pte, exports)
         programs.append(pte)
     return programs
 
 
-def ensure_executorch_recipe(checkpoint: Path, work: Path, max_seq_len: int) -> Path:
+def ensure_executorch_recipe(checkpoint: Path, work: Path, max_seq_len: int, exports: dict) -> Path:
     """ExecuTorch's own LLM export, as its docs give it for Llama 3.2 on XNNPACK."""
     pte = work / f"{ET_RECIPE}.pte"
     if pte.exists():
@@ -93,14 +103,14 @@ def ensure_executorch_recipe(checkpoint: Path, work: Path, max_seq_len: int) -> 
         torch.save({**state, "output.weight": state["tok_embeddings.weight"]}, et_checkpoint / "consolidated.00.pth")
         (et_checkpoint / "params.json").write_text((checkpoint / "params.json").read_text())
     log("exporting ExecuTorch's recipe (~12 min)")
-    subprocess.run([
+    timed_export([
         sys.executable, "-m", "executorch.extension.llm.export.export_llm",
         f"base.checkpoint={et_checkpoint / 'consolidated.00.pth'}", f"base.params={et_checkpoint / 'params.json'}",
         "model.use_kv_cache=True", "model.use_sdpa_with_kv_cache=True", "model.enable_dynamic_shape=True",
         "quantization.qmode=8da4w", "quantization.group_size=32", "quantization.embedding_quantize='8,0'",
         "backend.xnnpack.enabled=True", "backend.xnnpack.extended_ops=True",
         f"export.max_seq_length={max_seq_len}", f"export.max_context_length={max_seq_len}", f"export.output_name={pte}",
-    ], check=True)
+    ], pte, exports)
     return pte
 
 
@@ -113,18 +123,22 @@ def executorch_recipe_bytes_per_token(row: dict, checkpoint: Path) -> int:
     return row["file_bytes"] - table + table // args.vocab_size
 
 
-def llama_cpp_row(checkpoint: Path, work: Path, config) -> dict | None:
+def llama_cpp_rows(checkpoint: Path, work: Path, config) -> list[dict]:
+    """llama.cpp on the same checkpoint: Q4_0 (its 4-bit peer) and F16 (its 16-bit peer; x86 has no BF16 GEMMs there)."""
     if importlib.util.find_spec("llama_cpp") is None:
         log("llama-cpp-python is not installed: skipping the llama.cpp peer (pip install -e '.[peers]')")
-        return None
+        return []
     script = HERE / "peers" / "llama_cpp_q4_0.py"
     gguf_dir = work / "gguf"
     subprocess.run([sys.executable, str(script), "convert", "--checkpoint", str(checkpoint), "--out", str(gguf_dir)], check=True)
-    out = work / "llama_cpp.json"
-    subprocess.run([sys.executable, str(script), "bench", str(gguf_dir / "model-q4_0.gguf"), "--prompt-len", str(config.prompt_len),
-                    "--gen-len", str(config.gen_len), "--runs", str(config.runs), "--warmup", str(config.warmup),
-                    "--threads", str(config.threads), "--json", str(out)], check=True)
-    return json.loads(out.read_text())["rows"][0]
+    rows = []
+    for gguf in ("model-q4_0.gguf", "model-f16.gguf"):
+        out = work / f"llama_cpp_{Path(gguf).stem}.json"
+        subprocess.run([sys.executable, str(script), "bench", str(gguf_dir / gguf), "--prompt-len", str(config.prompt_len),
+                        "--gen-len", str(config.gen_len), "--runs", str(config.runs), "--warmup", str(config.warmup),
+                        "--threads", str(config.threads), "--json", str(out)], check=True)
+        rows.append(json.loads(out.read_text())["rows"][0])
+    return rows
 
 
 def main() -> None:
@@ -148,28 +162,41 @@ def main() -> None:
     config = BenchConfig(prompt_len=args.prompt_len, gen_len=args.gen_len, runs=args.runs, warmup=args.warmup,
                          threads=args.threads)
     checkpoint = ensure_checkpoint(args.work)
-    programs = ensure_handheld_programs(checkpoint, args.work, args.max_seq_len)
+    exports_file = args.work / "exports.json"  # export costs survive a rerun that reuses the programs
+    exports = json.loads(exports_file.read_text()) if exports_file.exists() else {}
+    programs = ensure_handheld_programs(checkpoint, args.work, args.max_seq_len, exports)
     if not args.no_peers:
-        programs.append(ensure_executorch_recipe(checkpoint, args.work, args.max_seq_len))
+        programs.append(ensure_executorch_recipe(checkpoint, args.work, args.max_seq_len, exports))
+    exports_file.write_text(json.dumps(exports, indent=2) + "\n")
     bandwidth = measure_bandwidth_gbs(args.threads)
     log(f"memory bandwidth (triad, {args.threads} threads): {bandwidth:.1f} GB/s")
     results = run_bench(programs, config, progress=log, bandwidth_gbs=bandwidth)
     native_config = dataclasses.replace(config, runner="native")
-    for row in run_bench([args.work / "8da4w.pte"], native_config, progress=log)["rows"]:
-        results["rows"].append(row | {"name": "8da4w [native runner]"})
+    for row in run_bench([args.work / f"{name}.pte" for name in NATIVE_ROWS], native_config, progress=log)["rows"]:
+        results["rows"].append(row | {"name": f"{row['name']} [native runner]"})
+    for row in results["rows"]:
+        row.update(exports.get(row["name"].removesuffix(" [native runner]"), {}))
     for row in results["rows"]:
         if row["name"] == ET_RECIPE:
             row.update(scheme="8da4w (ExecuTorch recipe)", backend="xnnpack",
                        bytes_per_token=executorch_recipe_bytes_per_token(row, checkpoint))
     if not args.no_peers:
-        peer = llama_cpp_row(checkpoint, args.work, config)
-        if peer is not None:
-            results["rows"].append(peer)
+        results["rows"] += llama_cpp_rows(checkpoint, args.work, config)
     notes = ["Model: Llama 3.2 1B shape with random weights (speed does not depend on values; no quality here)",
              f"Programs: max sequence length {args.max_seq_len}; peers on the same checkpoint and threads"]
-    report = write_report(results, args.out, notes=notes, title="Llama 3.2 1B shape: handheld and peers")
+    report = write_report(results, args.out, notes=notes, title="Llama 3.2 1B shape: handheld and peers",
+                          sections=[export_section(exports)])
     log(report.read_text())
     log(native_runner_note(args.work / f"{ET_RECIPE}.pte") if not args.no_peers else "")
+
+
+def export_section(exports: dict) -> str:
+    """Export cost of every program in this run, each a fresh process under /usr/bin/time -v."""
+    lines = ["Export cost (each program exported in a fresh process under `/usr/bin/time -v`, this run):", "",
+             "| program | export wall s | export peak RSS GiB |", "|---|---:|---:|"]
+    lines += [f"| {name} | {cost['export_wall_s']:.0f} | {cost['export_peak_rss_bytes'] / 2**30:.2f} |"
+              for name, cost in exports.items()]
+    return "\n".join(lines)
 
 
 def native_runner_note(et_recipe: Path) -> str:

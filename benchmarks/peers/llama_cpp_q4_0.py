@@ -95,6 +95,17 @@ def gguf_bytes_per_token(path: Path) -> int:
     return total
 
 
+def gguf_scheme(path: Path) -> str:
+    """The weights' type as llama.cpp names it (Q4_0, F16, ...), from the file's own general.file_type."""
+    from gguf import GGUFReader, LlamaFileType
+
+    field = GGUFReader(str(path)).fields.get("general.file_type")
+    if field is None:
+        return "unknown type"
+    name = LlamaFileType(int(field.parts[field.data[0]][0])).name  # e.g. MOSTLY_Q4_0
+    return name.removeprefix("MOSTLY_").removeprefix("ALL_")
+
+
 def last_position_argmax(llm) -> int:
     """Greedy: the argmax of the last evaluated position's logits. `Llama.scores` is filled only with
     logits_all=True (logits for every prompt position: extra prefill work), so read llama.cpp's own buffer."""
@@ -152,9 +163,10 @@ def bench(path: Path, prompt_len: int, gen_len: int, runs: int, warmup: int, thr
     from importlib import metadata
 
     host = host_info() | {"versions": host_info()["versions"] | {"llama-cpp-python": metadata.version("llama-cpp-python")}}
+    scheme = gguf_scheme(path)
     return {
-        "schema": SCHEMA, "name": "llama.cpp Q4_0", "path": str(path), "file_bytes": path.stat().st_size,
-        "model": "same checkpoint", "scheme": "Q4_0", "backend": "llama.cpp CPU", "max_seq_len": prompt_len + gen_len,
+        "schema": SCHEMA, "name": f"llama.cpp {scheme}", "path": str(path), "file_bytes": path.stat().st_size,
+        "model": "same checkpoint", "scheme": scheme, "backend": "llama.cpp CPU", "max_seq_len": prompt_len + gen_len,
         "bytes_per_token": gguf_bytes_per_token(path), "prompt_len": prompt_len, "gen_len": gen_len, "runs": runs,
         "warmup": warmup, "threads": threads, "runner": "llama-cpp-python", "target": "host", "samples": samples,
         "stats": {m: summarize([s[m] for s in samples]) for m in METRICS}, "host": host,
