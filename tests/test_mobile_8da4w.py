@@ -124,16 +124,18 @@ def test_four_bit_classifier_option_exports_and_matches_its_oracle(odd_checkpoin
     assert (ours - expected).abs().max() < 0.3 * (expected - other).abs().max()
 
 
-def test_pruned_xnnpack_passes_write_the_same_program(odd_checkpoint, odd_8da4w_pte, tmp_path, monkeypatch):
-    """handheld skips XNNPACK passes that have nothing to rewrite (export time); with every pass the program is
-    byte for byte the one handheld writes."""
+def test_export_savings_write_the_same_program(odd_checkpoint, odd_8da4w_pte, tmp_path, monkeypatch):
+    """handheld skips XNNPACK passes that have nothing to rewrite (export time) and drops the delegates' float
+    weights before emission (export memory); with every pass and nothing dropped the program is byte for byte the
+    one handheld writes."""
     import dataclasses
 
-    from handheld.export import backends
+    from handheld.export import backends, program
     from handheld.export.program import export_checkpoint
 
     every_pass = dataclasses.replace(backends.BACKENDS["xnnpack"], lowering=lambda: backends.contextlib.nullcontext())
     monkeypatch.setitem(backends.BACKENDS, "xnnpack", every_pass)
+    monkeypatch.setattr(program, "release_delegated_weights", lambda lowered: None)
     out = tmp_path / "every_pass.pte"
     export_checkpoint(odd_checkpoint, out, scheme_name="8da4w", backend_name="xnnpack",
                       max_seq_len=PARITY_MAX_SEQ_LEN, log=lambda _: None)

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, ContextManager
 
 from handheld.core.errors import HandheldError
-from handheld.export.backends import mediatek, qnn, xnnpack, xnnpack_passes
+from handheld.export.backends import mediatek, qnn, xnnpack
 from handheld.export.backends.npu import NpuSupport
 from handheld.quant.schemes import Scheme
 
@@ -28,7 +28,7 @@ class Backend:
 
 BACKENDS: dict[str, Backend] = {
     "xnnpack": Backend("xnnpack", "XNNPACK: every Arm and x86 CPU", partitioners=xnnpack.partitioners,
-                       lowering=xnnpack_passes.pruned_passes),
+                       lowering=xnnpack.lowering),
     "qnn": Backend("qnn", "Qualcomm Hexagon NPU (QNN / QAIRT SDK)", npu=qnn.SUPPORT),
     "mediatek": Backend("mediatek", "MediaTek APU (NeuroPilot)", npu=mediatek.SUPPORT),
 }

@@ -4,10 +4,12 @@ costs a deep copy and XNNPACK's whole pass pipeline at export, and a delegate ca
 
 from __future__ import annotations
 
-from typing import Any
+import contextlib
+from typing import Any, Iterator
 
 import torch
 
+from handheld.export.backends import preprocess_copies, xnnpack_passes
 from handheld.quant.schemes import Scheme
 
 
@@ -17,3 +19,13 @@ def partitioners(scheme: Scheme) -> list[Any]:
     bf16 = scheme.dtype == torch.bfloat16
     # Without enable_bf16 every bf16 node falls back to ExecuTorch's portable kernels (~20x slower).
     return [XnnpackPartitioner(enable_bf16=bf16)]
+
+
+@contextlib.contextmanager
+def lowering() -> Iterator[None]:
+    """Held while a program is lowered to XNNPACK: its passes pruned to those that can change a partition
+    (export time), and its partitions copied without their weights (export memory)."""
+    from executorch.backends.xnnpack.xnnpack_preprocess import XnnpackBackend
+
+    with xnnpack_passes.pruned_passes(), preprocess_copies.weights_shared_with(XnnpackBackend):
+        yield
