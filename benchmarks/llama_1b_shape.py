@@ -34,6 +34,7 @@ SCHEMES = ("fp32", "bf16", "fp16", "8da4w", "8da4w-c4")
 LAYOUTS = ("spinquant", "qlora")
 NATIVE_ROWS = ("8da4w", "8da4w-c4")  # also measured on handheld's C++ runner
 ET_RECIPE = "executorch_recipe"
+LLAMA_CPP = HERE / "peers" / "llama_cpp_q4_0.py"
 
 
 def log(message: str) -> None:
@@ -123,27 +124,51 @@ def executorch_recipe_bytes_per_token(row: dict, checkpoint: Path) -> int:
     return row["file_bytes"] - table + table // args.vocab_size
 
 
-def llama_cpp_rows(checkpoint: Path, work: Path, config) -> list[dict]:
-    """llama.cpp on the same checkpoint: Q4_0 (its 4-bit peer) and F16 (its 16-bit peer; x86 has no BF16 GEMMs there)."""
+def llama_cpp_ggufs(checkpoint: Path, work: Path) -> list[Path]:
+    """llama.cpp's files for the same checkpoint: Q4_0 (its 4-bit peer) and F16 (its 16-bit peer; x86 has no BF16
+    GEMMs there); none when llama-cpp-python is not installed."""
     if importlib.util.find_spec("llama_cpp") is None:
         log("llama-cpp-python is not installed: skipping the llama.cpp peer (pip install -e '.[peers]')")
         return []
-    script = HERE / "peers" / "llama_cpp_q4_0.py"
     gguf_dir = work / "gguf"
-    subprocess.run([sys.executable, str(script), "convert", "--checkpoint", str(checkpoint), "--out", str(gguf_dir)], check=True)
-    rows = []
-    for gguf in ("model-q4_0.gguf", "model-f16.gguf"):
-        out = work / f"llama_cpp_{Path(gguf).stem}.json"
-        subprocess.run([sys.executable, str(script), "bench", str(gguf_dir / gguf), "--prompt-len", str(config.prompt_len),
-                        "--gen-len", str(config.gen_len), "--runs", str(config.runs), "--warmup", str(config.warmup),
-                        "--threads", str(config.threads), "--json", str(out)], check=True)
-        rows.append(json.loads(out.read_text())["rows"][0])
-    return rows
+    subprocess.run([sys.executable, str(LLAMA_CPP), "convert", "--checkpoint", str(checkpoint), "--out", str(gguf_dir)],
+                   check=True)
+    return [gguf_dir / "model-q4_0.gguf", gguf_dir / "model-f16.gguf"]
+
+
+def llama_cpp_row(gguf: Path, work: Path, config) -> dict:
+    out = work / f"llama_cpp_{gguf.stem}.json"
+    subprocess.run([sys.executable, str(LLAMA_CPP), "bench", str(gguf), "--prompt-len", str(config.prompt_len),
+                    "--gen-len", str(config.gen_len), "--runs", str(config.runs), "--warmup", str(config.warmup),
+                    "--threads", str(config.threads), "--json", str(out)], check=True)
+    return json.loads(out.read_text())["rows"][0]
+
+
+def measure_in_rounds(programs: list[Path], native: list[Path], ggufs: list[Path], work: Path, config,
+                      bandwidth: float) -> dict:
+    """Every row's runs interleaved: round r runs each program (and each peer) once, so a slow spell of this
+    shared VM lands on every row alike instead of on whichever ran then. Warm-ups only in the first round."""
+    from handheld.measure.bench import METRICS, run_bench, summarize
+
+    rows: dict[str, dict] = {}
+    for round_index in range(config.runs):
+        once = dataclasses.replace(config, runs=1, warmup=config.warmup if round_index == 0 else 0)
+        log(f"round {round_index + 1} of {config.runs}")
+        batch = run_bench(programs, once, progress=log)["rows"]
+        batch += [row | {"name": f"{row['name']} [native runner]"}
+                  for row in run_bench(native, dataclasses.replace(once, runner="native"), progress=log)["rows"]]
+        batch += [llama_cpp_row(gguf, work, once) for gguf in ggufs]
+        for row in batch:
+            rows.setdefault(row["name"], row | {"samples": []})["samples"] += row["samples"]
+    for row in rows.values():
+        row.update(runs=config.runs, warmup=config.warmup, interleaved=True,
+                   stats={m: summarize([sample[m] for sample in row["samples"]]) for m in METRICS})
+    return {"rows": list(rows.values()), "memory_bandwidth_gbs": bandwidth, "bandwidth_threads": config.threads}
 
 
 def main() -> None:
-    from handheld.measure.bench import BenchConfig, run_bench
-    from handheld.measure.host import measure_bandwidth_gbs
+    from handheld.measure.bench import SCHEMA, BenchConfig
+    from handheld.measure.host import host_info, measure_bandwidth_gbs
     from handheld.measure.report import write_report
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -170,19 +195,17 @@ def main() -> None:
     exports_file.write_text(json.dumps(exports, indent=2) + "\n")
     bandwidth = measure_bandwidth_gbs(args.threads)
     log(f"memory bandwidth (triad, {args.threads} threads): {bandwidth:.1f} GB/s")
-    results = run_bench(programs, config, progress=log, bandwidth_gbs=bandwidth)
-    native_config = dataclasses.replace(config, runner="native")
-    for row in run_bench([args.work / f"{name}.pte" for name in NATIVE_ROWS], native_config, progress=log)["rows"]:
-        results["rows"].append(row | {"name": f"{row['name']} [native runner]"})
+    ggufs = [] if args.no_peers else llama_cpp_ggufs(checkpoint, args.work)
+    results = {"schema": SCHEMA, "host": host_info(),
+               **measure_in_rounds(programs, [args.work / f"{name}.pte" for name in NATIVE_ROWS], ggufs, args.work,
+                                   config, bandwidth)}
     for row in results["rows"]:
         row.update(exports.get(row["name"].removesuffix(" [native runner]"), {}))
-    for row in results["rows"]:
         if row["name"] == ET_RECIPE:
             row.update(scheme="8da4w (ExecuTorch recipe)", backend="xnnpack",
                        bytes_per_token=executorch_recipe_bytes_per_token(row, checkpoint))
-    if not args.no_peers:
-        results["rows"] += llama_cpp_rows(checkpoint, args.work, config)
     notes = ["Model: Llama 3.2 1B shape with random weights (speed does not depend on values; no quality here)",
+             "Runs interleaved: each round runs every program and peer once, in the table's order",
              f"Programs: max sequence length {args.max_seq_len}; peers on the same checkpoint and threads"]
     report = write_report(results, args.out, notes=notes, title="Llama 3.2 1B shape: handheld and peers",
                           sections=[export_section(exports)])
