@@ -1,9 +1,10 @@
 """Export cost at the real Llama 3.2 sizes: wall time and peak RSS of `handheld export` (under
 `/usr/bin/time -v`, a fresh process) for the 1B and 3B shapes, then the program's own decode rate and RSS.
 
-Random weights in the exact shapes (speed and memory do not depend on values).
+Random weights in the exact shapes (speed and memory do not depend on values), or a real checkpoint by path.
 
     python benchmarks/export_memory.py --work /tmp/export-memory --run llama3.2-1b:8da4w llama3.2-3b:8da4w
+    python benchmarks/export_memory.py --work /tmp/export-memory --run ~/.cache/handheld/models/smollm2-135m-instruct/SmolLM2-135M-Instruct.Q4_1.gguf:8da4w
 
 Appends one row per export to benchmarks/results/export_memory.json (commit, host and CPU flags in each row).
 Run it alone: a second torch job on 2 cores slows both many-fold.
@@ -32,19 +33,27 @@ def time_v(command: list[str]) -> tuple[float, int]:
     return seconds, int(re.search(r"Maximum resident set size \(kbytes\): (\d+)", done.stderr).group(1)) * 1024
 
 
+def checkpoint_bytes(checkpoint: Path) -> int:
+    return checkpoint.stat().st_size if checkpoint.is_file() else sum(f.stat().st_size for f in checkpoint.iterdir())
+
+
 def export_row(work: Path, model: str, scheme: str, max_seq_len: int, bench_runs: int) -> dict:
     from handheld.export.provenance import export_provenance
     from handheld.measure.host import host_info
 
-    checkpoint = work / f"{model}-checkpoint"
-    if not checkpoint.exists():
-        subprocess.run(["handheld", "init-random", "--model", model, "-o", str(checkpoint)], check=True)
+    checkpoint = Path(model).expanduser()
+    if checkpoint.exists():  # a real checkpoint (a directory or a .gguf file): named by its file name
+        model = checkpoint.stem
+    else:  # a catalog shape with random weights
+        checkpoint = work / f"{model}-checkpoint"
+        if not checkpoint.exists():
+            subprocess.run(["handheld", "init-random", "--model", model, "-o", str(checkpoint)], check=True)
     pte = work / f"{model}-{scheme}.pte"
     pte.unlink(missing_ok=True)
     seconds, peak = time_v(["handheld", "export", "--checkpoint", str(checkpoint), "--scheme", scheme,
                             "--max-seq-len", str(max_seq_len), "-o", str(pte)])
     row = {"model": model, "scheme": scheme, "max_seq_len": max_seq_len, "export_wall_s": seconds,
-           "export_peak_rss_bytes": peak, "checkpoint_bytes": sum(f.stat().st_size for f in checkpoint.iterdir()),
+           "export_peak_rss_bytes": peak, "checkpoint_bytes": checkpoint_bytes(checkpoint),
            "file_bytes": pte.stat().st_size, "provenance": export_provenance(), "host": host_info()}
     print(f"{model} {scheme}: export {seconds:.0f} s, peak RSS {peak / 2**30:.2f} GiB", flush=True)
     if bench_runs:
