@@ -35,6 +35,7 @@ LAYOUTS = ("spinquant", "qlora")
 NATIVE_ROWS = ("8da4w", "8da4w-c4")  # also measured on handheld's C++ runner
 ET_RECIPE = "executorch_recipe"
 LLAMA_CPP = HERE / "peers" / "llama_cpp_q4_0.py"
+EXPORTS = "exports.json"  # in the work folder: each program's export cost
 
 
 def log(message: str) -> None:
@@ -69,6 +70,7 @@ def timed_export(command: list[str], pte: Path, exports: dict) -> None:
 
     seconds, peak = time_v(command)
     exports[pte.stem] = {"export_wall_s": round(seconds, 1), "export_peak_rss_bytes": peak}
+    pte.with_name(EXPORTS).write_text(json.dumps(exports, indent=2) + "\n")  # kept even if a later step fails
     log(f"  {pte.stem}: exported in {seconds:.0f} s, peak RSS {peak / 2**30:.2f} GiB")
 
 
@@ -178,12 +180,11 @@ def main() -> None:
     config = BenchConfig(prompt_len=args.prompt_len, gen_len=args.gen_len, runs=args.runs, warmup=args.warmup,
                          threads=args.threads)
     checkpoint = ensure_checkpoint(args.work)
-    exports_file = args.work / "exports.json"  # export costs survive a rerun that reuses the programs
+    exports_file = args.work / EXPORTS  # export costs survive a rerun that reuses the programs
     exports = json.loads(exports_file.read_text()) if exports_file.exists() else {}
     programs = ensure_handheld_programs(checkpoint, args.work, args.max_seq_len, exports)
     if not args.no_peers:
         programs.append(ensure_executorch_recipe(checkpoint, args.work, args.max_seq_len, exports))
-    exports_file.write_text(json.dumps(exports, indent=2) + "\n")
     bandwidth = measure_bandwidth_gbs(args.threads)
     log(f"memory bandwidth (triad, {args.threads} threads): {bandwidth:.1f} GB/s")
     ggufs = [] if args.no_peers else llama_cpp_ggufs(checkpoint, args.work)
