@@ -89,7 +89,7 @@ def export_checkpoint(
         weight_bytes=weight_bytes_by_kind(model),
     )
     lowered = lower(model, scheme, backend, max_seq_len, log)
-    del model, prepared  # the delegates hold their own copies of the weights from here on
+    del model, prepared  # the backend has serialized its own copy; the delegates now hold the last references
     release_delegated_weights(lowered.program)
     # The operator split is only known after lowering, and it travels in the .pte too.
     metadata = dataclasses.replace(metadata, op_counts=lowered.op_counts)
@@ -122,10 +122,9 @@ def lower(model: nn.Module, scheme: Scheme, backend: Backend, max_seq_len: int,
 
 
 def release_delegated_weights(program) -> None:
-    """Swap each delegate's float weights for memory-free stand-ins of the same shape and dtype. The backend has
+    """Swap each delegate's weights for storage-free stand-ins of the same shape and dtype. The backend has
     already serialized its own copy, and emission only propagates shapes through the delegate's original graph,
-    so the model's weights can go before the program is emitted: at the 1B shape in fp32 that is ~5 GB off the
-    export's peak."""
+    so the model's weights are freed before the program is emitted (1B fp32: 5 GB emission no longer holds)."""
     from executorch.exir.lowered_backend_module import LoweredBackendModule
 
     for module in program.exported_program().graph_module.modules():
@@ -134,7 +133,8 @@ def release_delegated_weights(program) -> None:
             for name, tensor in state.items():
                 # A 0-d zero expanded to the shape: no storage beyond one element.
                 stand_in = torch.zeros((), dtype=tensor.dtype).expand(tensor.shape)
-                state[name] = nn.Parameter(stand_in, tensor.requires_grad) if isinstance(tensor, nn.Parameter) else stand_in
+                is_parameter = isinstance(tensor, nn.Parameter)  # unlifting the graph checks the kind
+                state[name] = nn.Parameter(stand_in, tensor.requires_grad) if is_parameter else stand_in
 
 
 def write_program(lowered, metadata: ProgramMetadata, path: Path, log: Callable[[str], None] = print) -> None:
