@@ -10,7 +10,8 @@ import dataclasses
 from typing import Callable
 
 
-def measure_in_rounds(measurers: list[Callable[..., list[dict]]], config, log: Callable[[str], None] = print) -> list[dict]:
+def measure_in_rounds(measurers: list[Callable[..., list[dict]]], config,
+                      log: Callable[[str], None] = print) -> list[dict]:
     """`config.runs` rounds; in each, every measurer is called with a one-run copy of `config` (the warm-ups only in
     the first round) and returns rows in `handheld bench`'s format. Rows with the same name pool their samples."""
     from handheld.measure.bench import METRICS, summarize
