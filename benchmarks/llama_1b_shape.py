@@ -18,7 +18,6 @@ Writes the report (report.md, charts, results.json) in benchmarks/results/llama_
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import importlib.util
 import json
 import subprocess
@@ -148,15 +147,10 @@ def llama_cpp_row(gguf: Path, work: Path, config) -> dict:
 
 def measure_1b_rows(programs: list[Path], native: list[Path], ggufs: list[Path], work: Path, config) -> list[dict]:
     """Every row's runs interleaved (benchmarks/rounds.py): handheld's programs, the native runner, llama.cpp."""
-    from handheld.measure.bench import run_bench
-    from rounds import measure_in_rounds
+    from rounds import handheld_measurers, measure_in_rounds
 
-    def native_rows(once) -> list[dict]:
-        rows = run_bench(native, dataclasses.replace(once, runner="native"), progress=log)["rows"]
-        return [row | {"name": f"{row['name']} [native runner]"} for row in rows]
-
-    return measure_in_rounds([lambda once: run_bench(programs, once, progress=log)["rows"], native_rows,
-                              lambda once: [llama_cpp_row(gguf, work, once) for gguf in ggufs]], config, log)
+    llama_cpp = [lambda once: [llama_cpp_row(gguf, work, once) for gguf in ggufs]]
+    return measure_in_rounds(handheld_measurers(programs, native, log) + llama_cpp, config, log)
 
 
 def main() -> None:

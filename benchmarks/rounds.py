@@ -27,3 +27,16 @@ def measure_in_rounds(measurers: list[Callable[..., list[dict]]], config,
         row.update(runs=config.runs, warmup=config.warmup, interleaved=True,
                    stats={metric: summarize([sample[metric] for sample in row["samples"]]) for metric in METRICS})
     return list(rows.values())
+
+
+def handheld_measurers(programs: list, native: list,
+                       log: Callable[[str], None] = print) -> list[Callable[..., list[dict]]]:
+    """The two measurers every speed table has: the programs on ExecuTorch's Python runtime, and `native` on
+    handheld's C++ runner (rows named "... [native runner]")."""
+    from handheld.measure.bench import run_bench
+
+    def native_rows(once) -> list[dict]:
+        rows = run_bench(native, dataclasses.replace(once, runner="native"), progress=log)["rows"]
+        return [row | {"name": f"{row['name']} [native runner]"} for row in rows]
+
+    return [lambda once: run_bench(programs, once, progress=log)["rows"], native_rows]

@@ -15,7 +15,6 @@ Run it alone: two torch jobs on 2 cores slow each other many-fold.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import sys
 from pathlib import Path
@@ -86,7 +85,7 @@ def llama_cpp_rows(files: dict[str, Path], config) -> list[dict]:
 
 
 def main() -> None:
-    from handheld.measure.bench import SCHEMA, BenchConfig, run_bench
+    from handheld.measure.bench import SCHEMA, BenchConfig
     from handheld.measure.host import host_info, measure_bandwidth_gbs
     from handheld.measure.report import write_report
 
@@ -111,14 +110,10 @@ def main() -> None:
     bandwidth = measure_bandwidth_gbs(args.threads)
     log(f"memory bandwidth (triad, {args.threads} threads): {bandwidth:.1f} GB/s")
     sys.path.insert(0, str(HERE.parent))
-    from rounds import measure_in_rounds
+    from rounds import handheld_measurers, measure_in_rounds
 
-    def native_rows(once) -> list[dict]:
-        rows = run_bench(programs, dataclasses.replace(once, runner="native"), progress=log)["rows"]
-        return [row | {"name": f"{row['name']} [native runner]"} for row in rows]
-
-    rows = measure_in_rounds([lambda once: run_bench(programs, once, progress=log)["rows"], native_rows,
-                              lambda once: llama_cpp_rows(files, once)], config, log)
+    rows = measure_in_rounds(handheld_measurers(programs, programs, log) + [lambda once: llama_cpp_rows(files, once)],
+                             config, log)
     results = {"schema": SCHEMA, "host": host_info(), "memory_bandwidth_gbs": bandwidth,
                "bandwidth_threads": args.threads, "rows": rows, "exports": exports}
     notes = ["Runs interleaved: each round runs every program and peer once, in the table's order",

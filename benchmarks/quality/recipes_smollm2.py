@@ -201,17 +201,19 @@ def main() -> None:
     rows = {(r["recipe"], r["seed"]): r for r in report["rows"]}
     for recipe, seed, job, checkpoint, scheme in plan(args.seeds, budget, model, calib, args.work):
         row = rows.get((recipe, seed))
-        if row is None:
+        fresh = row is None
+        if fresh:
             seconds, steps, tokens = run_job(job, checkpoint) if job is not None else (0.0, 0, 0)
             started = time.perf_counter()
             row = {"recipe": recipe, "seed": seed, "perplexity": perplexity(checkpoint, scheme, test_ids),
                    "steps": steps, "tokens": tokens, "seconds": seconds, "eval_seconds": time.perf_counter() - started,
                    "commit": provenance["commit"], "dirty": provenance["dirty"]}
             report["rows"].append(row)
-        # Also for rows scored earlier, when their checkpoint is still in --work (the .pte's own figure).
-        elif not (args.pte and seed == args.seeds[0] and "pte_perplexity" not in row and checkpoint.exists()):
+        # The .pte's own figure, also for rows scored earlier whose checkpoint is still in --work.
+        wants_pte = args.pte and seed == args.seeds[0] and "pte_perplexity" not in row and checkpoint.exists()
+        if not (fresh or wants_pte):
             continue
-        if args.pte and seed == args.seeds[0] and "pte_perplexity" not in row:
+        if wants_pte:
             row["pte_perplexity"] = pte_perplexity(checkpoint, scheme, test_ids, args.work / f"{recipe}.pte")
             row["pte_commit"] = provenance["commit"]
         print(json.dumps(row), flush=True)
