@@ -59,9 +59,13 @@ def export_checkpoint(
     group_size: int | None = None,
     full_logits: bool = False,
     log: Callable[[str], None] = print,
+    scale_rule: str | None = None,
+    calib: Path | None = None,
+    calib_tokens: int | None = None,
 ) -> ExportResult:
     """`scheme_name` None means: the checkpoint's own (pre-quantized) scheme, else fp32.
-    `full_logits` returns logits for every input position (for evaluation), not just the last."""
+    `full_logits` returns logits for every input position (for evaluation), not just the last.
+    `calib`: text GPTQ calibrates a 4-bit scheme on (`calib_tokens` of it); `scale_rule`: how groups round."""
     backend = get_backend(backend_name)  # fail on bad names before any heavy work
     if backend.partitioners is None:
         raise HandheldError(f"backend {backend.name} takes calibrated NPU schemes: export it with handheld.export.npu")
@@ -69,7 +73,7 @@ def export_checkpoint(
         get_scheme(scheme_name)
     if max_seq_len < 2:
         raise HandheldError(f"--max-seq-len must be at least 2, got {max_seq_len}")
-    refuse_overwriting_inputs(output, [checkpoint_dir, tokenizer_path])
+    refuse_overwriting_inputs(output, [checkpoint_dir, tokenizer_path, calib])
     start = time.perf_counter()
     checkpoint = read_checkpoint(checkpoint_dir)
     tokenizer_path = tokenizer_path or checkpoint.tokenizer_path
@@ -79,14 +83,18 @@ def export_checkpoint(
     log(f"loaded {checkpoint.format} checkpoint {checkpoint_dir}")
     for note in executorch_loader_notes(checkpoint.args):
         log(note)
-    options = scheme_options(scheme_name, group_size, checkpoint)
-    prepared = prepare_model(checkpoint, scheme_name, options, max_seq_len=max_seq_len, full_logits=full_logits)
+    options = scheme_options(scheme_name, group_size, checkpoint, scale_rule=scale_rule, calib=calib,
+                             calib_tokens=calib_tokens)
+    if calib is not None:
+        log(f"GPTQ on {calib} (the slow step before lowering)")
+    prepared = prepare_model(checkpoint, scheme_name, options, max_seq_len=max_seq_len, full_logits=full_logits,
+                             tokenizer=load_tokenizer(tokenizer_path) if calib is not None and tokenizer_path else None)
     model, scheme, args = prepared.model, prepared.scheme, checkpoint.args
     del checkpoint  # its tensors (often a memory-mapped file) are freed once the model no longer needs them
     metadata = program_metadata(
         args, max_seq_len=max_seq_len, bos_id=bos_id, eos_ids=eos_ids, scheme=prepared.label,
         backend=backend.name, full_logits=full_logits, group_size=prepared.group_size,
-        weight_bytes=weight_bytes_by_kind(model),
+        quantization=prepared.quantization, weight_bytes=weight_bytes_by_kind(model),
     )
     lowered = lower(model, scheme, backend, max_seq_len, log)
     del model, prepared  # the backend has serialized its own copy; the delegates now hold the last references

@@ -5,9 +5,10 @@ through the blocks before it *already quantized*, so each block also corrects th
 
 Each weight column is rounded in turn and its rounding error is pushed onto the columns not yet
 rounded, weighted by the inverse Hessian of the layer's reconstruction error, H = 2 X^T X over
-calibration inputs X. Group scales come from the (already updated) weights when a group starts,
-on the same grid as torchao's RTN (symmetric, scale = amax / 7.5, values in [-8, 7]), so GPTQ and RTN
-differ only in which integers they pick.
+calibration inputs X. Group scales come from the (already updated) weights when a group starts, by the
+same scale rule round-to-nearest uses (`quant/scale_rules.py`; the weighted rule weighs each input column by
+the root of the Hessian's diagonal, how large that input really is), so GPTQ and RTN differ only in which
+integers they pick.
 """
 
 from __future__ import annotations
@@ -17,23 +18,25 @@ from typing import Callable
 import torch
 from torch import nn
 
-QMIN, QMAX = -8, 7
-SCALE_DIVISOR = (QMAX - QMIN) / 2  # torchao's symmetric int4 convention
+from handheld.core.defaults import SCALE_RULE
+from handheld.quant.scale_rules import QMAX, QMIN, group_scales
 
 
-def group_scales(columns: torch.Tensor) -> torch.Tensor:
-    return (columns.abs().amax(dim=1) / SCALE_DIVISOR).clamp(min=torch.finfo(torch.float32).eps)
+def group_scales_for(columns: torch.Tensor, rule: str, importance: torch.Tensor) -> torch.Tensor:
+    """One group's scales [rows] for its columns [rows, group_size]."""
+    return group_scales(columns.float(), columns.shape[1], rule, importance)[:, 0].double()
 
 
 def round_to_grid(column: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
     return torch.clamp(torch.round(column / scale), QMIN, QMAX)
 
 
-def gptq_quantize(weight: torch.Tensor, hessian: torch.Tensor, group_size: int, damping: float = 0.01,
-                  block: int = 128) -> tuple[torch.Tensor, torch.Tensor]:
+def gptq_quantize(weight: torch.Tensor, hessian: torch.Tensor, group_size: int, scale_rule: str = SCALE_RULE,
+                  damping: float = 0.01, block: int = 128) -> tuple[torch.Tensor, torch.Tensor]:
     """4-bit values (int8 holding [-8, 7]) and per-group scales [out, in / group] for weight[out, in]."""
     w = weight.double().clone()
     h = hessian.double().clone()
+    importance = torch.diag(h).clamp_min(0).sqrt()
     dead = torch.diag(h) == 0  # inputs that never fire: any value works, zero is simplest
     h[dead, dead] = 1
     w[:, dead] = 0
@@ -49,7 +52,7 @@ def gptq_quantize(weight: torch.Tensor, hessian: torch.Tensor, group_size: int, 
         errors = torch.zeros(w.shape[0], end - start, dtype=w.dtype, device=w.device)
         for i in range(start, end):
             if i % group_size == 0:
-                scales[:, i // group_size] = group_scales(w[:, i : i + group_size])
+                scales[:, i // group_size] = group_scales_for(w[:, i : i + group_size], scale_rule, importance[i : i + group_size])
             scale = scales[:, i // group_size]
             q = round_to_grid(w[:, i], scale)
             values[:, i] = q
@@ -89,7 +92,7 @@ def dequantized(values: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
 
 @torch.no_grad()
 def sequential_gptq(model: nn.Module, sequences: torch.Tensor, group_size: int, batch_size: int,
-                    reduce: Callable[[torch.Tensor], torch.Tensor] = lambda h: h) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+                    scale_rule: str = SCALE_RULE, reduce: Callable[[torch.Tensor], torch.Tensor] = lambda h: h) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
     """GPTQ of every block linear, block by block through the already-quantized prefix. Each block's weights
     are replaced by their quantized values in place; returns {linear name: (values, scales)}.
     `reduce` sums Hessians across data-parallel processes (each holds its own share of `sequences`)."""
@@ -103,7 +106,7 @@ def sequential_gptq(model: nn.Module, sequences: torch.Tensor, group_size: int, 
             block.forward_batch(h, *rope)
         collector.close()
         for name, linear in linears.items():
-            values, scales = gptq_quantize(linear.weight.detach(), reduce(collector.hessians[name]), group_size)
+            values, scales = gptq_quantize(linear.weight.detach(), reduce(collector.hessians[name]), group_size, scale_rule)
             linear.weight.copy_(dequantized(values, scales).to(linear.weight.dtype))
             results[name] = (values, scales)
         hidden = [block.forward_batch(h, *rope) for h in hidden]  # what the next block sees once this one ships

@@ -3,7 +3,9 @@
 `classifier_bits=4` gives the classifier 4-bit groups like the linears, as ExecuTorch's `export_llm` CLI does:
 on a 128k vocabulary it is a fifth of the bytes a decoded token reads, so it trades quality for speed.
 
-Quantization math is torchao's (`quantize_` configs); this module only decides what gets which config.
+The structure is torchao's (`quantize_` configs: what XNNPACK lowers); this module decides what gets which
+config and, for the 4-bit weights, which integers and scales fill it: a scale rule's (`quant/scale_rules.py`;
+`absmax` is torchao's own and leaves its rounding untouched) or precomputed ones (GPTQ).
 """
 
 from __future__ import annotations
@@ -13,9 +15,13 @@ from typing import Callable
 import torch
 from torch import nn
 
-from handheld.core.defaults import GROUP_SIZE
+from handheld.core.defaults import GROUP_SIZE, SCALE_RULE
 from handheld.core.errors import HandheldError
-from handheld.quant.linears import CLASSIFIER, check_group_size, untie_embedding
+from handheld.quant.linears import CLASSIFIER, check_group_size, input_importance, untie_embedding
+from handheld.quant.scale_rules import check_scale_rule, quantize_groups
+from handheld.quant.torchao_adapter import set_int_weight
+
+IntWeights = dict[str, tuple[torch.Tensor, torch.Tensor]]  # linear name -> (int8 values in [-8, 7], group scales)
 
 
 CLASSIFIER_BITS = (8, 4)
@@ -37,16 +43,39 @@ def scheme_configs(group_size: int, classifier_bits: int = 8) -> list[tuple[obje
     ]
 
 
-def quantize_8da4w(model: nn.Module, group_size: int = GROUP_SIZE, classifier_bits: int = 8) -> nn.Module:
+def quantize_8da4w(model: nn.Module, group_size: int = GROUP_SIZE, classifier_bits: int = 8,
+                   scale_rule: str = SCALE_RULE, int_weights: IntWeights | None = None) -> nn.Module:
+    """`int_weights` (e.g. GPTQ's) fill the 4-bit linears they name; the others round by `scale_rule`."""
     from torchao.quantization import quantize_
 
     check_group_size(model, group_size)
+    check_scale_rule(scale_rule)
     if classifier_bits == 4 and model.output.in_features % group_size:
         raise HandheldError(f"--group-size {group_size} does not divide the classifier's input width {model.output.in_features}")
     model = untie_embedding(_widen_unquantized(model))
+    done = _round_4bit_linears(model, group_size, classifier_bits, scale_rule, int_weights or {})
     for config, selects in scheme_configs(group_size, classifier_bits):
-        quantize_(model, config, filter_fn=_widened_when_selected(selects))
+        quantize_(model, config, filter_fn=_widened_when_selected(lambda m, name: name not in done and selects(m, name)))
     return model
+
+
+def _round_4bit_linears(model: nn.Module, group_size: int, classifier_bits: int, scale_rule: str,
+                        int_weights: IntWeights) -> set[str]:
+    """Quantize each 4-bit linear on its own (so only one float copy is ever extra) with our integers; returns
+    their names. Under `absmax` without given integers, none: torchao's own rounding is that rule."""
+    from torchao.quantization import quantize_
+
+    if scale_rule == "absmax" and not int_weights:
+        return set()
+    config, selects = scheme_configs(group_size, classifier_bits)[0]
+    four_bit = [(name, m) for name, m in model.named_modules()
+                if selects(m, name) or (classifier_bits == 4 and name == CLASSIFIER)]
+    for name, linear in four_bit:
+        values, scales = int_weights.get(name) or quantize_groups(
+            linear.weight.detach(), group_size, scale_rule, input_importance(model, name))
+        quantize_(linear, config, filter_fn=_widened_when_selected(lambda m, _, target=linear: m is target))
+        set_int_weight(linear.weight, values, scales)
+    return {name for name, _ in four_bit}
 
 
 def _widen_unquantized(model: nn.Module) -> nn.Module:

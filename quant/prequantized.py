@@ -18,6 +18,7 @@ from handheld.core.model import Transformer
 from handheld.quant.lora import add_lora
 from handheld.quant.mobile_8da4w import quantize_8da4w
 from handheld.quant.spinquant_r4 import enable_online_hadamard
+from handheld.quant.torchao_adapter import int_weight, is_int_weight, set_int_weight
 
 
 def quantized_model(args: ModelArgs, float_state: dict[str, torch.Tensor], max_seq_len: int,
@@ -26,7 +27,9 @@ def quantized_model(args: ModelArgs, float_state: dict[str, torch.Tensor], max_s
     names), its adapters (if any) loaded from the `.adaptor.` entries of the same state."""
     model = Transformer(float_args(args), max_seq_len=max_seq_len, full_logits=full_logits, tied=False)
     model.load_state_dict({k: v.float() for k, v in float_state.items() if ".adaptor." not in k})
-    return _finish(quantize_8da4w(model, group_size=args.quantization_args.group_size), args, float_state)
+    # torchao's own rounding (absmax): the grid QAT's fake quantization trained on.
+    model = quantize_8da4w(model, group_size=args.quantization_args.group_size, scale_rule="absmax")
+    return _finish(model, args, float_state)
 
 
 def _finish(model: nn.Module, args: ModelArgs, state: dict[str, torch.Tensor]) -> nn.Module:
@@ -42,12 +45,12 @@ def build_prequantized_model(args: ModelArgs, state: dict[str, torch.Tensor], ma
                              full_logits: bool) -> nn.Module:
     """torchao's quantized structure for the scheme, filled with the checkpoint's integers and scales."""
     model = Transformer(float_args(args), max_seq_len=max_seq_len, full_logits=full_logits, tied=False)
-    model = quantize_8da4w(model, group_size=args.quantization_args.group_size)
+    # The structure only (its integers are replaced by the checkpoint's): torchao's own rounding is the fastest.
+    model = quantize_8da4w(model, group_size=args.quantization_args.group_size, scale_rule="absmax")
     with torch.no_grad():
         for name, module in model.named_modules():
             if isinstance(module, (nn.Linear, nn.Embedding)):
-                module.weight.qdata.copy_(state[f"{name}.weight"])
-                module.weight.scale.copy_(state[f"{name}.scales"].float().reshape(module.weight.scale.shape))
+                set_int_weight(module.weight, state[f"{name}.weight"], state[f"{name}.scales"].float())
         for name, param in model.named_parameters():
             if name.endswith("norm.weight"):
                 param.copy_(state[name].float())
@@ -56,14 +59,13 @@ def build_prequantized_model(args: ModelArgs, state: dict[str, torch.Tensor], ma
 
 def prequantized_state(model: nn.Module, adaptor_dtype: torch.dtype = torch.bfloat16) -> dict[str, torch.Tensor]:
     """The Meta-layout state dict of a model quantized by `quantize_8da4w` (optionally with LoRA)."""
-    from torchao.quantization import IntxUnpackedToInt8Tensor
-
     state = {}
     for name, param in model.named_parameters():
-        if isinstance(param, IntxUnpackedToInt8Tensor):
+        if is_int_weight(param):
             base = name.removesuffix(".weight")
-            state[name] = param.qdata.clone()
-            scales = param.scale.float()
+            values, scales = int_weight(param)
+            state[name] = values.clone()
+            scales = scales.float()
             state[f"{base}.scales"] = scales.reshape(-1, 1) if base in PER_ROW else scales.clone()  # Meta's [rows, 1]
         elif ".adaptor." in name:
             state[name] = param.detach().to(adaptor_dtype).clone()

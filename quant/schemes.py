@@ -6,22 +6,66 @@ same transformed model is the eager oracle for the `.pte`.
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable
 
 import torch
 from torch import nn
 
 from handheld.core.checkpoints import Checkpoint, build_model
-from handheld.core.defaults import GROUP_SIZE
+from handheld.core.defaults import CALIB_SEQ_LEN, GPTQ_CALIB_TOKENS, GPTQ_MIN_CALIB_TOKENS, GROUP_SIZE, SCALE_RULE
 from handheld.core.errors import HandheldError
+from handheld.quant.calibration import text_tokens
+from handheld.quant.gptq import sequential_gptq
 from handheld.quant.mobile_8da4w import quantize_8da4w
 from handheld.quant.prequantized import build_prequantized_model
+from handheld.quant.scale_rules import check_scale_rule
+
+GPTQ_BATCH = 8  # calibration sequences per forward pass (memory, not results)
 
 
 @dataclass(frozen=True)
 class SchemeOptions:
+    """How a 4-bit scheme rounds: everything here is written whole into the .pte (`quantization` metadata)."""
     group_size: int = GROUP_SIZE  # weight group size of 4-bit schemes
+    scale_rule: str = SCALE_RULE  # how a group's scale is chosen (quant/scale_rules.py)
+    calib: Path | None = None  # text GPTQ calibrates the 4-bit linears on (None: data-free rounding)
+    calib_tokens: int = GPTQ_CALIB_TOKENS  # tokens of `calib` GPTQ reads, in windows spread over the text
+
+    def __post_init__(self):
+        check_scale_rule(self.scale_rule)
+        if self.calib_tokens < GPTQ_MIN_CALIB_TOKENS:
+            raise HandheldError(f"--calib-tokens must be at least {GPTQ_MIN_CALIB_TOKENS}, got {self.calib_tokens}")
+
+
+@dataclass(frozen=True, eq=False)
+class Calibration:
+    """A calibration text read for GPTQ: its token windows and what identifies it in metadata."""
+    name: str
+    sha256: str
+    sequences: torch.Tensor  # [N, seq_len] token ids
+
+    def record(self) -> dict:
+        return {"method": "gptq", "text": self.name, "sha256": self.sha256,
+                "sequences": self.sequences.shape[0], "seq_len": self.sequences.shape[1]}
+
+
+def read_calibration(options: SchemeOptions, tokenizer, max_seq_len: int) -> Calibration:
+    """--calib's token windows for GPTQ: one line naming the problem for a missing, non-UTF-8, empty or too
+    short text."""
+    seq_len = min(CALIB_SEQ_LEN, max_seq_len)
+    ids = text_tokens(options.calib, tokenizer)
+    count = len(ids) // seq_len
+    if count * seq_len < GPTQ_MIN_CALIB_TOKENS:
+        raise HandheldError(f"calibration text {options.calib} has {len(ids)} tokens ({count * seq_len} in whole "
+                            f"windows of {seq_len}); GPTQ needs at least {GPTQ_MIN_CALIB_TOKENS}")
+    windows = torch.tensor(ids[: count * seq_len]).reshape(count, seq_len)
+    wanted = max(1, options.calib_tokens // seq_len)
+    picked = torch.linspace(0, windows.shape[0] - 1, min(wanted, windows.shape[0])).round().long()  # spread over the text
+    digest = hashlib.sha256(options.calib.read_bytes()).hexdigest()
+    return Calibration(options.calib.name, digest, windows[picked])
 
 
 @dataclass(frozen=True)
@@ -29,28 +73,39 @@ class Scheme:
     name: str
     description: str
     dtype: torch.dtype  # activation dtype of the exported program
-    transform: Callable[[nn.Module, SchemeOptions], nn.Module]
+    # (model, options, calibration or None) -> the eager model the program is lowered from
+    transform: Callable[[nn.Module, SchemeOptions, Calibration | None], nn.Module]
     quantized: bool = False  # every linear must then run as a backend's quantized kernel
 
 
-def _to_fp32(model: nn.Module, options: SchemeOptions) -> nn.Module:
+def _to_fp32(model: nn.Module, options: SchemeOptions, calibration: Calibration | None) -> nn.Module:
     return model.float()
 
 
-def _to_8da4w(model: nn.Module, options: SchemeOptions) -> nn.Module:
-    return quantize_8da4w(model, group_size=options.group_size)
+def _to_8da4w(model: nn.Module, options: SchemeOptions, calibration: Calibration | None) -> nn.Module:
+    return _to_mobile(model, options, calibration, classifier_bits=8)
 
 
-def _to_bf16(model: nn.Module, options: SchemeOptions) -> nn.Module:
+def _to_bf16(model: nn.Module, options: SchemeOptions, calibration: Calibration | None) -> nn.Module:
     return _to_16_bit(model, torch.bfloat16)
 
 
-def _to_fp16(model: nn.Module, options: SchemeOptions) -> nn.Module:
+def _to_fp16(model: nn.Module, options: SchemeOptions, calibration: Calibration | None) -> nn.Module:
     return _to_16_bit(model, torch.float16)
 
 
-def _to_8da4w_c4(model: nn.Module, options: SchemeOptions) -> nn.Module:
-    return quantize_8da4w(model, group_size=options.group_size, classifier_bits=4)
+def _to_8da4w_c4(model: nn.Module, options: SchemeOptions, calibration: Calibration | None) -> nn.Module:
+    return _to_mobile(model, options, calibration, classifier_bits=4)
+
+
+def _to_mobile(model: nn.Module, options: SchemeOptions, calibration: Calibration | None,
+               classifier_bits: int) -> nn.Module:
+    """8da4w; with a calibration, the block linears' integers from GPTQ on it (block by block, float32)."""
+    int_weights = None
+    if calibration is not None:
+        model = model.float()
+        int_weights = sequential_gptq(model, calibration.sequences, options.group_size, GPTQ_BATCH, options.scale_rule)
+    return quantize_8da4w(model, options.group_size, classifier_bits, options.scale_rule, int_weights)
 
 
 def _to_16_bit(model: nn.Module, dtype: torch.dtype) -> nn.Module:
@@ -92,9 +147,10 @@ def get_scheme(name: str) -> Scheme:
     return SCHEMES[name]
 
 
-def apply_scheme(model: nn.Module, name: str, options: SchemeOptions = SchemeOptions()) -> nn.Module:
+def apply_scheme(model: nn.Module, name: str, options: SchemeOptions = SchemeOptions(),
+                 calibration: Calibration | None = None) -> nn.Module:
     """The eager model a scheme's `.pte` is exported from: its oracle."""
-    return get_scheme(name).transform(model, options)
+    return get_scheme(name).transform(model, options, calibration)
 
 
 @dataclass(frozen=True)
@@ -103,13 +159,15 @@ class PreparedModel:
     scheme: Scheme  # what to lower with
     label: str  # the scheme's name in reports and metadata (spinquant, qat-lora, ...)
     group_size: int | None
+    quantization: dict | None = None  # how the 4-bit weights were rounded, for the .pte metadata
 
 
 def prepare_model(checkpoint: Checkpoint, requested: str | None, options: SchemeOptions = SchemeOptions(), *,
-                  max_seq_len: int, full_logits: bool) -> PreparedModel:
+                  max_seq_len: int, full_logits: bool, tokenizer=None) -> PreparedModel:
     """The eager model for a checkpoint under a scheme: what export lowers and eager runs check against.
 
-    A pre-quantized checkpoint brings its own scheme; `requested` None means that one, else fp32.
+    A pre-quantized checkpoint brings its own scheme; `requested` None means that one, else fp32. `tokenizer`
+    reads `options.calib` (needed only then).
     """
     if checkpoint.prequantized:
         quant = checkpoint.args.quantization_args
@@ -119,26 +177,43 @@ def prepare_model(checkpoint: Checkpoint, requested: str | None, options: Scheme
                 f"its params.json); it cannot be exported as --scheme {requested}: leave --scheme out"
             )
         model = build_prequantized_model(checkpoint.args, checkpoint.state, max_seq_len, full_logits)
-        return PreparedModel(model, get_scheme("8da4w"), checkpoint.kind, quant.group_size)
+        record = {"group_size": quant.group_size, "integers": f"from the {checkpoint.kind} checkpoint"}
+        return PreparedModel(model, get_scheme("8da4w"), checkpoint.kind, quant.group_size, record)
+    scheme = get_scheme(requested or "fp32")
+    calibration = None
+    if options.calib is not None:
+        if tokenizer is None:
+            raise HandheldError(f"{checkpoint.path} has no tokenizer to read --calib with: pass --tokenizer")
+        calibration = read_calibration(options, tokenizer, max_seq_len)
     # The checkpoint's own dtype: each scheme widens or narrows (8da4w one weight at a time, so 3B fits).
     model = build_model(checkpoint, max_seq_len=max_seq_len, full_logits=full_logits, dtype=None)
-    scheme = get_scheme(requested or "fp32")
-    return PreparedModel(scheme.transform(model, options), scheme, scheme.name, options.group_size if scheme.quantized else None)
+    model = scheme.transform(model, options, calibration)
+    if not scheme.quantized:
+        return PreparedModel(model, scheme, scheme.name, None)
+    record = {"group_size": options.group_size, "scale_rule": options.scale_rule,
+              "calibration": calibration.record() if calibration else None}
+    return PreparedModel(model, scheme, scheme.name, options.group_size, record)
 
 
-def scheme_options(requested: str | None, group_size: int | None, checkpoint: Checkpoint) -> SchemeOptions:
-    """Options for `requested` on this checkpoint; a --group-size that would be ignored is refused instead."""
-    if group_size is None:
+def scheme_options(requested: str | None, group_size: int | None, checkpoint: Checkpoint, *,
+                   scale_rule: str | None = None, calib: Path | None = None,
+                   calib_tokens: int | None = None) -> SchemeOptions:
+    """Options for `requested` on this checkpoint, validated once; an option that would be ignored is refused."""
+    given = {"--group-size": group_size, "--scale-rule": scale_rule, "--calib": calib, "--calib-tokens": calib_tokens}
+    given = {flag: value for flag, value in given.items() if value is not None}
+    if not given:
         return SchemeOptions()
     if checkpoint.prequantized:
         own = checkpoint.args.quantization_args.group_size
-        if group_size != own:
-            raise HandheldError(f"{checkpoint.path} is pre-quantized with group size {own}; --group-size {group_size} "
-                                "cannot change it")
+        if set(given) != {"--group-size"} or group_size != own:
+            raise HandheldError(f"{checkpoint.path} is pre-quantized (group size {own}, its own integers); "
+                                f"{', '.join(given)} cannot change it")
         return SchemeOptions(group_size=group_size)
     if not get_scheme(requested or "fp32").quantized:
-        raise HandheldError(f"--group-size applies to 4-bit schemes; scheme {requested or 'fp32'} has no groups")
-    return SchemeOptions(group_size=group_size)
+        raise HandheldError(f"{', '.join(given)} applies to 4-bit schemes; scheme {requested or 'fp32'} has no groups")
+    defaults = SchemeOptions()
+    return SchemeOptions(group_size=group_size or defaults.group_size, scale_rule=scale_rule or defaults.scale_rule,
+                         calib=calib, calib_tokens=calib_tokens or defaults.calib_tokens)
 
 
 def checkpoint_model(checkpoint: Checkpoint, max_seq_len: int, full_logits: bool = True) -> nn.Module:

@@ -75,3 +75,23 @@ def test_the_wheel_carries_its_data(wheel_venv, tmp_path):
              "from handheld.core.catalog import proxy_dir; "
              "assert all((SOURCES / f).is_file() for f in SOURCE_FILES); assert (proxy_dir() / 'params.json').is_file()")
     subprocess.run([wheel_venv / "bin" / "python", "-c", check], check=True, cwd=tmp_path)
+
+
+# Modules tests skip without, by the declared distribution that brings them; the peers extra is optional by design.
+_SKIPPED_WITHOUT = {"yaml": "pyyaml", "pytorch_tokenizers.pytorch_tokenizers_cpp": "executorch"}
+
+
+def test_what_tests_need_is_declared_and_the_python_claimed_is_the_one_tested():
+    import re
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    declared = {re.split(r"[<>=!~\[ ]", dep)[0].lower() for dep in project["dependencies"] + project["optional-dependencies"]["test"]}
+    skipped = set()
+    for path in (ROOT / "tests").glob("test_*.py"):
+        skipped |= set(re.findall(r'importorskip\("([\w.]+)"\)', path.read_text()))
+    skipped.discard("llama_cpp")  # the peers extra: compiled for minutes, optional
+    unknown = skipped - set(_SKIPPED_WITHOUT)
+    assert not unknown, f"tests skip without {unknown}: declare them in the test extra and list them here"
+    missing = {module for module in skipped if _SKIPPED_WITHOUT[module] not in declared}
+    assert not missing, f"tests silently skip without {missing}, which no extra installs"
+    assert project["requires-python"].split("#")[0].strip() == f">={sys.version_info.major}.{sys.version_info.minor}"

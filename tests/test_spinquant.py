@@ -16,7 +16,8 @@ from handheld.core.errors import HandheldError
 from handheld.core.hadamard import hadamard_matrix
 from handheld.core.model import Transformer
 from handheld.quant.fake_quant import prepare_fake_quant
-from handheld.quant.gptq import HessianCollector, gptq_quantize, group_scales, round_to_grid, sequential_gptq
+from handheld.quant.gptq import HessianCollector, gptq_quantize, sequential_gptq
+from handheld.quant.scale_rules import SCALE_RULES, quantize_groups
 from handheld.quant.spinquant import Rotations, apply_rotations, fold_norms, initial_rotations, rotatable_state
 from handheld.training.cayley import LearnState, cayley_step, learn_rotations, quantized_loss
 from handheld.quant.spinquant_r4 import fold_r4
@@ -95,14 +96,16 @@ def test_gptq_beats_rtn_on_the_layer_reconstruction_error():
     gen = torch.Generator().manual_seed(0)
     x = torch.randn(512, 64, generator=gen) @ torch.randn(64, 64, generator=gen)  # correlated inputs
     w = torch.randn(48, 64, generator=gen)
-    values, scales = gptq_quantize(w, 2 * x.T.double() @ x.double(), group_size=32)
-    assert values.dtype == torch.int8 and values.min() >= -8 and values.max() <= 7
+    hessian = 2 * x.T.double() @ x.double()
     dequant = lambda v, s: (v.float().reshape(48, 2, 32) * s[..., None]).reshape(48, 64)
-    rtn_scales = group_scales(w.reshape(96, 32)).reshape(48, 2)  # the same grid, rounded to nearest
-    rtn = round_to_grid(w.reshape(48, 2, 32), rtn_scales[..., None])
-    err_gptq = (x @ (w - dequant(values, scales)).T).norm()
-    err_rtn = (x @ (w - dequant(rtn, rtn_scales)).T).norm()
-    assert err_gptq < 0.8 * err_rtn, (err_gptq, err_rtn)
+    for rule in SCALE_RULES:
+        values, scales = gptq_quantize(w, hessian, group_size=32, scale_rule=rule)
+        assert values.dtype == torch.int8 and values.min() >= -8 and values.max() <= 7
+        # The same scale rule, rounded to nearest (weighing inputs as GPTQ's rule does).
+        rtn, rtn_scales = quantize_groups(w, 32, rule, importance=torch.diag(hessian).sqrt())
+        err_gptq = (x @ (w - dequant(values, scales)).T).norm()
+        err_rtn = (x @ (w - dequant(rtn, rtn_scales)).T).norm()
+        assert err_gptq < 0.8 * err_rtn, (rule, err_gptq, err_rtn)
 
 
 def test_sequential_gptq_quantizes_each_block_on_inputs_through_the_quantized_prefix():

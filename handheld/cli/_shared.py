@@ -85,7 +85,8 @@ def refuse_checkpoint_flags(args: argparse.Namespace, what: str) -> None:
 def add_npu_arguments(p: argparse.ArgumentParser) -> None:
     """What an NPU scheme takes besides --backend and --scheme: the chip and the calibration text."""
     p.add_argument("--soc", help="NPU chip: qnn SM8550, SM8650 (default), SM8750; mediatek mt6989 (default), mt6991, mt6993")
-    p.add_argument("--calib", help="NPU schemes: UTF-8 text whose tokens set the activation ranges")
+    p.add_argument("--calib", help="UTF-8 text: xnnpack 4-bit schemes calibrate their weights on it (GPTQ); NPU "
+                   "schemes set their activation ranges from it")
     p.add_argument("--calib-sequences", type=int, default=NPU_CALIB_SEQUENCES,
                    help=f"NPU schemes: calibration sequences drawn from --calib (default {NPU_CALIB_SEQUENCES})")
 
@@ -100,7 +101,7 @@ def npu_quantized(args: argparse.Namespace, checkpoint: Path, options):
     from handheld.core.checkpoints import own_tokenizer_path
     from handheld.core.tokenizer import load_tokenizer
     from handheld.export.npu import quantize_checkpoint
-    from handheld.training.calibration import choose_samples, text_sequences
+    from handheld.quant.calibration import choose_samples, text_sequences
 
     if not args.calib:
         raise HandheldError("--calib is needed: an NPU scheme sets its activation ranges on calibration text")

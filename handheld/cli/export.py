@@ -1,6 +1,7 @@
 """`handheld export`: lower a checkpoint to an ExecuTorch `.pte` under a scheme, for a backend.
 
-CPU (xnnpack): an eager scheme. NPU (qnn, mediatek): a calibrated scheme, from a checkpoint and --calib or
+CPU (xnnpack): an eager scheme; 4-bit schemes round data-free by a scale rule, or with --calib by GPTQ on
+that text. NPU (qnn, mediatek): a calibrated scheme, from a checkpoint and --calib or
 from a `.pt2` that `handheld quantize` wrote; the vendor SDK must be installed, which is checked first.
 """
 
@@ -10,7 +11,7 @@ import argparse
 from pathlib import Path
 
 from handheld.cli._shared import add_group_size, add_npu_arguments, is_npu_artefact, npu_quantized, optional_path
-from handheld.core.defaults import MAX_SEQ_LEN, NPU_SEQ_LEN
+from handheld.core.defaults import GPTQ_CALIB_TOKENS, MAX_SEQ_LEN, NPU_SEQ_LEN, SCALE_RULE
 from handheld.core.errors import HandheldError
 
 HELP = "lower a checkpoint to an ExecuTorch .pte"
@@ -24,6 +25,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    "pre-quantized checkpoints (SpinQuant, QLoRA) bring their own; qnn: 16a4w, 16a8w, 8a8w; "
                    "mediatek: a16w4, a16w8, a8w8")
     add_group_size(p)
+    p.add_argument("--scale-rule", help=f"xnnpack 4-bit schemes: how a group's scale is chosen: weighted (error-weighted "
+                   f"search), extreme (the extreme stored exactly), absmax (torchao's own); default {SCALE_RULE}")
+    p.add_argument("--calib-tokens", type=int, help=f"xnnpack 4-bit schemes with --calib: tokens of it GPTQ reads "
+                   f"(default {GPTQ_CALIB_TOKENS})")
     p.add_argument("--backend", default="xnnpack", help="delegate to lower to: xnnpack (default), qnn, mediatek")
     add_npu_arguments(p)
     p.add_argument("--max-seq-len", type=int, help=f"KV cache length: prompt + generated tokens (default "
@@ -44,6 +49,7 @@ def run(args: argparse.Namespace) -> None:
         Path(args.checkpoint), Path(args.output), scheme_name=args.scheme, backend_name=args.backend,
         max_seq_len=args.max_seq_len or MAX_SEQ_LEN, tokenizer_path=optional_path(args.tokenizer),
         group_size=args.group_size, full_logits=args.full_logits, log=lambda msg: print(f"[export] {msg}", flush=True),
+        scale_rule=args.scale_rule, calib=optional_path(args.calib), calib_tokens=args.calib_tokens,
     )
     print(f"wrote {result.path} ({result.file_bytes / 2**20:.1f} MiB) in {result.seconds:.0f} s")
 
@@ -53,8 +59,10 @@ def _run_npu(args: argparse.Namespace) -> None:
     from handheld.export.npu import NpuOptions, load_quantized, lower_quantized, npu_backend, require_sdk
 
     backend, source, output = npu_backend(args.backend), Path(args.checkpoint), Path(args.output)
-    if args.group_size is not None:
-        raise HandheldError(f"--group-size applies to xnnpack's 4-bit schemes; {backend.name}'s schemes fix their own")
+    for flag, value in (("--group-size", args.group_size), ("--scale-rule", args.scale_rule),
+                        ("--calib-tokens", args.calib_tokens)):
+        if value is not None:
+            raise HandheldError(f"{flag} applies to xnnpack's 4-bit schemes; {backend.name}'s schemes fix their own")
     options = None
     if not is_npu_artefact(args.checkpoint):
         options = NpuOptions(backend.name, args.scheme, args.soc, args.max_seq_len or NPU_SEQ_LEN)

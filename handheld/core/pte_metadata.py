@@ -26,15 +26,16 @@ _HANDHELD_METHODS = {
     "version": "handheld_version",
     "full_logits": "handheld_full_logits",
     "group_size": "handheld_group_size",
+    "quantization": "handheld_quantization",
     "weight_bytes": "handheld_weight_bytes",
     "op_counts": "handheld_op_counts",
     "provenance": "handheld_provenance",
 }
-_JSON_FIELDS = frozenset({"params", "weight_bytes", "op_counts", "provenance"})
+_JSON_FIELDS = frozenset({"params", "quantization", "weight_bytes", "op_counts", "provenance"})
 # What each field must hold once read from a file.
 _FIELD_KINDS = {"max_seq_len": int, "vocab_size": int, "n_layers": int, "bos_id": int, "eos_ids": tuple, "model": str,
                 "params": dict, "scheme": str, "backend": str, "version": str, "full_logits": bool,
-                "group_size": (int, type(None)), "weight_bytes": dict, "op_counts": dict,
+                "group_size": (int, type(None)), "quantization": (dict, type(None)), "weight_bytes": dict, "op_counts": dict,
                "provenance": dict}
 
 
@@ -54,6 +55,8 @@ class ProgramMetadata:
     version: str = UNKNOWN  # handheld's version that wrote it
     full_logits: bool = False  # logits for every input position (evaluation), or the last only
     group_size: int | None = None
+    # How a 4-bit scheme rounded (group size, scale rule, calibration text and its sha256); None when unquantized.
+    quantization: dict[str, Any] | None = None
     weight_bytes: dict[str, int] = field(default_factory=dict)  # stored weight bytes by kind
     op_counts: dict[str, dict[str, int]] = field(default_factory=dict)  # operators delegated / not
     # Which code made it: git commit, dirty tree, digest of the export code, library versions.

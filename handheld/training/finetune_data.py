@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from handheld.training.calibration import text_sequences
+from handheld.quant.calibration import text_sequences
 from handheld.core.errors import HandheldError
 from handheld.core.chat_template import Message
 from handheld.core.tokenizer import Tokenizer

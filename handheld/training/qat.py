@@ -31,7 +31,7 @@ from handheld.quant.fake_quant import prepare_fake_quant
 from handheld.quant.linears import untie_embedding
 from handheld.quant.lora import add_lora, freeze_all_but_adapters
 from handheld.quant.prequantized import quantized_model
-from handheld.training.calibration import choose_samples
+from handheld.quant.calibration import choose_samples
 from handheld.training.common import (check_ids_fit, job_tokenizer, job_tokenizer_path, progress_bar, require_float,
                                       write_quantized_output)
 from handheld.training.distributed import Group

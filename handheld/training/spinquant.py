@@ -24,7 +24,8 @@ from handheld.quant.mobile_8da4w import quantize_8da4w
 from handheld.quant.spinquant import (Rotations, apply_rotations, check_rotatable, fold_norms, initial_rotations,
                                       rotatable_state)
 from handheld.quant.spinquant_r4 import fold_r4, unfold_r4
-from handheld.training.calibration import batch_at, choose_samples, text_sequences
+from handheld.quant.calibration import choose_samples, text_sequences
+from handheld.training.calibration import batch_at
 from handheld.training.cayley import LearnState, learn_rotations
 from handheld.training.common import (check_ids_fit, job_tokenizer, job_tokenizer_path, progress_bar, require_float,
                                       write_float_output, write_quantized_output)
@@ -128,17 +129,15 @@ def _learn(base: nn.Module, sequences: torch.Tensor, options: SpinQuantOptions, 
 def _quantize(rotated: nn.Module, sequences: torch.Tensor, options: SpinQuantOptions, group: Group) -> nn.Module:
     """8da4w of the rotated model; with GPTQ (block by block through the quantized prefix), the 4-bit block
     linears' integers and scales replaced by GPTQ's."""
+    # The rotations are learned under torchao's fake quantization (its absmax scales): quantize on that grid.
     gptq_results = {}
     if options.weight_quant == "gptq":
         mine = sequences[group.rank :: group.world]
-        gptq_results = sequential_gptq(rotated, mine, options.group_size, options.batch_size, reduce=group.sum_)
-    quantized = quantize_8da4w(rotated.cpu(), group_size=options.group_size)  # torchao's CPU layout, as shipped
-    with torch.no_grad():
-        for name, (values, scales) in gptq_results.items():
-            weight = quantized.get_submodule(name).weight
-            weight.qdata.copy_(values.cpu())
-            weight.scale.copy_(scales.cpu().reshape(weight.scale.shape))
-    return quantized
+        gptq_results = sequential_gptq(rotated, mine, options.group_size, options.batch_size, scale_rule="absmax",
+                                       reduce=group.sum_)
+    # torchao's CPU layout, as shipped
+    return quantize_8da4w(rotated.cpu(), group_size=options.group_size, scale_rule="absmax",
+                          int_weights={name: (v.cpu(), s.cpu()) for name, (v, s) in gptq_results.items()})
 
 
 def _write(quantized: nn.Module, checkpoint: Checkpoint, options: SpinQuantOptions) -> None:
