@@ -60,19 +60,46 @@ class HFTokenizer:
         return b"".join(table[i] if 0 <= i < len(table) else b"" for i in ids)
 
     def encode_chat(self, dialog: list[Message], add_generation_prompt: bool = True) -> list[int]:
+        """The template's markup with its control tokens as control ids; each message's text as plain text, so
+        "<|im_end|>" typed in a message can never end a turn or open one (a forged turn)."""
         if self.template is None:
             raise HandheldError(f"{self.source} has no chat template: --chat needs one (tokenizer_config.json or GGUF)")
-        text = self.template.render([{"role": m.role, "content": m.content} for m in dialog], add_generation_prompt)
-        self._tok.encode_special_tokens = False  # the template's own control tokens are control ids
-        try:
-            ids = self._tok.encode(text, add_special_tokens=False).ids
-        finally:
-            self._tok.encode_special_tokens = True
+        ids = []
+        for piece, is_message in split_rendered_chat(self.template, dialog, add_generation_prompt):
+            self._tok.encode_special_tokens = is_message  # markup: parse control tokens; messages: text only
+            try:
+                ids += self._tok.encode(piece, add_special_tokens=False).ids
+            finally:
+                self._tok.encode_special_tokens = True
         return ids
 
     def save_json(self, path: Path) -> None:
         """As tokenizer.json (what ExecuTorch's LLM runner reads)."""
         self._tok.save(str(path))
+
+
+def split_rendered_chat(template: ChatTemplate, dialog: list[Message],
+                        add_generation_prompt: bool) -> list[tuple[str, bool]]:
+    """The rendered chat as (text, is a message's content) pieces, in order. The template renders marker strings
+    in place of the contents (padded with a space each side: a template that trims its content drops them,
+    and the content is then trimmed too, as the template would have); a template that moves or repeats a
+    content is refused rather than guessed at."""
+    markers = [f"\ue000{i}\ue001" for i in range(len(dialog))]  # private-use code points: never in a template
+    text = template.render([{"role": m.role, "content": f" {marker} "} for m, marker in zip(dialog, markers)],
+                           add_generation_prompt)
+    pieces, rest = [], text
+    for message, marker in zip(dialog, markers):
+        if text.count(marker) != 1 or marker not in rest:
+            raise HandheldError("the model's chat template repeats, drops or reorders a message's text; handheld cannot keep "
+                                "that text apart from the template's control tokens")
+        before, padded, after = rest.partition(f" {marker} ")
+        if not padded:  # the template trimmed what it was given
+            before, _, after = rest.partition(marker)
+            pieces += [(before, False), (message.content.strip(), True)]
+        else:
+            pieces += [(before, False), (message.content, True)]
+        rest = after
+    return [piece for piece in pieces + [(rest, False)] if piece[0]]
 
 
 def write_tokenizer_files(tokenizer: HFTokenizer, folder: Path) -> Path:
