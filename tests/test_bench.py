@@ -220,3 +220,13 @@ def test_synthetic_prompt_is_deterministic_and_in_range():
     assert prompt == synthetic_prompt(50) and len(prompt) == 50
     assert all(3 <= t < 250 for t in prompt)
     assert len(set(prompt)) > 10
+
+
+def test_bench_json_never_overwrites_its_baseline(tmp_path, capsys):
+    baseline = tmp_path / "old.json"
+    baseline.write_text('{"rows": []}')
+    code = main(["bench", str(tmp_path / "x.pte"), "--json", str(baseline), "--baseline", str(baseline),
+                 "--max-regression", "5"])
+    assert code == 1 and baseline.read_text() == '{"rows": []}'
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("handheld: error:")]
+    assert len(lines) == 1 and "would overwrite or land inside the input" in lines[0]

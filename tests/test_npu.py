@@ -231,3 +231,13 @@ def test_inspect_says_which_delegate_runs_what(odd_fp32_pte, capsys):
     assert main(["inspect", str(odd_fp32_pte)]) == 0
     text = capsys.readouterr().out
     assert "delegates   XnnpackBackend x" in text and "run by XnnpackBackend:" in text
+
+
+@pytest.mark.parametrize("flags", [["--scheme", "16a8w"], ["--soc", "SM8750"], ["--max-seq-len", "64"]])
+def test_export_of_a_quantized_pt2_refuses_flags_it_would_ignore(tmp_path, capsys, flags):
+    """A .pt2 carries its scheme, chip and length: a flag that would be silently ignored is refused instead."""
+    source = tmp_path / "m.pt2"
+    source.write_bytes(b"not read: the flags are checked first")
+    code = main(["export", "--checkpoint", str(source), "--backend", "qnn", *flags, "-o", str(tmp_path / "m.pte")])
+    err = capsys.readouterr().err
+    assert code == 1 and f"{flags[0]} cannot change them" in err and not (tmp_path / "m.pte").exists()

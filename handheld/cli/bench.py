@@ -43,9 +43,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> None:
-    from handheld.core.atomic import atomic_path
+    from handheld.core.atomic import atomic_path, refuse_overwriting_inputs
     from handheld.measure.bench import connect_device, run_bench
     from handheld.measure.host import measure_bandwidth_gbs
+
+    if args.json:  # before any work: --json must not overwrite the baseline or a program it measures
+        refuse_overwriting_inputs(args.json, [args.baseline, *args.models])
 
     options = dict(prompt_len=args.prompt_len, gen_len=args.gen_len, runs=args.runs, warmup=args.warmup,
                    runner=args.runner or default_runner(args.target), target=args.target, count_work=args.count_work,

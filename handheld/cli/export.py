@@ -63,6 +63,12 @@ def _run_npu(args: argparse.Namespace) -> None:
                         ("--calib-tokens", args.calib_tokens)):
         if value is not None:
             raise HandheldError(f"{flag} applies to xnnpack's 4-bit schemes; {backend.name}'s schemes fix their own")
+    if is_npu_artefact(args.checkpoint):  # its scheme, chip and length were fixed when it was quantized
+        given = [flag for flag, value in (("--scheme", args.scheme), ("--soc", args.soc), ("--max-seq-len", args.max_seq_len),
+                                          ("--calib", args.calib)) if value is not None]
+        if given:
+            raise HandheldError(f"{source} was quantized by `handheld quantize` with its own scheme, chip and length; "
+                                f"{', '.join(given)} cannot change them (quantize again instead)")
     options = None
     if not is_npu_artefact(args.checkpoint):
         options = NpuOptions(backend.name, args.scheme, args.soc, args.max_seq_len or NPU_SEQ_LEN)
