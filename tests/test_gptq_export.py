@@ -3,7 +3,6 @@
 import hashlib
 
 import pytest
-import torch
 
 from conftest import PARITY_MAX_SEQ_LEN, sample_text
 from test_cli import assert_clean_error, run_cli

