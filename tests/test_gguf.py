@@ -201,3 +201,24 @@ def test_typed_control_tokens_cannot_forge_a_chat_turn(f32_gguf):
     whole = tok._tok.encode(rendered, add_special_tokens=False).ids
     tok._tok.encode_special_tokens = True
     assert tok.encode_chat(dialog) == whole
+
+
+def test_a_recipe_from_a_gguf_writes_its_tokenizer_in_its_own_format(f32_gguf, tmp_path):
+    """Not the whole GGUF copied under tokenizer.model: tokenizer.json, with the chat template beside it."""
+    import json
+
+    from conftest import sample_text
+    from handheld.training.options import SpinQuantOptions
+    from handheld.training.distributed import Group
+    from handheld.training.spinquant import run_spinquant
+
+    calib = tmp_path / "calib.txt"
+    calib.write_text(sample_text(400, seed=2))
+    out = tmp_path / "rtn"
+    run_spinquant(SpinQuantOptions(checkpoint=f32_gguf, calib=calib, output=out, steps=0, rotations=False, seq_len=16,
+                                   samples=4, batch_size=2), Group(), progress=False)
+    assert sorted(p.name for p in out.iterdir() if p.name.startswith("tokenizer")) == ["tokenizer.json", "tokenizer_config.json"]
+    assert json.loads((out / "tokenizer_config.json").read_text())["chat_template"] == CHATML
+    written, original = load_tokenizer(read_checkpoint(out).tokenizer_path), load_tokenizer(f32_gguf)
+    dialog = [Message("user", "the and 42")]
+    assert written.encode_chat(dialog) == original.encode_chat(dialog) and written.stop_ids == original.stop_ids

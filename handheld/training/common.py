@@ -48,7 +48,7 @@ def write_quantized_output(output: Path, args: ModelArgs, model: nn.Module, toke
     """The job's result in Meta's pre-quantized layout, with the tokenizer beside it; all or nothing."""
     with atomic_dir(output) as tmp:
         write_prequantized(tmp, args, model)
-        shutil.copyfile(tokenizer, tmp / TOKENIZER)
+        write_tokenizer(tokenizer, tmp)
 
 
 def write_float_output(output: Path, args: ModelArgs, model: nn.Module, tokenizer: Path) -> None:
@@ -56,4 +56,16 @@ def write_float_output(output: Path, args: ModelArgs, model: nn.Module, tokenize
     state = {name: t.detach().clone() for name, t in model.state_dict().items()}
     with atomic_dir(output) as tmp:
         write_checkpoint(tmp, args, state, "meta")
-        shutil.copyfile(tokenizer, tmp / TOKENIZER)
+        write_tokenizer(tokenizer, tmp)
+
+
+def write_tokenizer(tokenizer: Path, folder: Path) -> None:
+    """The job's tokenizer beside its output, in its own format: tiktoken as tokenizer.model; tokenizer.json or a
+    GGUF's vocabulary as tokenizer.json with tokenizer_config.json (BOS/EOS and the chat template)."""
+    from handheld.core.hf_tokenizer import HFTokenizer, write_tokenizer_files
+
+    loaded = load_tokenizer(tokenizer)
+    if isinstance(loaded, HFTokenizer):
+        write_tokenizer_files(loaded, folder)
+    else:
+        shutil.copyfile(tokenizer, folder / TOKENIZER)
