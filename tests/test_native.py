@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import PARITY_SHARE_OF_SPREAD
 from handheld.measure.bench import BenchConfig, run_bench
 from handheld.core.errors import HandheldError
 from handheld.measure.gate import regressions
@@ -95,9 +96,12 @@ def test_android_bundle_under_qemu_without_a_sysroot_gives_the_x86_tokens_and_lo
     on_x86 = run.run_native(host_runner, "host", pte, PROMPT, 16, threads=1, logits_path=tmp_path / "x86.f32")
     on_android = run.run_native(bundle, "android-arm64", pte, PROMPT, 16, threads=2, logits_path=tmp_path / "arm.f32")
     assert on_android["tokens"] == on_x86["tokens"]
-    # Seen: 3e-6 apart (other kernels, same arithmetic up to rounding).
-    np.testing.assert_allclose(np.fromfile(tmp_path / "arm.f32", dtype=np.float32),
-                               np.fromfile(tmp_path / "x86.f32", dtype=np.float32), atol=LOGITS_ATOL, rtol=0)
+    # Other kernels (NEON dot products, 2 threads): the same arithmetic up to rounding, but a 1-ulp difference can
+    # send one 8-bit dynamic activation to the neighbouring level, which moves later logits by a few hundredths
+    # (seen: 3e-6 apart with torchao's scales; 0.056 at 2 of 16 steps with the weighted rule's). So: within the
+    # house's parity share of the logits' spread, the bound every .pte-vs-oracle check uses.
+    arm, x86 = (np.fromfile(tmp_path / name, dtype=np.float32) for name in ("arm.f32", "x86.f32"))
+    np.testing.assert_allclose(arm, x86, atol=PARITY_SHARE_OF_SPREAD * float(x86.std()), rtol=0)
 
 
 def test_aarch64_binary_is_an_arm_executable(aarch64_runner):

@@ -16,6 +16,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> None:
+    from handheld.cli.children import children_end_with_me
     from handheld.cli.demo_job import run_demo
 
-    run_demo(Path(args.out), args.model)
+    with children_end_with_me():  # a SIGTERM or Ctrl-C leaves no export worker or bench run behind
+        run_demo(Path(args.out), args.model)

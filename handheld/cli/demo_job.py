@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from multiprocessing import get_context
 from pathlib import Path
 
+from handheld.cli.children import end_with_parent, exits_when_terminated
 from handheld.core.atomic import atomic_path
 from handheld.core.catalog import fetch, proxy_dir
 from handheld.core.chat_template import Message
@@ -95,6 +96,7 @@ def run_demo(out: Path, model_name: str = "smollm2-135m-instruct", log=print) ->
     return report
 
 
+@exits_when_terminated
 def _export_one(job: tuple[str, str, str, int]) -> tuple[str, float]:
     """One export in a worker process (one thread: lowering is Python, and two share the machine)."""
     import torch
@@ -116,7 +118,8 @@ def export_all(sources: dict[str, Path], out: Path, log) -> dict[str, Path]:
             log(f"{scheme}: reusing {ptes[scheme]}")
     if jobs:
         log(f"exporting {', '.join(j[0] for j in jobs)} to XNNPACK, {EXPORT_WORKERS} at a time")
-        with ProcessPoolExecutor(max_workers=EXPORT_WORKERS, mp_context=get_context("spawn")) as pool:
+        with ProcessPoolExecutor(max_workers=EXPORT_WORKERS, mp_context=get_context("spawn"),
+                                 initializer=end_with_parent) as pool:
             for scheme, seconds in pool.map(_export_one, jobs):
                 log(f"    {scheme}: exported in {seconds:.0f} s")
     return ptes
