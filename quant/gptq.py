@@ -32,8 +32,12 @@ def round_to_grid(column: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
 
 
 def gptq_quantize(weight: torch.Tensor, hessian: torch.Tensor, group_size: int, scale_rule: str = SCALE_RULE,
-                  damping: float = 0.01, block: int = 128) -> tuple[torch.Tensor, torch.Tensor]:
-    """4-bit values (int8 holding [-8, 7]) and per-group scales [out, in / group] for weight[out, in]."""
+                  damping: float = 0.01, block: int = 128, act_order: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """4-bit values (int8 holding [-8, 7]) and per-group scales [out, in / group] for weight[out, in].
+
+    `act_order`: round the columns with the largest Hessian diagonal (the inputs that fire most) first, while
+    the most columns are left to absorb their error; the groups stay the stored contiguous ones, so their scales
+    are chosen up front from the weights as given ("static groups")."""
     w = weight.double().clone()
     h = hessian.double().clone()
     importance = torch.diag(h).clamp_min(0).sqrt()
@@ -41,25 +45,30 @@ def gptq_quantize(weight: torch.Tensor, hessian: torch.Tensor, group_size: int, 
     h[dead, dead] = 1
     w[:, dead] = 0
     h += damping * torch.diag(h).mean() * torch.eye(h.shape[0], dtype=h.dtype, device=h.device)
-    h_inv = torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(h)), upper=True)
-
     columns = w.shape[1]
-    values = torch.zeros_like(w)
     scales = torch.zeros(w.shape[0], columns // group_size, dtype=torch.float64, device=w.device)
+    order = torch.arange(columns, device=w.device)
+    if act_order:
+        scales = group_scales(w.float(), group_size, scale_rule, importance).double()
+        order = torch.argsort(torch.diag(h), descending=True, stable=True)
+        w, h = w[:, order], h[order][:, order]
+    h_inv = torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(h)), upper=True)
+    values = torch.zeros_like(w)
     block = max(group_size, block - block % group_size)
     for start in range(0, columns, block):
         end = min(start + block, columns)
         errors = torch.zeros(w.shape[0], end - start, dtype=w.dtype, device=w.device)
         for i in range(start, end):
-            if i % group_size == 0:
-                scales[:, i // group_size] = group_scales_for(w[:, i : i + group_size], scale_rule, importance[i : i + group_size])
-            scale = scales[:, i // group_size]
-            q = round_to_grid(w[:, i], scale)
+            group = int(order[i]) // group_size
+            if not act_order and i % group_size == 0:
+                scales[:, group] = group_scales_for(w[:, i : i + group_size], scale_rule, importance[i : i + group_size])
+            q = round_to_grid(w[:, i], scales[:, group])
             values[:, i] = q
-            error = (w[:, i] - q * scale) / h_inv[i, i]
+            error = (w[:, i] - q * scales[:, group]) / h_inv[i, i]
             w[:, i + 1 : end] -= error[:, None] * h_inv[i, i + 1 : end][None, :]
             errors[:, i - start] = error
         w[:, end:] -= errors @ h_inv[start:end, end:]
+    values[:, order] = values.clone()  # back to the stored column order
     return values.to(torch.int8), scales.float()
 
 
@@ -92,7 +101,7 @@ def dequantized(values: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
 
 @torch.no_grad()
 def sequential_gptq(model: nn.Module, sequences: torch.Tensor, group_size: int, batch_size: int,
-                    scale_rule: str = SCALE_RULE, reduce: Callable[[torch.Tensor], torch.Tensor] = lambda h: h) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+                    scale_rule: str = SCALE_RULE, act_order: bool = False, reduce: Callable[[torch.Tensor], torch.Tensor] = lambda h: h) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
     """GPTQ of every block linear, block by block through the already-quantized prefix. Each block's weights
     are replaced by their quantized values in place; returns {linear name: (values, scales)}.
     `reduce` sums Hessians across data-parallel processes (each holds its own share of `sequences`)."""
@@ -106,7 +115,8 @@ def sequential_gptq(model: nn.Module, sequences: torch.Tensor, group_size: int, 
             block.forward_batch(h, *rope)
         collector.close()
         for name, linear in linears.items():
-            values, scales = gptq_quantize(linear.weight.detach(), reduce(collector.hessians[name]), group_size, scale_rule)
+            values, scales = gptq_quantize(linear.weight.detach(), reduce(collector.hessians[name]), group_size, scale_rule,
+                                           act_order=act_order)
             linear.weight.copy_(dequantized(values, scales).to(linear.weight.dtype))
             results[name] = (values, scales)
         hidden = [block.forward_batch(h, *rope) for h in hidden]  # what the next block sees once this one ships

@@ -106,6 +106,10 @@ def test_gptq_beats_rtn_on_the_layer_reconstruction_error():
         err_gptq = (x @ (w - dequant(values, scales)).T).norm()
         err_rtn = (x @ (w - dequant(rtn, rtn_scales)).T).norm()
         assert err_gptq < 0.8 * err_rtn, (rule, err_gptq, err_rtn)
+        # Act order: the same stored groups, their scales chosen up front (RTN's), the columns rounded by input size.
+        values, scales = gptq_quantize(w, hessian, group_size=32, scale_rule=rule, act_order=True)
+        assert torch.equal(scales, rtn_scales) and values.min() >= -8 and values.max() <= 7
+        assert (x @ (w - dequant(values, scales)).T).norm() < 0.8 * err_rtn
 
 
 def test_sequential_gptq_quantizes_each_block_on_inputs_through_the_quantized_prefix():
