@@ -85,7 +85,7 @@ def _logits_fn(backend: str, scheme: str, checkpoint: Path, tokenizer):
     from handheld.export.npu import NpuOptions, quantize_checkpoint
     from handheld.measure.quality import eager_logits_fn
     from handheld.quant.schemes import prepare_model
-    from handheld.training.calibration import choose_samples, text_sequences
+    from handheld.quant.calibration import choose_samples, text_sequences
 
     if backend in ("float", "xnnpack"):
         prepared = prepare_model(read_checkpoint(checkpoint), scheme, max_seq_len=CONTEXT, full_logits=True)

@@ -16,7 +16,9 @@ some rules), and `--finetuned` (a short float fine-tune of it on calib.txt, off 
     python benchmarks/quality/scale_rules.py [--finetuned /tmp/smollm2-ft] [--rows 8da4w/weighted ...]
 
 Rows are merged into benchmarks/results/scale_rules_smollm2.json as they finish (a rerun redoes only the rows
-asked for).
+asked for); the Markdown table beside it (scale_rules_smollm2.md) is rendered from that JSON, with llama.cpp's
+rows from the issue's measurement (PEERS below: llama-cpp-python 0.3.x scoring its own files on the same ids
+and windows; not re-run here).
 """
 
 from __future__ import annotations
@@ -45,6 +47,8 @@ RESULTS = ROOT / "benchmarks" / "results" / "scale_rules_smollm2.json"
 CONTEXT, STRIDE, TOKENS = 256, 128, 4096
 TEXTS = {"test.txt": proxy_dir() / "test.txt", "GPL-3": Path("/usr/share/common-licenses/GPL-3")}
 FT_STEPS, FT_LR, FT_BATCH, FT_SEQ = 40, 2e-4, 4, 128
+# llama.cpp on the shipped weights (F32 file it wrote from the GGUF), perplexity on test.txt and GPL-3: issue 27.
+PEERS = {"llama.cpp Q8_0": (8.279, 22.249), "llama.cpp Q4_0": (10.080, 27.582), "llama.cpp Q4_K_M": (9.075, 23.525)}
 
 
 def rounded_linears(model: torch.nn.Module, rule: str) -> torch.nn.Module:
@@ -128,6 +132,27 @@ def main() -> None:
             print(f"{which:9s} {row:22s} " + "  ".join(f"{t} {r['perplexity']:.3f} kl {r['mean_kl']:.4f} "
                   f"top1 {r['top1_agreement']:.3f}" for t, r in result.items()) + f"  (build {built:.0f} s)", flush=True)
             RESULTS.write_text(json.dumps(report, indent=1) + "\n")
+            RESULTS.with_suffix(".md").write_text(render(report))
+
+
+def render(report: dict) -> str:
+    """The table, from the results JSON alone."""
+    lines = ["| checkpoint | row | test.txt ppl | vs float | KL | top-1 | GPL-3 ppl | vs float | KL | top-1 |",
+             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    rows = report["rows"]
+    for key, row in rows.items():
+        base = rows.get(f"{row['checkpoint']}:float")
+        cells = []
+        for text in TEXTS:
+            r = row[text]
+            increase = f"{r['perplexity'] / base[text]['perplexity'] - 1:+.1%}" if base else ""
+            cells += [f"{r['perplexity']:.3f}", increase, f"{r['mean_kl']:.4f}", f"{r['top1_agreement']:.3f}"]
+        lines.append(f"| {row['checkpoint']} | {row['row']} | " + " | ".join(cells) + " |")
+    base = rows.get("shipped:float")
+    for name, ppls in PEERS.items():
+        rel = [f"{p / base[t]['perplexity'] - 1:+.1%}" if base else "" for p, t in zip(ppls, TEXTS)]
+        lines.append(f"| shipped (issue 27) | {name} | {ppls[0]:.3f} | {rel[0]} | | | {ppls[1]:.3f} | {rel[1]} | | |")
+    return "\n".join(lines) + "\n"
 
 
 if __name__ == "__main__":
