@@ -3,7 +3,8 @@
 Rows, in eager PyTorch on the exact model `handheld export` lowers (its `.pte`'s oracle; the parity tests hold
 the program to it): `linears-4bit/<rule>` (only the 4-bit block linears rounded, float everything else: the
 rule alone), `8da4w/<rule>` (the whole scheme: 8-bit dynamic activations, 8-bit classifier and embedding), and
-`8da4w-gptq/<rule>` (`--calib`: GPTQ on the proxy's calib.txt, Debian's Python docs, held out from both texts).
+`8da4w-gptq/<rule>` (`--calib`: GPTQ on the proxy's calib.txt, Debian's Python docs, held out from both texts),
+`8da4w-gptq-act/<rule>` (the same with GPTQ's act order).
 Columns: perplexity, its increase over float, mean KL(float || row) and top-1 agreement with float.
 
 Texts: the first 4,096 tokens of handheld/proxy/test.txt and of Debian's GPL-3 text, context 256, stride 128,
@@ -38,7 +39,9 @@ from handheld.core.checkpoints import build_model, read_checkpoint
 from handheld.core.tokenizer import load_tokenizer
 from handheld.measure.host import host_info
 from handheld.measure.quality import eager_logits_fn, evaluate
+from handheld.quant.gptq import sequential_gptq
 from handheld.quant.linears import block_linears, input_importance
+from handheld.quant.mobile_8da4w import quantize_8da4w
 from handheld.quant.scale_rules import SCALE_RULES, quantize_groups
 from handheld.quant.schemes import SchemeOptions, apply_scheme, read_calibration
 
@@ -67,8 +70,12 @@ def build_row(name: str, base: torch.nn.Module, tokenizer) -> torch.nn.Module:
         return base
     if kind == "linears-4bit":
         return rounded_linears(base, rule)
-    options = SchemeOptions(scale_rule=rule, calib=proxy_dir() / "calib.txt" if kind == "8da4w-gptq" else None)
+    options = SchemeOptions(scale_rule=rule, calib=proxy_dir() / "calib.txt" if kind.startswith("8da4w-gptq") else None)
     calibration = read_calibration(options, tokenizer, base.max_seq_len) if options.calib else None
+    if kind == "8da4w-gptq-act":  # GPTQ's act order (a library option, not yet the export's)
+        model = copy.deepcopy(base)
+        found = sequential_gptq(model, calibration.sequences, 32, 8, rule, act_order=True)
+        return quantize_8da4w(model, 32, 8, rule, found).eval()
     return apply_scheme(copy.deepcopy(base), "8da4w", options, calibration).eval()
 
 
@@ -100,7 +107,7 @@ def finetuned_checkpoint(source: Path, target: Path) -> Path:
 
 def all_rows() -> list[str]:
     return (["float"] + [f"linears-4bit/{r}" for r in SCALE_RULES] + [f"8da4w/{r}" for r in SCALE_RULES]
-            + ["8da4w-gptq/weighted", "8da4w-gptq/absmax"])
+            + ["8da4w-gptq/weighted", "8da4w-gptq-act/weighted"])
 
 
 def main() -> None:

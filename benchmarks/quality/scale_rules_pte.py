@@ -43,16 +43,19 @@ def perplexity(pte: Path, gguf: Path, text: Path) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--work", type=Path, default=Path("/tmp/scale-rules-pte"))
+    parser.add_argument("--rows", nargs="+", default=list(PROGRAMS), help="programs to (re)make; others are kept")
     args = parser.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)
     gguf = cached_path(get_pretrained("smollm2-135m-instruct"))
     report = {"producer": "benchmarks/quality/scale_rules_pte.py", "command": " ".join(sys.argv), "host": host_info(),
               "commit": subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                                       cwd=ROOT).stdout.strip(), "rows": {}}
-    for name, flags in PROGRAMS.items():
+                                       cwd=ROOT).stdout.strip(),
+              "rows": json.loads(RESULTS.read_text())["rows"] if RESULTS.exists() else {}}
+    for name in args.rows:
+        flags = PROGRAMS[name]
         pte = args.work / (name.replace("/", "-") + ".pte")
         seconds = export(gguf, flags, pte)
-        row = {"flags": flags, "export_seconds": seconds, "file_bytes": pte.stat().st_size,
+        row = {"commit": report["commit"], "flags": flags, "export_seconds": seconds, "file_bytes": pte.stat().st_size,
                "perplexity": {label: perplexity(pte, gguf, path) for label, path in TEXTS.items()}}
         report["rows"][name] = row
         print(f"{name:22s} export {seconds:5.0f} s  " + "  ".join(f"{t} {p:.3f}" for t, p in row["perplexity"].items()),
