@@ -17,8 +17,13 @@ def text_sequences(path: Path, tokenizer, seq_len: int) -> torch.Tensor:
     ids = text_tokens(path, tokenizer)
     if len(ids) < seq_len:
         raise HandheldError(f"{path} has {len(ids)} tokens, fewer than one sequence of --seq-len {seq_len}")
+    return windows_of(ids, seq_len)
+
+
+def windows_of(ids: list[int], seq_len: int) -> torch.Tensor:
+    """[N, seq_len] non-overlapping windows of `ids` (a tail shorter than a window is dropped)."""
     count = len(ids) // seq_len
-    return torch.tensor(ids[: count * seq_len]).reshape(count, seq_len)
+    return torch.tensor(ids[: count * seq_len], dtype=torch.long).reshape(count, seq_len)
 
 
 def text_tokens(path: Path, tokenizer) -> list[int]:

@@ -17,7 +17,7 @@ from torch import nn
 from handheld.core.checkpoints import Checkpoint, build_model
 from handheld.core.defaults import CALIB_SEQ_LEN, GPTQ_CALIB_TOKENS, GPTQ_MIN_CALIB_TOKENS, GROUP_SIZE, SCALE_RULE
 from handheld.core.errors import HandheldError
-from handheld.quant.calibration import text_tokens
+from handheld.quant.calibration import text_tokens, windows_of
 from handheld.quant.gptq import sequential_gptq
 from handheld.quant.mobile_8da4w import quantize_8da4w
 from handheld.quant.prequantized import build_prequantized_model
@@ -48,7 +48,7 @@ class Calibration:
     sequences: torch.Tensor  # [N, seq_len] token ids
 
     def record(self) -> dict:
-        return {"method": "gptq", "text": self.name, "sha256": self.sha256,
+        return {"method": "gptq", "act_order": True, "text": self.name, "sha256": self.sha256,
                 "sequences": self.sequences.shape[0], "seq_len": self.sequences.shape[1]}
 
 
@@ -57,11 +57,10 @@ def read_calibration(options: SchemeOptions, tokenizer, max_seq_len: int) -> Cal
     short text."""
     seq_len = min(CALIB_SEQ_LEN, max_seq_len)
     ids = text_tokens(options.calib, tokenizer)
-    count = len(ids) // seq_len
-    if count * seq_len < GPTQ_MIN_CALIB_TOKENS:
-        raise HandheldError(f"calibration text {options.calib} has {len(ids)} tokens ({count * seq_len} in whole "
+    windows = windows_of(ids, seq_len)
+    if windows.numel() < GPTQ_MIN_CALIB_TOKENS:
+        raise HandheldError(f"calibration text {options.calib} has {len(ids)} tokens ({windows.numel()} in whole "
                             f"windows of {seq_len}); GPTQ needs at least {GPTQ_MIN_CALIB_TOKENS}")
-    windows = torch.tensor(ids[: count * seq_len]).reshape(count, seq_len)
     wanted = max(1, options.calib_tokens // seq_len)
     picked = torch.linspace(0, windows.shape[0] - 1, min(wanted, windows.shape[0])).round().long()  # spread over the text
     digest = hashlib.sha256(options.calib.read_bytes()).hexdigest()

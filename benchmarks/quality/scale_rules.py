@@ -4,7 +4,7 @@ Rows, in eager PyTorch on the exact model `handheld export` lowers (its `.pte`'s
 the program to it): `linears-4bit/<rule>` (only the 4-bit block linears rounded, float everything else: the
 rule alone), `8da4w/<rule>` (the whole scheme: 8-bit dynamic activations, 8-bit classifier and embedding), and
 `8da4w-gptq/<rule>` (`--calib`: GPTQ on the proxy's calib.txt, Debian's Python docs, held out from both texts),
-`8da4w-gptq-act/<rule>` (the same with GPTQ's act order).
+`8da4w-gptq-act/<rule>` (the same with GPTQ's act order: what `--calib` exports).
 Columns: perplexity, its increase over float, mean KL(float || row) and top-1 agreement with float.
 
 Texts: the first 4,096 tokens of handheld/proxy/test.txt and of Debian's GPL-3 text, context 256, stride 128,
@@ -39,7 +39,7 @@ from handheld.core.checkpoints import build_model, read_checkpoint
 from handheld.core.tokenizer import load_tokenizer
 from handheld.measure.host import host_info
 from handheld.measure.quality import eager_logits_fn, evaluate
-from handheld.quant.gptq import sequential_gptq
+from handheld.quant.gptq import dequantized, sequential_gptq
 from handheld.quant.linears import block_linears, input_importance
 from handheld.quant.mobile_8da4w import quantize_8da4w
 from handheld.quant.scale_rules import SCALE_RULES, quantize_groups
@@ -59,8 +59,7 @@ def rounded_linears(model: torch.nn.Module, rule: str) -> torch.nn.Module:
     model = copy.deepcopy(model)
     with torch.no_grad():
         for name, linear in block_linears(model).items():
-            values, scales = quantize_groups(linear.weight, 32, rule, input_importance(model, name))
-            linear.weight.copy_(values.float() * scales.repeat_interleave(32, dim=1))
+            linear.weight.copy_(dequantized(*quantize_groups(linear.weight, 32, rule, input_importance(model, name))))
     return model
 
 
@@ -72,11 +71,11 @@ def build_row(name: str, base: torch.nn.Module, tokenizer) -> torch.nn.Module:
         return rounded_linears(base, rule)
     options = SchemeOptions(scale_rule=rule, calib=proxy_dir() / "calib.txt" if kind.startswith("8da4w-gptq") else None)
     calibration = read_calibration(options, tokenizer, base.max_seq_len) if options.calib else None
-    if kind == "8da4w-gptq-act":  # GPTQ's act order (a library option, not yet the export's)
+    if kind == "8da4w-gptq":  # GPTQ in column order, the export's before act order
         model = copy.deepcopy(base)
-        found = sequential_gptq(model, calibration.sequences, 32, 8, rule, act_order=True)
+        found = sequential_gptq(model, calibration.sequences, 32, 8, rule, act_order=False)
         return quantize_8da4w(model, 32, 8, rule, found).eval()
-    return apply_scheme(copy.deepcopy(base), "8da4w", options, calibration).eval()
+    return apply_scheme(copy.deepcopy(base), "8da4w", options, calibration).eval()  # 8da4w-gptq-act: the export's
 
 
 def score(model: torch.nn.Module, reference: torch.nn.Module, texts: dict[str, list[int]]) -> dict:

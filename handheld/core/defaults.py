@@ -2,7 +2,7 @@
 
 GROUP_SIZE = 32  # weights per scale in 4-bit schemes (the Llama 3.2 mobile scheme's g32)
 CALIB_SEQ_LEN = 256  # tokens per GPTQ calibration window (capped by the program's --max-seq-len)
-GPTQ_CALIB_TOKENS = 16384  # tokens of --calib text GPTQ reads (SmolLM2: ~1 min on 2 cores)
+GPTQ_CALIB_TOKENS = 16384  # tokens of --calib text GPTQ reads (SmolLM2: ~100 s on 2 cores)
 GPTQ_MIN_CALIB_TOKENS = 1024  # fewer and the Hessians of the wider linears are mostly damping
 SCALE_RULE = "weighted"  # how a 4-bit group's scale is chosen (quant/scale_rules.py; benchmarks/results/scale_rules_smollm2.json)
 MAX_SEQ_LEN = 128  # KV-cache length of an exported program: prompt + generated tokens
