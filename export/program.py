@@ -62,10 +62,12 @@ def export_checkpoint(
     scale_rule: str | None = None,
     calib: Path | None = None,
     calib_tokens: int | None = None,
+    budget_mb: float | None = None,
 ) -> ExportResult:
     """`scheme_name` None means: the checkpoint's own (pre-quantized) scheme, else fp32.
     `full_logits` returns logits for every input position (for evaluation), not just the last.
-    `calib`: text GPTQ calibrates a 4-bit scheme on (`calib_tokens` of it); `scale_rule`: how groups round."""
+    `calib`: text GPTQ calibrates a 4-bit scheme on (`calib_tokens` of it); `scale_rule`: how groups round;
+    `budget_mb`: weights a decoded token may read, the most sensitive linears kept 8-bit within it."""
     backend = get_backend(backend_name)  # fail on bad names before any heavy work
     if backend.partitioners is None:
         raise HandheldError(f"backend {backend.name} takes calibrated NPU schemes: export it with handheld.export.npu")
@@ -84,7 +86,7 @@ def export_checkpoint(
     for note in executorch_loader_notes(checkpoint.args):
         log(note)
     options = scheme_options(scheme_name, group_size, checkpoint, scale_rule=scale_rule, calib=calib,
-                             calib_tokens=calib_tokens)
+                             calib_tokens=calib_tokens, budget_mb=budget_mb)
     if calib is not None:
         log(f"GPTQ on {calib} (the slow step before lowering)")
     prepared = prepare_model(checkpoint, scheme_name, options, max_seq_len=max_seq_len, full_logits=full_logits,

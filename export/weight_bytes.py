@@ -30,7 +30,8 @@ def weight_bytes_by_kind(model: nn.Module) -> dict[str, int]:
             kind = f"{bits}-bit classifier"
             split[kind] = split.get(kind, 0) + values
         else:
-            split["4-bit linears"] += values
+            kind = f"{bits}-bit linears"  # 8-bit ones: block linears kept at 8 bits (mixed precision)
+            split[kind] = split.get(kind, 0) + values
         scale_bytes = GROUP_SCALE_BYTES if bits == 4 else scales.element_size()
         split["scales"] += scales.numel() * scale_bytes
     return split

@@ -101,15 +101,18 @@ def dequantized(values: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
 
 @torch.no_grad()
 def sequential_gptq(model: nn.Module, sequences: torch.Tensor, group_size: int, batch_size: int,
-                    scale_rule: str = SCALE_RULE, act_order: bool = False, reduce: Callable[[torch.Tensor], torch.Tensor] = lambda h: h) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+                    scale_rule: str = SCALE_RULE, act_order: bool = False, reduce: Callable[[torch.Tensor], torch.Tensor] = lambda h: h,
+                    skip: frozenset[str] = frozenset()) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
     """GPTQ of every block linear, block by block through the already-quantized prefix. Each block's weights
     are replaced by their quantized values in place; returns {linear name: (values, scales)}.
-    `reduce` sums Hessians across data-parallel processes (each holds its own share of `sequences`)."""
+    `reduce` sums Hessians across data-parallel processes (each holds its own share of `sequences`); linears in
+    `skip` (kept at 8 bits) stay float: their rounding error is small next to 4-bit's."""
     hidden = [model.tok_embeddings(sequences[i : i + batch_size]) for i in range(0, sequences.shape[0], batch_size)]
     rope = model.batch_rope(sequences.shape[1])
     results = {}
     for index, block in enumerate(model.layers):
-        linears = {f"layers.{index}.{name}": m for name, m in block.named_modules() if isinstance(m, nn.Linear)}
+        linears = {f"layers.{index}.{name}": m for name, m in block.named_modules()
+                   if isinstance(m, nn.Linear) and f"layers.{index}.{name}" not in skip}
         collector = HessianCollector(linears)
         for h in hidden:
             block.forward_batch(h, *rope)

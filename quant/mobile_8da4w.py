@@ -17,7 +17,7 @@ from torch import nn
 
 from handheld.core.defaults import GROUP_SIZE, SCALE_RULE
 from handheld.core.errors import HandheldError
-from handheld.quant.linears import CLASSIFIER, check_group_size, input_importance, untie_embedding
+from handheld.quant.linears import CLASSIFIER, block_linears, check_group_size, input_importance, untie_embedding
 from handheld.quant.scale_rules import check_scale_rule, quantize_groups
 from handheld.quant.torchao_adapter import set_int_weight
 
@@ -27,47 +27,55 @@ IntWeights = dict[str, tuple[torch.Tensor, torch.Tensor]]  # linear name -> (int
 CLASSIFIER_BITS = (8, 4)
 
 
-def scheme_configs(group_size: int, classifier_bits: int = 8) -> list[tuple[object, Callable[[nn.Module, str], bool]]]:
-    """The scheme as (torchao config, which modules get it) pairs; QAT wraps the same configs."""
+def scheme_configs(group_size: int, classifier_bits: int = 8,
+                   eight_bit: frozenset[str] = frozenset()) -> list[tuple[object, Callable[[nn.Module, str], bool]]]:
+    """The scheme as (torchao config, which modules get it) pairs; QAT wraps the same configs. `eight_bit` names
+    block linears kept at 8 bits per channel (mixed precision, quant/mixed_precision.py), like the classifier."""
     from torchao.quantization import Int8DynamicActivationIntxWeightConfig, IntxWeightOnlyConfig
     from torchao.quantization.granularity import PerAxis, PerGroup
 
     linear_4bit = Int8DynamicActivationIntxWeightConfig(weight_dtype=torch.int4, weight_granularity=PerGroup(group_size))
-    classifier = (Int8DynamicActivationIntxWeightConfig(weight_dtype=torch.int8, weight_granularity=PerAxis(0))
-                  if classifier_bits == 8 else linear_4bit)
+    linear_8bit = Int8DynamicActivationIntxWeightConfig(weight_dtype=torch.int8, weight_granularity=PerAxis(0))
+    classifier = linear_8bit if classifier_bits == 8 else linear_4bit
     embedding_8bit = IntxWeightOnlyConfig(weight_dtype=torch.int8, granularity=PerAxis(0))
     return [
-        (linear_4bit, lambda m, name: isinstance(m, nn.Linear) and name != CLASSIFIER),
+        (linear_4bit, lambda m, name: isinstance(m, nn.Linear) and name != CLASSIFIER and name not in eight_bit),
         (classifier, lambda m, name: name == CLASSIFIER),
+        (linear_8bit, lambda m, name: isinstance(m, nn.Linear) and name in eight_bit),
         (embedding_8bit, lambda m, name: isinstance(m, nn.Embedding)),
     ]
 
 
 def quantize_8da4w(model: nn.Module, group_size: int = GROUP_SIZE, classifier_bits: int = 8,
-                   scale_rule: str = SCALE_RULE, int_weights: IntWeights | None = None) -> nn.Module:
-    """`int_weights` (e.g. GPTQ's) fill the 4-bit linears they name; the others round by `scale_rule`."""
+                   scale_rule: str = SCALE_RULE, int_weights: IntWeights | None = None,
+                   eight_bit: frozenset[str] = frozenset()) -> nn.Module:
+    """`int_weights` (e.g. GPTQ's) fill the 4-bit linears they name; the others round by `scale_rule`.
+    `eight_bit`: block linears kept at 8 bits per channel (torchao's symmetric rounding)."""
     from torchao.quantization import quantize_
 
     check_group_size(model, group_size)
     check_scale_rule(scale_rule)
     if classifier_bits == 4 and model.output.in_features % group_size:
         raise HandheldError(f"--group-size {group_size} does not divide the classifier's input width {model.output.in_features}")
+    unknown = sorted(eight_bit - set(block_linears(model)))
+    if unknown:
+        raise HandheldError(f"not block linears of this model: {', '.join(unknown)}")
     model = untie_embedding(_widen_unquantized(model))
-    done = _round_4bit_linears(model, group_size, classifier_bits, scale_rule, int_weights or {})
-    for config, selects in scheme_configs(group_size, classifier_bits):
+    done = _round_4bit_linears(model, group_size, classifier_bits, scale_rule, int_weights or {}, eight_bit)
+    for config, selects in scheme_configs(group_size, classifier_bits, eight_bit):
         quantize_(model, config, filter_fn=_widened_when_selected(lambda m, name: name not in done and selects(m, name)))
     return model
 
 
 def _round_4bit_linears(model: nn.Module, group_size: int, classifier_bits: int, scale_rule: str,
-                        int_weights: IntWeights) -> set[str]:
+                        int_weights: IntWeights, eight_bit: frozenset[str]) -> set[str]:
     """Quantize each 4-bit linear on its own (so only one float copy is ever extra) with our integers; returns
     their names. Under `absmax` without given integers, none: torchao's own rounding is that rule."""
     from torchao.quantization import quantize_
 
     if scale_rule == "absmax" and not int_weights:
         return set()
-    config, selects = scheme_configs(group_size, classifier_bits)[0]
+    config, selects = scheme_configs(group_size, classifier_bits, eight_bit)[0]
     four_bit = [(name, m) for name, m in model.named_modules()
                 if selects(m, name) or (classifier_bits == 4 and name == CLASSIFIER)]
     for name, linear in four_bit:

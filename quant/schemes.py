@@ -19,9 +19,12 @@ from handheld.core.defaults import CALIB_SEQ_LEN, GPTQ_CALIB_TOKENS, GPTQ_MIN_CA
 from handheld.core.errors import HandheldError
 from handheld.quant.calibration import text_tokens, windows_of
 from handheld.quant.gptq import sequential_gptq
+from handheld.quant.linears import block_linears
+from handheld.quant.mixed_precision import choose_eight_bit
 from handheld.quant.mobile_8da4w import quantize_8da4w
 from handheld.quant.prequantized import build_prequantized_model
 from handheld.quant.scale_rules import check_scale_rule
+from handheld.quant.torchao_adapter import int_bits, is_int_weight
 
 GPTQ_BATCH = 8  # calibration sequences per forward pass (memory, not results)
 
@@ -33,11 +36,18 @@ class SchemeOptions:
     scale_rule: str = SCALE_RULE  # how a group's scale is chosen (quant/scale_rules.py)
     calib: Path | None = None  # text GPTQ calibrates the 4-bit linears on (None: data-free rounding)
     calib_tokens: int = GPTQ_CALIB_TOKENS  # tokens of `calib` GPTQ reads, in windows spread over the text
+    # Mixed precision: MB (10^6 bytes) of weights a decoded token may read; the block linears whose 4-bit rounding
+    # costs the most loss per extra byte (measured on `calib`) stay 8-bit within it. None: every linear 4-bit.
+    budget_mb: float | None = None
 
     def __post_init__(self):
         check_scale_rule(self.scale_rule)
         if self.calib_tokens < GPTQ_MIN_CALIB_TOKENS:
             raise HandheldError(f"--calib-tokens must be at least {GPTQ_MIN_CALIB_TOKENS}, got {self.calib_tokens}")
+        if self.budget_mb is not None and not self.budget_mb > 0:
+            raise HandheldError(f"--budget-mb must be a positive number of megabytes, got {self.budget_mb}")
+        if self.budget_mb is not None and self.calib is None:
+            raise HandheldError("--budget-mb needs --calib TEXT: each linear's sensitivity is measured on it")
 
 
 @dataclass(frozen=True, eq=False)
@@ -100,13 +110,16 @@ def _to_8da4w_c4(model: nn.Module, options: SchemeOptions, calibration: Calibrat
 def _to_mobile(model: nn.Module, options: SchemeOptions, calibration: Calibration | None,
                classifier_bits: int) -> nn.Module:
     """8da4w; with a calibration, the block linears' integers from GPTQ on it (block by block, act order, float32)."""
-    int_weights = None
+    int_weights, eight_bit = None, frozenset()
     if calibration is not None:
         model = model.float()
+        if options.budget_mb is not None:
+            eight_bit = choose_eight_bit(model, calibration.sequences, options.group_size, classifier_bits,
+                                         options.scale_rule, round(options.budget_mb * 1e6))
         # Act order: lower KL to float on SmolLM2 in 4 of 4 text/checkpoint pairs (scale_rules_smollm2.json).
         int_weights = sequential_gptq(model, calibration.sequences, options.group_size, GPTQ_BATCH, options.scale_rule,
-                                      act_order=True)
-    return quantize_8da4w(model, options.group_size, classifier_bits, options.scale_rule, int_weights)
+                                      act_order=True, skip=eight_bit)
+    return quantize_8da4w(model, options.group_size, classifier_bits, options.scale_rule, int_weights, eight_bit)
 
 
 def _to_16_bit(model: nn.Module, dtype: torch.dtype) -> nn.Module:
@@ -193,14 +206,22 @@ def prepare_model(checkpoint: Checkpoint, requested: str | None, options: Scheme
         return PreparedModel(model, scheme, scheme.name, None)
     record = {"group_size": options.group_size, "scale_rule": options.scale_rule,
               "calibration": calibration.record() if calibration else None}
+    if options.budget_mb is not None:
+        record.update(budget_mb=options.budget_mb, sensitivity="fisher", eight_bit_linears=eight_bit_linears(model))
     return PreparedModel(model, scheme, scheme.name, options.group_size, record)
+
+
+def eight_bit_linears(model: nn.Module) -> list[str]:
+    """Block linears a quantized model keeps at 8 bits, read from the model itself (what the program stores)."""
+    return sorted(name for name, m in block_linears(model).items() if is_int_weight(m.weight) and int_bits(m.weight) == 8)
 
 
 def scheme_options(requested: str | None, group_size: int | None, checkpoint: Checkpoint, *,
                    scale_rule: str | None = None, calib: Path | None = None,
-                   calib_tokens: int | None = None) -> SchemeOptions:
+                   calib_tokens: int | None = None, budget_mb: float | None = None) -> SchemeOptions:
     """Options for `requested` on this checkpoint, validated once; an option that would be ignored is refused."""
-    given = {"--group-size": group_size, "--scale-rule": scale_rule, "--calib": calib, "--calib-tokens": calib_tokens}
+    given = {"--group-size": group_size, "--scale-rule": scale_rule, "--calib": calib, "--calib-tokens": calib_tokens,
+             "--budget-mb": budget_mb}
     given = {flag: value for flag, value in given.items() if value is not None}
     if not given:
         return SchemeOptions()
@@ -214,7 +235,7 @@ def scheme_options(requested: str | None, group_size: int | None, checkpoint: Ch
         raise HandheldError(f"{', '.join(given)} applies to 4-bit schemes; scheme {requested or 'fp32'} has no groups")
     defaults = SchemeOptions()
     return SchemeOptions(group_size=group_size or defaults.group_size, scale_rule=scale_rule or defaults.scale_rule,
-                         calib=calib, calib_tokens=calib_tokens or defaults.calib_tokens)
+                         calib=calib, calib_tokens=calib_tokens or defaults.calib_tokens, budget_mb=budget_mb)
 
 
 def checkpoint_model(checkpoint: Checkpoint, max_seq_len: int, full_logits: bool = True) -> nn.Module:

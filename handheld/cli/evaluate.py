@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
+import sys
 from pathlib import Path
 
 from handheld.cli._shared import (add_group_size, add_npu_arguments, eager_model, is_checkpoint_path, is_npu_artefact,
@@ -28,25 +30,38 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--backend", help="checkpoints only: qnn or mediatek, to score an NPU scheme (needs --calib)")
     add_npu_arguments(p)
     p.add_argument("--json", action="store_true", help="print JSON")
+    p.add_argument("--baseline", metavar="OLD.json", help="an earlier `handheld eval --json` result on the same text "
+                   "and windows: the quality gate")
+    p.add_argument("--max-increase", type=float, metavar="PCT", help="with --baseline: exit 1 naming the program when "
+                   "its perplexity is more than PCT percent above the baseline's")
 
 
 def run(args: argparse.Namespace) -> None:
     from handheld.core.checkpoints import load_model
     from handheld.measure.quality import eager_logits_fn, evaluate
+    from handheld.measure.quality_gate import check_quality, read_eval_result
 
+    if (args.baseline is None) != (args.max_increase is None):
+        raise HandheldError("--baseline and --max-increase go together")
+    baseline = read_eval_result(Path(args.baseline)) if args.baseline else None  # a bad path fails before the work
     ids = _text_ids(args)
     logits_fn, mode, scheme = _logits_fn(args)
     reference_fn = eager_logits_fn(load_model(args.reference, max_seq_len=args.context)) if args.reference else None
     result = evaluate(logits_fn, ids, args.context, args.stride, reference_fn=reference_fn)
-    if args.json:
-        print(json.dumps({"model": str(args.model), "mode": mode, "scheme": scheme, "text": str(args.text),
-                          **result.as_dict()}, indent=2))
-        return
-    line = f"{args.model} ({mode}, scheme {scheme}): perplexity {result.perplexity:.4f} over {result.tokens_scored} " \
-           f"tokens (context {result.context}, stride {result.stride})"
-    if result.top1_agreement is not None:
-        line += f" | top-1 agreement {result.top1_agreement:.2%} | mean KL {result.mean_kl:.5f} nats"
-    print(line)
+    record = {"model": str(args.model), "mode": mode, "scheme": scheme, "text": str(args.text),
+              "text_sha256": hashlib.sha256(Path(args.text).read_bytes()).hexdigest(), **result.as_dict()}
+    print(json.dumps(record, indent=2) if args.json else _summary(record))
+    if baseline is not None:  # the verdict goes to stderr under --json, so stdout stays one JSON document
+        print(check_quality(record, baseline, Path(args.baseline), args.max_increase),
+              file=sys.stderr if args.json else sys.stdout)
+
+
+def _summary(record: dict) -> str:
+    line = (f"{record['model']} ({record['mode']}, scheme {record['scheme']}): perplexity {record['perplexity']:.4f} over "
+            f"{record['tokens_scored']} tokens (context {record['context']}, stride {record['stride']})")
+    if record["top1_agreement"] is not None:
+        line += f" | top-1 agreement {record['top1_agreement']:.2%} | mean KL {record['mean_kl']:.5f} nats"
+    return line
 
 
 def _text_ids(args: argparse.Namespace) -> list[int]:

@@ -29,6 +29,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    f"search), extreme (the extreme stored exactly), absmax (torchao's own); default {SCALE_RULE}")
     p.add_argument("--calib-tokens", type=int, help=f"xnnpack 4-bit schemes with --calib: tokens of it GPTQ reads "
                    f"(default {GPTQ_CALIB_TOKENS})")
+    p.add_argument("--budget-mb", type=float, help="xnnpack 4-bit schemes with --calib: mixed precision; MB of weights a "
+                   "decoded token may read, the linears whose 4-bit rounding costs most (measured on --calib) kept "
+                   "8-bit within it")
     p.add_argument("--backend", default="xnnpack", help="delegate to lower to: xnnpack (default), qnn, mediatek")
     add_npu_arguments(p)
     p.add_argument("--max-seq-len", type=int, help=f"KV cache length: prompt + generated tokens (default "
@@ -50,6 +53,7 @@ def run(args: argparse.Namespace) -> None:
         max_seq_len=args.max_seq_len or MAX_SEQ_LEN, tokenizer_path=optional_path(args.tokenizer),
         group_size=args.group_size, full_logits=args.full_logits, log=lambda msg: print(f"[export] {msg}", flush=True),
         scale_rule=args.scale_rule, calib=optional_path(args.calib), calib_tokens=args.calib_tokens,
+        budget_mb=args.budget_mb,
     )
     print(f"wrote {result.path} ({result.file_bytes / 2**20:.1f} MiB) in {result.seconds:.0f} s")
 
@@ -60,7 +64,7 @@ def _run_npu(args: argparse.Namespace) -> None:
 
     backend, source, output = npu_backend(args.backend), Path(args.checkpoint), Path(args.output)
     for flag, value in (("--group-size", args.group_size), ("--scale-rule", args.scale_rule),
-                        ("--calib-tokens", args.calib_tokens)):
+                        ("--calib-tokens", args.calib_tokens), ("--budget-mb", args.budget_mb)):
         if value is not None:
             raise HandheldError(f"{flag} applies to xnnpack's 4-bit schemes; {backend.name}'s schemes fix their own")
     if is_npu_artefact(args.checkpoint):  # its scheme, chip and length were fixed when it was quantized

@@ -1,0 +1,91 @@
+"""The quality table's Markdown and chart, rendered from its results JSON alone (benchmarks/quality/table.py)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+KIND_ORDER = ("handheld eager", "handheld .pte", "llama.cpp")
+
+
+def _rows_of(report: dict, checkpoint: str) -> list[dict]:
+    rows = [r for r in report["rows"].values() if r["checkpoint"] == checkpoint]
+    return sorted(rows, key=lambda r: (KIND_ORDER.index(r["kind"]), r["bytes_per_token"]))
+
+
+def checkpoint_table(report: dict, checkpoint: str) -> list[str]:
+    rows = _rows_of(report, checkpoint)
+    floats = [r for r in rows if r["kind"] == "handheld eager" and r["row"] == "float"]
+    texts = list(report["texts"])
+    head = "| kind | row | " + " | ".join(f"{t} ppl | vs float | KL | top-1" for t in texts) + " | MB/token | file MB |"
+    lines = [head, "|---|---|" + "---:|---:|---:|---:|" * len(texts) + "---:|---:|"]
+    for r in rows:
+        cells = []
+        for text in texts:
+            s = r["scores"][text]
+            rel = f"{s['perplexity'] / floats[0]['scores'][text]['perplexity'] - 1:+.1%}" if floats else ""
+            cells += [f"{s['perplexity']:.3f}", rel, f"{s['mean_kl']:.4f}", f"{s['top1_agreement']:.3f}"]
+        lines.append(f"| {r['kind']} | {r['row']} | " + " | ".join(cells)
+                     + f" | {r['bytes_per_token'] / 1e6:.2f} | {r['file_bytes'] / 1e6:.1f} ({r['file_kind']}) |")
+    return lines
+
+
+def render_markdown(report: dict) -> str:
+    host = report["host"]
+    peers = next((r for r in report["rows"].values() if r["kind"] == "llama.cpp"), {})
+    commits = sorted({r["commit"] for r in report["rows"].values()})
+    out = [f"Made by `{report['command']}` at commit(s) {', '.join(commits)} on {host['cpu']} ({host['usable_cores']} "
+           f"cores; flags {', '.join(f for f in host['cpu_flags'] if f.startswith(('avx', 'fma', 'f16c', 'amx')))}).",
+           f"Texts: {', '.join(f'{k} ({v})' for k, v in report['texts'].items())}; first {report['tokens']} tokens, "
+           f"context {report['context']}, stride {report['stride']}; KL and top-1 against the same checkpoint's float "
+           f"model; `--calib` reads {report['calib']}.",
+           f"llama.cpp: llama-cpp-python {peers.get('llama_cpp_python', '?')}, system_info `{peers.get('system_info', '?')}`.",
+           ""]
+    for checkpoint in sorted({r["checkpoint"] for r in report["rows"].values()}, key=lambda c: c != "shipped"):
+        out += [f"### {checkpoint}", ""] + checkpoint_table(report, checkpoint) + [""]
+    return "\n".join(out)
+
+
+def render_chart(report: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    checkpoints = sorted({r["checkpoint"] for r in report["rows"].values()}, key=lambda c: c != "shipped")
+    texts = list(report["texts"])
+    fig, axes = plt.subplots(len(checkpoints), len(texts), figsize=(6 * len(texts), 4.2 * len(checkpoints)), squeeze=False)
+    for i, checkpoint in enumerate(checkpoints):
+        rows = [r for r in _rows_of(report, checkpoint) if r["row"] != "float" and r["row"] != "F32"]
+        base = next(r for r in _rows_of(report, checkpoint) if r["row"] == "float")
+        for j, text in enumerate(texts):
+            _chart_panel(axes[i][j], rows, base, text, f"{checkpoint}: {text}")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _chart_panel(ax, rows: list[dict], base: dict, text: str, title: str) -> None:
+    def increase(r):
+        return 100 * (r["scores"][text]["perplexity"] / base["scores"][text]["perplexity"] - 1)
+
+    curve = [r for r in rows if r["kind"] == "handheld eager" and r["row"].startswith("8da4w --calib")]
+    ax.plot([r["bytes_per_token"] / 1e6 for r in curve], [increase(r) for r in curve], "o-", color="tab:blue",
+            label="handheld --calib (+ --budget-mb)")
+    styles = {"handheld eager": ("s", "tab:green"), "handheld .pte": ("x", "black"), "llama.cpp": ("^", "tab:red")}
+    for r in rows:
+        if r in curve:
+            continue
+        marker, color = styles[r["kind"]]
+        ax.plot(r["bytes_per_token"] / 1e6, increase(r), marker, color=color)
+        ax.annotate(f"{r['row']}" + (" (.pte)" if r["kind"] == "handheld .pte" else ""),
+                    (r["bytes_per_token"] / 1e6, increase(r)), fontsize=7, xytext=(3, 3), textcoords="offset points")
+    ax.set_title(title)
+    ax.set_xlabel("MB of weights read per decoded token")
+    ax.set_ylabel("perplexity increase over float, %")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+
+
+def render_all(report: dict, folder: Path) -> None:
+    (folder / "table.md").write_text(render_markdown(report))
+    render_chart(report, folder / "ppl_vs_bytes.png")
