@@ -12,6 +12,9 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
+import shutil
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -26,6 +29,7 @@ from handheld.core.pte_metadata import ProgramMetadata
 from handheld.export.backends import BACKENDS, Backend, get_backend
 from handheld.export.backends.npu import NpuScheme
 from handheld.export.metadata import program_metadata
+from handheld.export.pt2_safety import check_pt2, weights_only_loads
 
 ARTEFACT_SUFFIX = ".pt2"
 _META_FILE = "handheld.json"
@@ -124,8 +128,15 @@ def quantize_model(model: torch.nn.Module, quantizer, calibration: torch.Tensor)
 def save_quantized(quantized: QuantizedProgram, path: Path) -> None:
     meta = {"npu": dataclasses.asdict(quantized.options), "program": quantized.metadata.to_constant_methods(),
             "calibration": quantized.calibration}
-    with atomic_path(path) as tmp:
-        torch.export.save(quantized.program, tmp, extra_files={_META_FILE: json.dumps(meta, sort_keys=True)})
+    # torch names the archive's root folder after the file it writes: stage under the final name, then move.
+    staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent))
+    try:
+        staged = staging / path.name
+        torch.export.save(quantized.program, staged, extra_files={_META_FILE: json.dumps(meta, sort_keys=True)})
+        with atomic_path(path) as tmp:
+            os.replace(staged, tmp)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
 
 
 def load_quantized(path: Path) -> QuantizedProgram:
@@ -133,9 +144,11 @@ def load_quantized(path: Path) -> QuantizedProgram:
         raise HandheldError(f"{path} not found")
     import torchao.quantization.pt2e.quantize_pt2e  # noqa: F401  registers the q/dq ops the graph calls
 
+    check_pt2(path)  # read as data first: nothing in a stranger's archive may run
     extra = {_META_FILE: ""}
     try:
-        program = torch.export.load(path, extra_files=extra)
+        with weights_only_loads():
+            program = torch.export.load(path, extra_files=extra)
         meta = json.loads(extra[_META_FILE])
         options = NpuOptions(**meta["npu"])
     except Exception as e:  # a zip, JSON or schema error: the file is not one of ours

@@ -177,7 +177,20 @@ def pytest_collection_modifyitems(items):
         used = set(getattr(item, "fixturenames", ()))
         if used & _SLOW_FIXTURES or "export" in item.name or item.module.__name__ in ("test_arm_ci", "test_llama_cpp_parity"):
             item.add_marker(pytest.mark.slow)
-        if used & _NETWORK_FIXTURES or item.module.__name__ in ("test_catalog", "test_llama_cpp_parity"):
+        if used & _NETWORK_FIXTURES or item.module.__name__ in ("test_catalog", "test_llama_cpp_parity", "test_quality_gate"):
             item.add_marker(pytest.mark.network)
         if "aarch64_runner" in used or "qemu" in item.name:
             item.add_marker(pytest.mark.qemu)
+
+
+@pytest.fixture(scope="session")
+def own_pt2(byte_checkpoint, tmp_path_factory) -> Path:
+    """A .pt2 as `handheld quantize` writes it (QNN 16a8w on the byte model)."""
+    from handheld.export.npu import NpuOptions, quantize_checkpoint, save_quantized
+
+    calibration = torch.randint(0, BYTE_ARGS.vocab_size, (2, 16), generator=torch.Generator().manual_seed(2))
+    quantized = quantize_checkpoint(byte_checkpoint, NpuOptions("qnn", "16a8w", seq_len=16), calibration, 1, [2],
+                                    log=lambda _: None)
+    path = tmp_path_factory.mktemp("pt2") / "own.pt2"
+    save_quantized(quantized, path)
+    return path

@@ -54,6 +54,12 @@ def test_shell_end_to_end(tmp_path):
     assert "TTFT" in stats and "prefill" in stats and "decode" in stats
     chat = sh("generate", str(pte), "--tokenizer", str(ckpt / "tokenizer.model"), "--prompt", "hi", "--chat", "--max-new-tokens", "4")
     assert chat.strip().splitlines()[-1].startswith("prompt tokens ")
+    # Quiet by default: ExecuTorch's native CPU-probe lines and torch's warnings only with --verbose.
+    for verbose in ([], ["--verbose"]):
+        done = subprocess.run(["handheld", "generate", str(pte), "--tokenizer", str(ckpt / "tokenizer.model"), "--prompt",
+                               "hi", "--max-new-tokens", "2", *verbose], capture_output=True, text=True, timeout=900)
+        assert done.returncode == 0 and ("cpuinfo" in done.stderr) == bool(verbose), done.stderr
+        assert bool(done.stderr.strip()) == bool(verbose), done.stderr
 
 
 def test_help_explains_every_command():

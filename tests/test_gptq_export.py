@@ -1,4 +1,5 @@
-"""`handheld export --scheme 8da4w --calib TEXT`: GPTQ on the user's text, recorded in the .pte, bad text refused."""
+"""`handheld export --scheme 8da4w --calib TEXT [--budget-mb MB]`: GPTQ on the user's text and mixed precision within a
+byte budget, recorded in the .pte and shown by inspect; bad text refused."""
 
 import hashlib
 
@@ -9,6 +10,8 @@ from test_cli import assert_clean_error, run_cli
 from handheld.core.checkpoints import build_model, read_checkpoint
 from handheld.core.tokenizer import load_tokenizer
 from handheld.measure.quality import eager_logits_fn, evaluate
+from handheld.quant.linears import block_linears
+from handheld.quant.mixed_precision import planned_bytes_per_token
 from handheld.quant.schemes import SchemeOptions, apply_scheme, read_calibration
 
 
@@ -19,11 +22,19 @@ def _eager(checkpoint, options=SchemeOptions(), calibrated=False):
     return apply_scheme(model, "8da4w", options, calibration).eval() if options else model.eval()
 
 
+def budget_mb(checkpoint) -> float:
+    """Halfway between the all-4-bit and the all-8-bit program: some block linears are promoted, not all."""
+    model = build_model(read_checkpoint(checkpoint), PARITY_MAX_SEQ_LEN)
+    four, eight = (planned_bytes_per_token(model, 32, 8, frozenset(names)) for names in ((), block_linears(model)))
+    return (four + eight) / 2 / 1e6
+
+
 @pytest.fixture(scope="module")
 def gptq_pte(byte_checkpoint, calib_text, tmp_path_factory):
+    """One export serves GPTQ and mixed precision (exports are the slow part of the suite)."""
     out = tmp_path_factory.mktemp("gptq") / "gptq.pte"
     code = run_cli_plain("export", "--checkpoint", str(byte_checkpoint), "--scheme", "8da4w", "--calib", str(calib_text),
-                         "--max-seq-len", str(PARITY_MAX_SEQ_LEN), "-o", str(out))
+                         "--budget-mb", str(budget_mb(byte_checkpoint)), "--max-seq-len", str(PARITY_MAX_SEQ_LEN), "-o", str(out))
     assert code == 0
     return out
 
@@ -42,7 +53,7 @@ def test_calibrated_program_records_its_text_and_follows_its_oracle(byte_checkpo
     assert record["scale_rule"] == "weighted" and record["group_size"] == 32
     assert record["calibration"]["sha256"] == hashlib.sha256(calib_text.read_bytes()).hexdigest()
     assert record["calibration"]["method"] == "gptq" and record["calibration"]["seq_len"] == PARITY_MAX_SEQ_LEN
-    options = SchemeOptions(calib=calib_text)
+    options = SchemeOptions(calib=calib_text, budget_mb=budget_mb(byte_checkpoint))
     oracle, data_free, floating = _eager(byte_checkpoint, options, True), _eager(byte_checkpoint), _eager(byte_checkpoint, None)
     ids = list(range(1, 40))
     ours = program.forward(ids, 0)[-1]
@@ -50,6 +61,22 @@ def test_calibrated_program_records_its_text_and_follows_its_oracle(byte_checkpo
     # The program follows the calibrated model far more closely than the calibration moved it off the data-free one.
     assert (ours - expected).abs().max() < 0.25 * (expected - other).abs().max()
     assert (expected - flt).abs().max() > 0  # and it is quantized
+
+
+def test_mixed_precision_program_stays_within_its_budget_and_says_which_linears_are_8_bit(byte_checkpoint, gptq_pte):
+    from handheld.cli.inspect import describe_pte, format_pte
+    from handheld.runtime_bindings.python.program import PteProgram
+
+    metadata = PteProgram(gptq_pte).metadata
+    record, budget = metadata.quantization, budget_mb(byte_checkpoint)
+    assert record["budget_mb"] == budget and record["sensitivity"] == "fisher"
+    eight = record["eight_bit_linears"]
+    assert 0 < len(eight) < len(block_linears(build_model(read_checkpoint(byte_checkpoint), PARITY_MAX_SEQ_LEN)))
+    assert metadata.bytes_per_token() <= budget * 1e6
+    assert metadata.weight_bytes["8-bit linears"] > 0
+    shown = format_pte(describe_pte(gptq_pte))
+    assert f"budget {budget:g} MB per token; {len(eight)} block linears 8-bit by fisher sensitivity" in shown
+    assert all(f"    {name}" in shown.splitlines() for name in eight)
 
 
 def test_gptq_beats_data_free_rounding_on_held_out_text(byte_checkpoint, calib_text):

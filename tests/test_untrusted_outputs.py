@@ -75,3 +75,28 @@ def test_refuse_overwriting_inputs_covers_files_and_folders(tmp_path):
         refuse_overwriting_inputs(tmp_path / "ckpt" / "sub" / "x.pte", [tmp_path / "ckpt"])
     with pytest.raises(HandheldError, match="refusing"):
         refuse_overwriting_inputs(tmp_path / "a.json", [Path(str(tmp_path / "x" / ".." / "a.json"))])
+
+
+@pytest.mark.parametrize("job", ["qat", "spinquant"])
+@pytest.mark.parametrize("where", ["the text", "inside the checkpoint", "the tokenizer"])
+def test_training_jobs_never_write_over_or_inside_their_inputs(capsys, byte_checkpoint, calib_text, job, where):
+    """Refused before any work, in one line, the inputs untouched."""
+    output = {"the text": calib_text, "inside the checkpoint": byte_checkpoint / "out",
+              "the tokenizer": byte_checkpoint / "tokenizer.model"}[where]
+    text_flag = "--data" if job == "qat" else "--calib"
+    before = {p: p.read_bytes() for p in (calib_text, byte_checkpoint / "tokenizer.model")}
+    code = main([job, "--checkpoint", str(byte_checkpoint), text_flag, str(calib_text), "--tokenizer",
+                 str(byte_checkpoint / "tokenizer.model"), "-o", str(output), "--steps", "1"])
+    err = capsys.readouterr().err
+    assert code == 1 and err.count("handheld: error:") == 1 and "Traceback" not in err, err
+    assert "refusing to write" in err
+    assert not (byte_checkpoint / "out").exists()
+    assert all(p.read_bytes() == data for p, data in before.items())
+
+
+def test_a_training_job_refuses_a_file_as_its_output_directory(capsys, byte_checkpoint, calib_text, tmp_path):
+    existing = tmp_path / "notes.txt"
+    existing.write_text("mine")
+    code = main(["qat", "--checkpoint", str(byte_checkpoint), "--data", str(calib_text), "-o", str(existing), "--steps", "1"])
+    assert code == 1 and "is a file; the job writes a checkpoint directory" in capsys.readouterr().err
+    assert existing.read_text() == "mine"

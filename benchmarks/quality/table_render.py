@@ -88,4 +88,31 @@ def _chart_panel(ax, rows: list[dict], base: dict, text: str, title: str) -> Non
 
 def render_all(report: dict, folder: Path) -> None:
     (folder / "table.md").write_text(render_markdown(report))
+    (folder / "summary.md").write_text(render_summary(report))
     render_chart(report, folder / "ppl_vs_bytes.png")
+
+
+SUMMARY_ROWS = (("handheld eager", "8da4w absmax"), ("handheld eager", "8da4w"), ("handheld .pte", "8da4w"),
+                ("handheld eager", "8da4w --calib"), ("handheld eager", "8da4w --calib --budget-mb @Q4_K_M"),
+                ("handheld .pte", "8da4w --calib --budget-mb @Q4_K_M"), ("llama.cpp", "Q4_0"), ("llama.cpp", "Q4_K_M"),
+                ("llama.cpp", "Q5_K_M"))
+
+
+def render_summary(report: dict) -> str:
+    """The few figures README quotes: perplexity increase over float per text and MB per token, shipped checkpoint
+    and off-grid fine-tune."""
+    texts = list(report["texts"])
+    lines = [f"| option | " + " | ".join(f"{c}: {t}" for c in ("shipped", "fine-tuned") for t in texts) + " | MB/token |",
+             "|---|" + "---:|" * (2 * len(texts) + 1)]
+    for kind, name in SUMMARY_ROWS:
+        cells, size = [], ""
+        for checkpoint in ("shipped", "finetuned"):
+            row = report["rows"].get(f"{checkpoint}:{kind}:{name}")
+            base = report["rows"].get(f"{checkpoint}:handheld eager:float")
+            for text in texts:
+                cells.append(f"{row['scores'][text]['perplexity'] / base['scores'][text]['perplexity'] - 1:+.1%}"
+                             if row and base else "–")
+            size = size or (f"{row['bytes_per_token'] / 1e6:.1f}" if row else "")
+        label = f"`{name}`" + (" (.pte)" if kind == "handheld .pte" else "") if kind != "llama.cpp" else f"llama.cpp {name}"
+        lines.append(f"| {label} | " + " | ".join(cells) + f" | {size} |")
+    return "\n".join(lines) + "\n"

@@ -60,9 +60,12 @@ def _raise_terminated(signum, frame) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    # torchao warns at import about GPU-only extensions it cannot load on a CPU machine.
-    logging.getLogger("torchao").setLevel(logging.ERROR)
     args = build_parser().parse_args(argv)
+    if not getattr(args, "verbose", False):
+        # torchao warns at import about GPU-only extensions it cannot load on a CPU machine, and torch about an
+        # API torchao uses: noise on every call, not the user's business (--verbose shows it).
+        for noisy in ("torchao", "torch.utils._pytree"):
+            logging.getLogger(noisy).setLevel(logging.ERROR)
     previous = signal.signal(signal.SIGTERM, _raise_terminated)
     try:
         args.func(args)

@@ -34,6 +34,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--guard", metavar="GUARD.pte",
                    help="with --chat: check the prompt, then the answer, with a Llama Guard 3 program before showing them")
     p.add_argument("--guard-tokenizer", help="with --guard: the guard's tokenizer (default: --tokenizer)")
+    p.add_argument("--verbose", action="store_true", help="show ExecuTorch's and torch's own log lines on stderr")
 
 
 def run(args: argparse.Namespace) -> None:
@@ -104,7 +105,7 @@ def _decode(args: argparse.Namespace, runner, prompt: list[int], stops: list[int
     from handheld.runtime_bindings.python.program import PteProgram
     from handheld.runtime_bindings.speculative import check_compatible, speculative_generate
 
-    draft = PteProgram(args.draft)
+    draft = PteProgram(args.draft, quiet=not args.verbose)
     check_compatible(runner.metadata, draft.metadata)
     return speculative_generate(runner, draft, prompt, args.max_new_tokens, stops, args.draft_tokens, on_token=show)[1]
 
@@ -128,7 +129,7 @@ def _step_model(args: argparse.Namespace):
         from handheld.runtime_bindings.python.program import PteProgram
 
         refuse_checkpoint_flags(args, "a .pte")
-        program = PteProgram(args.model)
+        program = PteProgram(args.model, quiet=not args.verbose)
         return program, program.eos_ids, program.vocab_size, f"ExecuTorch, {program.metadata.scheme}"
     prepared, _ = eager_model(args, max_seq_len=args.max_seq_len, full_logits=False)
     return EagerRunner(prepared.model), [], prepared.model.args.vocab_size, f"eager PyTorch, {prepared.label}"

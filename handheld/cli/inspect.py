@@ -40,6 +40,7 @@ def describe_pte(path: Path) -> dict[str, Any]:
         "methods": program.methods,
         "metadata": {k: v for k, v in program.constant_methods.items() if k not in _STRUCTURED},
         "weight_bytes": metadata.weight_bytes,
+        "quantization": metadata.quantization,
         "provenance": metadata.provenance,
         "delegates": program.delegates,  # from the file's own structure, whoever wrote it
         "partitions": counts.get("partitions", {}),
@@ -50,7 +51,7 @@ def describe_pte(path: Path) -> dict[str, Any]:
     }
 
 
-_STRUCTURED = {"handheld_op_counts", "handheld_weight_bytes", "handheld_provenance"}
+_STRUCTURED = {"handheld_op_counts", "handheld_weight_bytes", "handheld_provenance", "handheld_quantization"}
 
 
 def describe_checkpoint(directory: Path) -> dict[str, Any]:
@@ -82,6 +83,8 @@ def format_pte(info: dict[str, Any]) -> str:
     lines += [f"  {key:24} {value}" for key, value in info["metadata"].items()]
     if info.get("provenance"):
         lines.append("made by     " + ", ".join(f"{key} {value}" for key, value in info["provenance"].items()))
+    if info.get("quantization"):
+        lines += format_quantization(info["quantization"])
     if info["weight_bytes"]:
         lines.append("weights by kind")
         lines += [f"  {kind:24} {n:>15,} bytes ({n / 2**20:.1f} MiB)" for kind, n in info["weight_bytes"].items()]
@@ -97,6 +100,27 @@ def format_pte(info: dict[str, Any]) -> str:
         lines += _op_table("  delegated", info["ops_delegated"])
     lines += _op_table("  not delegated (ExecuTorch kernels)", info["ops_not_delegated"])
     return "\n".join(lines)
+
+
+def format_quantization(record: dict[str, Any]) -> list[str]:
+    """How the program's integers were chosen: rule, calibration text, and the linears kept at 8 bits."""
+    calibration = record.get("calibration") or {}
+    lines = ["quantization",
+             *(f"  {key:24} {record[key]}" for key in ("group_size", "scale_rule", "integers") if key in record)]
+    if calibration:
+        lines.append(f"  {'calibration':24} {calibration.get('method')} on {calibration.get('text')} "
+                     f"(sha256 {str(calibration.get('sha256'))[:12]}..., {calibration.get('sequences')} x "
+                     f"{calibration.get('seq_len')} tokens)")
+    if "budget_mb" in record:
+        eight = record.get("eight_bit_linears") or []
+        kinds: dict[str, int] = {}
+        for name in eight:
+            kinds[name.rsplit(".", 1)[-1]] = kinds.get(name.rsplit(".", 1)[-1], 0) + 1
+        lines.append(f"  {'mixed precision':24} budget {record['budget_mb']:g} MB per token; {len(eight)} block linears "
+                     f"8-bit by {record.get('sensitivity')} sensitivity"
+                     + (f" ({', '.join(f'{k} x{n}' for k, n in sorted(kinds.items()))})" if kinds else ""))
+        lines += [f"    {name}" for name in eight]
+    return lines
 
 
 def _op_table(title: str, counts: dict[str, int]) -> list[str]:

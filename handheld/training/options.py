@@ -8,8 +8,16 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from handheld.core.atomic import refuse_overwriting_inputs
 from handheld.core.defaults import GROUP_SIZE, LORA_ALPHA, LORA_RANK
 from handheld.core.errors import HandheldError
+
+
+def check_job_output(output: Path, inputs: list[Path | None]) -> None:
+    """A training job writes a new directory: never an input, never inside one, never over a file."""
+    refuse_overwriting_inputs(output, inputs)
+    if output.exists() and not output.is_dir():
+        raise HandheldError(f"output {output} is a file; the job writes a checkpoint directory")
 
 
 @dataclass(frozen=True)
@@ -55,6 +63,8 @@ class QatOptions:
         t = self.train
         if t.steps < 1 or t.batch_size < 1 or t.grad_accum < 1 or self.seq_len < 2:
             raise HandheldError("--steps, --batch-size and --grad-accum must be >= 1 and --seq-len >= 2")
+        if self.output != Path("-"):  # "-": the run's fingerprint, which names no output
+            check_job_output(self.output, [self.checkpoint, self.data, self.tokenizer])
 
 
 # "float": the rotated float weights (R1, R2 folded; R4 unfolded), the input of NPU schemes.
@@ -84,3 +94,5 @@ class SpinQuantOptions:
             raise HandheldError(f"unknown --weight-quant {self.weight_quant!r}; known: {', '.join(WEIGHT_QUANT)}")
         if self.steps < 0 or self.batch_size < 1 or self.seq_len < 2 or self.save_every < 1:
             raise HandheldError("--steps must be >= 0, --batch-size >= 1, --seq-len >= 2, --save-every >= 1")
+        if self.output != Path("-"):
+            check_job_output(self.output, [self.checkpoint, self.calib, self.tokenizer])

@@ -8,6 +8,8 @@ successive `forward` calls continue a sequence.
 from __future__ import annotations
 
 import contextlib
+import os
+import sys
 from pathlib import Path
 
 import torch
@@ -24,9 +26,30 @@ def load_runtime_kernels() -> None:
     import executorch.kernels.quantized  # noqa: F401
 
 
+@contextlib.contextmanager
+def native_stderr_silenced(silenced: bool = True):
+    """File descriptor 2 to /dev/null while ExecuTorch loads a program: its CPU probe logs a handful of lines
+    (`[cpuinfo_utils.cpp:71] Reading file ...`) on every load, straight from C++. A load that fails still says
+    why: ExecuTorch's exception carries the reason into the one-line error."""
+    if not silenced:
+        yield
+        return
+    sys.stderr.flush()
+    saved = os.dup(2)
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
+
+
 class PteProgram:
-    def __init__(self, path: str | Path, structure: PteStructure | None = None):
-        """`structure`: the file already parsed by `read_pte_structure` (parsed here otherwise)."""
+    def __init__(self, path: str | Path, structure: PteStructure | None = None, quiet: bool = True):
+        """`structure`: the file already parsed by `read_pte_structure` (parsed here otherwise); `quiet`: hide
+        ExecuTorch's native load-time log lines."""
         from executorch.runtime import Runtime
 
         self.path = Path(path)
@@ -36,10 +59,11 @@ class PteProgram:
         self.method_names = structure.methods
         self.constant_methods = structure.constant_methods
         self.metadata = ProgramMetadata.from_constant_methods(self.constant_methods, str(self.path))
-        load_runtime_kernels()
         try:
-            self._program = Runtime.get().load_program(self.path)
-            self._forward = self._program.load_method("forward")
+            with native_stderr_silenced(quiet):
+                load_runtime_kernels()
+                self._program = Runtime.get().load_program(self.path)
+                self._forward = self._program.load_method("forward")
         except (RuntimeError, ValueError) as e:
             raise HandheldError(f"ExecuTorch cannot load {self.path}: {e}") from None
 
