@@ -44,6 +44,12 @@ else
   [ ${#devices[@]} -eq 1 ] || die "${#devices[@]} devices connected: choose one with -s SERIAL"
 fi
 
+# adb shell joins its arguments into one command line for the device's shell: quote every word we send there.
+quote() {
+  local escaped=${1//\'/\'\\\'\'}
+  printf "'%s'" "$escaped"
+}
+
 files=("$pte" "$tokenizer")
 case $tokenizer in
   */*) config=${tokenizer%/*}/tokenizer_config.json ;;
@@ -51,14 +57,14 @@ case $tokenizer in
 esac
 if [[ $tokenizer == *.json && -f $config ]]; then files+=("$config"); fi
 
-"${adb[@]}" shell mkdir -p "$dir"
-pushed=()
+"${adb[@]}" shell "mkdir -p $(quote "$dir")"
+pushed=""
 for file in "${files[@]}"; do
   "${adb[@]}" push "$file" "$dir/"
-  pushed+=("$dir/${file##*/}")
+  pushed+=" $(quote "$dir/${file##*/}")"
 done
 # The app runs as its own user: it must be able to list the folder and read the files, whatever mode the
 # host gave them (adb push keeps it).
-"${adb[@]}" shell chmod 755 "$dir"
-"${adb[@]}" shell chmod 644 "${pushed[@]}"
+"${adb[@]}" shell "chmod 755 $(quote "$dir")"
+"${adb[@]}" shell "chmod 644$pushed"
 echo "pushed ${#files[@]} files to $dir; open handheld chat, List, Load"

@@ -19,6 +19,9 @@ from handheld.core.errors import HandheldError
 HEAD_BYTES = 64  # ExecuTorch's kNumHeadBytes: enough for the flatbuffer identifier and extended header
 _IDENTIFIER = slice(4, 8)  # flatbuffer file identifier, "ET" + 2-digit schema version
 _SCALARS = {"Int": "int_val", "Bool": "bool_val", "Double": "double_val", "String": "string_val"}
+# The flatbuffer handed to flatc, at most: a program's instructions and metadata (weights live in segments; handheld's
+# largest, the 3B shape's, is a few MB). flatc's JSON is ~10x its input and its run time follows: the cap bounds both.
+MAX_PROGRAM_BYTES = 64 * 2**20
 
 
 @dataclass(frozen=True)
@@ -68,11 +71,19 @@ def _program_size(path: Path, head: bytes) -> int:
     size = path.stat().st_size
     header = _get_extended_header(head)
     if header is None or not header.is_valid():
-        return size  # no segments: the whole file is the flatbuffer
+        return _parseable(path, size)  # no segments: the whole file is the flatbuffer
     if not 0 < header.program_size <= size or header.segment_base_offset > size:
         raise HandheldError(f"{path} is truncated or damaged: its header claims {header.program_size:,} bytes of "
                             f"program and segments from byte {header.segment_base_offset:,}; the file has {size:,}")
-    return header.program_size
+    return _parseable(path, header.program_size)
+
+
+def _parseable(path: Path, program_size: int) -> int:
+    if program_size > MAX_PROGRAM_BYTES:
+        raise HandheldError(f"{path}'s program (without weight segments) is {program_size:,} bytes, more than the "
+                            f"{MAX_PROGRAM_BYTES // 2**20} MiB handheld parses; weights inline in the program? re-export "
+                            f"it with segments (ExecuTorch's default)")
+    return program_size
 
 
 def _to_json(path: Path, program: bytes) -> bytes:

@@ -87,12 +87,12 @@ def test_push_copies_program_tokenizer_and_config_into_the_apps_folder(tmp_path)
     assert done.returncode == 0, done.stderr
     assert calls == [
         ["devices"],
-        ["shell", "mkdir", "-p", FOLDER],
+        ["shell", f"mkdir -p '{FOLDER}'"],
         ["push", "m.pte", FOLDER + "/"],
         ["push", str(tmp_path / "tokenizer.json"), FOLDER + "/"],
         ["push", str(tmp_path / "tokenizer_config.json"), FOLDER + "/"],
-        ["shell", "chmod", "755", FOLDER],
-        ["shell", "chmod", "644", *(f"{FOLDER}/{name}" for name in files)],
+        ["shell", f"chmod 755 '{FOLDER}'"],
+        ["shell", "chmod 644 " + " ".join(f"'{FOLDER}/{name}'" for name in files)],
     ]
     # The app opens on the folder push.sh fills.
     assert f'DEFAULT_FOLDER = "{FOLDER}"' in ACTIVITY.read_text()
@@ -104,9 +104,22 @@ def test_push_to_a_chosen_device_and_folder(tmp_path):
     done, calls = push(tmp_path, "-s", "emulator-5554", "-d", "/data/local/tmp/x/", *files, devices=two, files=files)
     assert done.returncode == 0, done.stderr
     assert calls[0] == ["devices"] and all(call[:2] == ["-s", "emulator-5554"] for call in calls[1:])
-    assert [call[2:] for call in calls[1:4]] == [["shell", "mkdir", "-p", "/data/local/tmp/x"],
+    assert [call[2:] for call in calls[1:4]] == [["shell", "mkdir -p '/data/local/tmp/x'"],
                                                  ["push", "m.pte", "/data/local/tmp/x/"],
                                                  ["push", "tokenizer.model", "/data/local/tmp/x/"]]
+
+
+def test_push_quotes_what_the_device_shell_reads(tmp_path):
+    """adb shell hands one command line to the phone's shell: a folder name cannot add commands to it."""
+    import shlex
+
+    hostile = "/data/local/tmp/it's; reboot $(id) `x`"
+    files = ("m.pte", "tokenizer.model")
+    done, calls = push(tmp_path, "-d", hostile, *files, devices="R5CT1234\\tdevice", files=files)
+    assert done.returncode == 0, done.stderr
+    shell_lines = [call[1] for call in calls if call[0] == "shell"]
+    assert [shlex.split(line) for line in shell_lines] == [
+        ["mkdir", "-p", hostile], ["chmod", "755", hostile], ["chmod", "644", *(f"{hostile}/{name}" for name in files)]]
 
 
 def test_push_is_shellcheck_clean():

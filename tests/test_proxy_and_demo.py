@@ -75,6 +75,7 @@ def test_demo_report_compares_every_scheme(demo_report, card):
     assert "![Decode rate](decode_tok_s.png)" in text and (out / "decode_tok_s.png").is_file()
     # What a reader sees first: the short table and the quality-against-size chart, before the full table.
     assert text.index("## At a glance") < text.index("## All figures")
+    assert "exported with --full-logits" in text and "prefill tok/s and TTFT are lower" in text  # said, not hidden
     assert (out / "quality_vs_size.png").read_bytes()[:4] == b"\x89PNG"
     assert report["model"] == "proxy" and all(isinstance(row["answers"], dict) for row in rows.values())
 

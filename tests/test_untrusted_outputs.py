@@ -100,3 +100,19 @@ def test_a_training_job_refuses_a_file_as_its_output_directory(capsys, byte_chec
     code = main(["qat", "--checkpoint", str(byte_checkpoint), "--data", str(calib_text), "-o", str(existing), "--steps", "1"])
     assert code == 1 and "is a file; the job writes a checkpoint directory" in capsys.readouterr().err
     assert existing.read_text() == "mine"
+
+
+def test_a_huge_program_without_segments_never_reaches_flatc(tmp_path, monkeypatch, capsys):
+    """flatc's time and JSON grow with its input: a stranger's 65 MiB flatbuffer is refused before it runs."""
+    import executorch.exir._serialize._flatbuffer as flatbuffer
+
+    from handheld.runtime_bindings.pte_file import MAX_PROGRAM_BYTES
+
+    monkeypatch.setattr(flatbuffer, "_program_flatbuffer_to_json", lambda *_: pytest.fail("flatc ran"))
+    big = tmp_path / "big.pte"
+    with open(big, "wb") as f:
+        f.write(b"\x00\x00\x00\x00ET12" + b"\x00" * 56)  # an ExecuTorch identifier, no extended header
+        f.truncate(MAX_PROGRAM_BYTES + 1)
+    assert main(["inspect", str(big)]) == 1
+    err = capsys.readouterr().err
+    assert err.count("handheld: error:") == 1 and "more than the 64 MiB handheld parses" in err

@@ -187,7 +187,10 @@ def _write(out: Path, model: DemoModel, bench: dict, rows: list[dict], wall: flo
              f"(handheld/proxy/test.txt, context {CONTEXT}, stride {STRIDE}) through each `.pte`",
              f"spinquant: {model.recipe_steps} rotation-learning steps; qat-lora: {model.recipe_steps} QAT + "
              f"{model.recipe_steps} LoRA steps, both on handheld/proxy/calib.txt (short runs: the full recipe "
-             "figures come from benchmarks/quality/)"]
+             "figures come from benchmarks/quality/)",
+             "Every program here is exported with --full-logits (so that eval can score each position): its prefill "
+             "computes the classifier over every prompt token, so prefill tok/s and TTFT are lower than a program "
+             "exported for chat (last position only) reaches; decode is unaffected"]
     lead = summary_markdown(rows, out)
     markdown = write_report(bench, out, evals=evals, notes=notes, title=f"handheld demo: {model.name} on XNNPACK",
                             lead=[lead], sections=[answers_markdown(rows)])
