@@ -29,6 +29,16 @@ def odd_8da4w_pte(odd_checkpoint, tmp_path_factory):
     return out
 
 
+@pytest.fixture(scope="module")
+def odd_c4_pte(odd_checkpoint, tmp_path_factory):
+    from handheld.export.program import export_checkpoint
+
+    out = tmp_path_factory.mktemp("pte") / "odd_c4.pte"
+    export_checkpoint(odd_checkpoint, out, scheme_name="8da4w-c4", backend_name="xnnpack",
+                      max_seq_len=PARITY_MAX_SEQ_LEN, log=lambda _: None)
+    return out
+
+
 def _float_model():
     model = Transformer(ODD_ARGS, max_seq_len=PARITY_MAX_SEQ_LEN, full_logits=False)
     model.load_state_dict(odd_state(), strict=False)
@@ -104,17 +114,14 @@ def test_group_size_option_reaches_the_scheme():
 
 
 @torch.no_grad()
-def test_four_bit_classifier_option_exports_and_matches_its_oracle(odd_checkpoint, tmp_path):
+def test_four_bit_classifier_option_exports_and_matches_its_oracle(odd_checkpoint, odd_c4_pte):
     """8da4w-c4: the classifier in 4-bit g32 groups like ExecuTorch's CLI; delegated, and the program follows
     its own eager oracle much more closely than the 8-bit-classifier program does."""
-    from handheld.export.program import export_checkpoint
-
     model = apply_scheme(_float_model(), "8da4w-c4")
     assert model.output.weight.target_dtype == torch.int4 and model.output.weight.block_size == (1, 32)
     split = weight_bytes_by_kind(model)
     assert split["4-bit classifier"] == ODD_ARGS.vocab_size * ODD_ARGS.dim // 2 and "8-bit classifier" not in split
-    pte = export_checkpoint(odd_checkpoint, tmp_path / "c4.pte", scheme_name="8da4w-c4", backend_name="xnnpack",
-                            max_seq_len=PARITY_MAX_SEQ_LEN, log=lambda _: None).path
+    pte = odd_c4_pte
     info = describe_pte(pte)
     assert info["metadata"]["handheld_scheme"] == "8da4w-c4" and "linear" not in info["ops_not_delegated"]
     program = PteProgram(pte)
@@ -124,10 +131,12 @@ def test_four_bit_classifier_option_exports_and_matches_its_oracle(odd_checkpoin
     assert (ours - expected).abs().max() < 0.3 * (expected - other).abs().max()
 
 
-def test_export_savings_write_the_same_program(odd_checkpoint, odd_8da4w_pte, tmp_path, monkeypatch):
+@pytest.mark.parametrize("scheme, written", [("8da4w", "odd_8da4w_pte"), ("8da4w-c4", "odd_c4_pte"),
+                                             ("fp16", "odd_fp16_pte"), ("bf16", "odd_bf16_pte")])
+def test_export_savings_write_the_same_program(odd_checkpoint, scheme, written, request, tmp_path, monkeypatch):
     """handheld skips XNNPACK passes that have nothing to rewrite (export time) and drops the delegates' float
     weights before emission (export memory); with every pass and nothing dropped the program is byte for byte the
-    one handheld writes."""
+    one handheld writes, for every scheme whose graph differs (16-bit, 4-bit classifier)."""
     import dataclasses
 
     from handheld.export import backends, program
@@ -137,6 +146,6 @@ def test_export_savings_write_the_same_program(odd_checkpoint, odd_8da4w_pte, tm
     monkeypatch.setitem(backends.BACKENDS, "xnnpack", every_pass)
     monkeypatch.setattr(program, "release_delegated_weights", lambda lowered: None)
     out = tmp_path / "every_pass.pte"
-    export_checkpoint(odd_checkpoint, out, scheme_name="8da4w", backend_name="xnnpack",
+    export_checkpoint(odd_checkpoint, out, scheme_name=scheme, backend_name="xnnpack",
                       max_seq_len=PARITY_MAX_SEQ_LEN, log=lambda _: None)
-    assert out.read_bytes() == odd_8da4w_pte.read_bytes()
+    assert out.read_bytes() == request.getfixturevalue(written).read_bytes()

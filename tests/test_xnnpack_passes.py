@@ -44,12 +44,47 @@ def test_passes_kept_in_order_and_only_skipped_without_their_operators():
 def test_the_patch_is_undone():
     from executorch.backends.xnnpack._passes import XNNPACKPassManager
 
-    original = XNNPACKPassManager.__init__
+    original = XNNPACKPassManager.transform
     with xnnpack_passes.pruned_passes():
-        assert XNNPACKPassManager.__init__ is not original
-    assert XNNPACKPassManager.__init__ is original
+        assert XNNPACKPassManager.transform is not original
+    assert XNNPACKPassManager.transform is original
     with xnnpack_passes.pruned_passes(enabled=False):
-        assert XNNPACKPassManager.__init__ is original
+        assert XNNPACKPassManager.transform is original
+
+
+def test_each_pass_is_judged_on_the_graph_the_passes_before_it_left(monkeypatch):
+    """An earlier pass can create what a later one rewrites: the later one must then run."""
+    from executorch.backends.xnnpack._passes import XNNPACKPassManager
+    from executorch.exir.dialects._ops import ops as exir_ops
+
+    ran = []
+
+    class AddsRelu:  # stands for a pass that leaves a new operator behind
+        pass
+
+    class FuseActivationPass:  # same name as XNNPACK's: skipped unless a relu or hardtanh is present
+        pass
+
+    def run_one(self):
+        (pass_,) = self.passes
+        ran.append(pass_.__name__)
+        if pass_ is AddsRelu:
+            return _Program(_graph(exir_ops.edge.aten.linear.default, exir_ops.edge.aten.relu.default))
+        return self._exported_program
+
+    monkeypatch.setattr(XNNPACKPassManager, "transform", run_one)
+    manager = XNNPACKPassManager(_Program(_graph(exir_ops.edge.aten.linear.default)), [FuseActivationPass, AddsRelu,
+                                                                                      FuseActivationPass])
+    with xnnpack_passes.pruned_passes():
+        result = manager.transform()
+    assert ran == ["AddsRelu", "FuseActivationPass"]  # skipped before the relu existed, run after
+    assert manager.passes == [FuseActivationPass, AddsRelu, FuseActivationPass]
+    assert "aten.relu" in xnnpack_passes._graph_ops(result.graph)
+
+
+class _Program:
+    def __init__(self, graph):
+        self.graph = graph
 
 
 def test_lowered_program_lets_the_float_weights_go(odd_checkpoint):

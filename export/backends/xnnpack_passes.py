@@ -3,9 +3,10 @@
 ExecuTorch runs 17 passes on every XNNPACK partition, and most of them end by retracing the whole partition
 with fake tensors whether or not they changed anything: on a Llama graph that retrace, not the rewriting, is
 about half of the lowering time (measured: SmolLM2 width, 8da4w, 2 layers: 19.7 of 44 s in those passes).
-A pass whose operators are absent from a partition has nothing to rewrite, so it is skipped there. Which
-operators each pass acts on is read from its source (ExecuTorch 1.5.1); a test checks that the programs
-come out byte for byte the same as with every pass.
+A pass whose operators are absent from a partition has nothing to rewrite, so it is skipped there. The
+decision is made for each pass on the graph as the passes before it left it (an earlier pass can create an
+operator a later one rewrites). Which operators each pass acts on is read from its source (ExecuTorch 1.5.1);
+a test checks that the programs come out byte for byte the same as with every pass.
 """
 
 from __future__ import annotations
@@ -54,26 +55,38 @@ _ACTS_ON: dict[str, Callable[[set[str]], bool]] = {
 }
 
 
+def can_change(pass_: type, graph: torch.fx.Graph) -> bool:
+    """Whether `pass_` has anything to rewrite in `graph` as it is now."""
+    return _ACTS_ON.get(pass_.__name__, lambda _: True)(_graph_ops(graph))
+
+
 def passes_for(passes: list[type], graph: torch.fx.Graph) -> list[type]:
-    """The passes that can change this partition, in their order."""
-    present = _graph_ops(graph)
-    return [p for p in passes if _ACTS_ON.get(p.__name__, lambda _: True)(present)]
+    """The passes that can change this graph as it is, in their order (before any of them runs)."""
+    return [p for p in passes if can_change(p, graph)]
 
 
 @contextlib.contextmanager
 def pruned_passes(enabled: bool = True) -> Iterator[None]:
-    """While active, XNNPACK's preprocessing runs only `passes_for` each partition."""
+    """While active, XNNPACK's pass manager runs each pass only if it can change the partition as the passes
+    before it left it; ExecuTorch's own loop runs each pass that does (one pass at a time)."""
     from executorch.backends.xnnpack._passes import XNNPACKPassManager
 
-    original = XNNPACKPassManager.__init__
+    original = XNNPACKPassManager.transform
 
-    def init(self, exported_program, passes=None) -> None:
-        original(self, exported_program, passes)
-        self.passes = passes_for(self.passes, exported_program.graph)
+    def transform(self):
+        passes, program = self.passes, self._exported_program
+        try:
+            for pass_ in passes:
+                if can_change(pass_, program.graph):
+                    self.passes, self._exported_program = [pass_], program
+                    program = original(self)
+        finally:
+            self.passes = passes
+        return program
 
     if enabled:
-        XNNPACKPassManager.__init__ = init
+        XNNPACKPassManager.transform = transform
     try:
         yield
     finally:
-        XNNPACKPassManager.__init__ = original
+        XNNPACKPassManager.transform = original
