@@ -19,7 +19,8 @@ Texts (kept in the repo): handheld/proxy/test.txt (Python documentation prose) a
     python benchmarks/quality/table.py [--work /tmp/quality-work] [--checkpoints shipped finetuned]
 
 Writes benchmarks/results/quality/table.json as rows finish (a rerun keeps rows of the same commit and redoes the
-rest), then table.md and ppl_vs_bytes.png rendered from that JSON alone (`--render` re-renders only).
+rest), then renders from that JSON alone (`--render` re-renders only): table.md, summary.md and ppl_vs_bytes.png
+beside it, and the same tables into BENCHMARKS.md and README.md between their quality markers.
 """
 
 from __future__ import annotations
@@ -174,7 +175,7 @@ def main() -> None:
     path = RESULTS / "table.json"
     if not args.render:
         _measure(args, Table(path, "python benchmarks/quality/table.py " + " ".join(sys.argv[1:])))
-    render_all(json.loads(path.read_text()), RESULTS)
+    render_all(json.loads(path.read_text()), RESULTS, docs=ROOT)
 
 
 def _measure(args: argparse.Namespace, table: Table) -> None:

@@ -86,10 +86,25 @@ def _chart_panel(ax, rows: list[dict], base: dict, text: str, title: str) -> Non
     ax.legend(fontsize=7)
 
 
-def render_all(report: dict, folder: Path) -> None:
-    (folder / "table.md").write_text(render_markdown(report))
-    (folder / "summary.md").write_text(render_summary(report))
+def render_all(report: dict, folder: Path, docs: Path | None = None) -> None:
+    """table.md, summary.md and the chart beside the JSON; with `docs` (the repository root), the same tables
+    into README.md's quality-summary and BENCHMARKS.md's quality-table blocks."""
+    table, summary = render_markdown(report), render_summary(report)
+    (folder / "table.md").write_text(table)
+    (folder / "summary.md").write_text(summary)
     render_chart(report, folder / "ppl_vs_bytes.png")
+    if docs is not None:
+        replace_block(docs / "BENCHMARKS.md", "quality-table", table)
+        replace_block(docs / "README.md", "quality-summary", summary)
+
+
+def replace_block(doc: Path, name: str, text: str) -> None:
+    """Replace what stands between `<!-- NAME: begin ... -->` and `<!-- NAME: end -->` in `doc`."""
+    source = doc.read_text()
+    begin = source.index(f"<!-- {name}: begin")
+    start = source.index("-->\n", begin) + len("-->\n")
+    end = source.index(f"<!-- {name}: end -->", start)
+    doc.write_text(source[:start] + text + source[end:])
 
 
 SUMMARY_ROWS = (("handheld eager", "8da4w absmax"), ("handheld eager", "8da4w"), ("handheld .pte", "8da4w"),
