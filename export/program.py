@@ -19,6 +19,7 @@ from handheld.core.errors import HandheldError
 from handheld.core.pte_metadata import ProgramMetadata
 from handheld.export.backends import Backend, get_backend
 from handheld.export.metadata import program_metadata
+from handheld.export.memory_check import check_memory, checkpoint_parameters
 from handheld.export.weight_bytes import weight_bytes_by_kind
 from handheld.quant.schemes import Scheme, get_scheme, prepare_model, scheme_options
 from handheld.core.tokenizer import NUM_SPECIAL, load_tokenizer
@@ -63,6 +64,7 @@ def export_checkpoint(
     calib: Path | None = None,
     calib_tokens: int | None = None,
     budget_mb: float | None = None,
+    skip_memory_check: bool = False,
 ) -> ExportResult:
     """`scheme_name` None means: the checkpoint's own (pre-quantized) scheme, else fp32.
     `full_logits` returns logits for every input position (for evaluation), not just the last.
@@ -83,6 +85,8 @@ def export_checkpoint(
     if tokenizer_path is None:
         log(f"no tokenizer given: BOS/EOS ids assume Llama 3's layout (BOS {bos_id})")
     log(f"loaded {checkpoint.format} checkpoint {checkpoint_dir}")
+    job = scheme_name or ("8da4w" if checkpoint.prequantized else "fp32")
+    check_memory(f"export of {checkpoint_dir} as {job}", checkpoint_parameters(checkpoint), job, skip_memory_check)
     for note in executorch_loader_notes(checkpoint.args):
         log(note)
     options = scheme_options(scheme_name, group_size, checkpoint, scale_rule=scale_rule, calib=calib,

@@ -28,9 +28,16 @@ def add_job_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--group-size", type=int, default=GROUP_SIZE, help=f"4-bit weight group size (default {GROUP_SIZE})")
     p.add_argument("--resume", action="store_true", help="continue an interrupted run from OUTPUT.resume/")
     p.add_argument("--tokenizer", help="tokenizer file (default: the checkpoint's own)")
+    add_memory_check_argument(p)
     p.add_argument("--device", default="auto",
                    help="auto (default: a CUDA GPU when torch sees one, else the CPU), cpu or cuda; under torchrun "
                    "each process takes GPU LOCAL_RANK (NCCL), or the CPU (gloo)")
+
+
+def add_memory_check_argument(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--skip-memory-check", action="store_true",
+                   help="start even when the estimated peak memory exceeds what is available (the check is refused "
+                   "in one line naming both numbers otherwise)")
 
 
 def is_checkpoint_path(path: str) -> bool:

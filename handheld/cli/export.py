@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from handheld.cli._shared import add_group_size, add_npu_arguments, is_npu_artefact, npu_quantized, optional_path
+from handheld.cli._shared import add_group_size, add_memory_check_argument, add_npu_arguments, is_npu_artefact, npu_quantized, optional_path
 from handheld.core.defaults import GPTQ_CALIB_TOKENS, MAX_SEQ_LEN, NPU_SEQ_LEN, SCALE_RULE
 from handheld.core.errors import HandheldError
 
@@ -37,6 +37,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-seq-len", type=int, help=f"KV cache length: prompt + generated tokens (default "
                    f"{MAX_SEQ_LEN}; NPU programs: {NPU_SEQ_LEN}, also their fixed tokens per call)")
     p.add_argument("--tokenizer", help="tokenizer for the BOS/EOS ids (default: the checkpoint's own)")
+    add_memory_check_argument(p)
     p.add_argument("--full-logits", action="store_true", help="return logits for every position (needed by `handheld eval`)")
     p.add_argument("-o", "--output", required=True, help=".pte file to write (written atomically)")
 
@@ -53,7 +54,7 @@ def run(args: argparse.Namespace) -> None:
         max_seq_len=args.max_seq_len or MAX_SEQ_LEN, tokenizer_path=optional_path(args.tokenizer),
         group_size=args.group_size, full_logits=args.full_logits, log=lambda msg: print(f"[export] {msg}", flush=True),
         scale_rule=args.scale_rule, calib=optional_path(args.calib), calib_tokens=args.calib_tokens,
-        budget_mb=args.budget_mb,
+        budget_mb=args.budget_mb, skip_memory_check=args.skip_memory_check,
     )
     print(f"wrote {result.path} ({result.file_bytes / 2**20:.1f} MiB) in {result.seconds:.0f} s")
 

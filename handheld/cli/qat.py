@@ -48,6 +48,7 @@ def run(args: argparse.Namespace) -> None:
         checkpoint=Path(args.checkpoint), data=Path(args.data), output=Path(args.output), phase=args.phase, train=train,
         lora_lr=args.lora_lr, seq_len=args.seq_len, lora_rank=args.lora_rank, lora_alpha=args.lora_alpha,
         group_size=args.group_size, resume=args.resume, tokenizer=optional_path(args.tokenizer),
+        skip_memory_check=args.skip_memory_check,
     )
     with process_group(args.device) as group:
         results = run_qat(options, group)

@@ -40,7 +40,7 @@ def run(args: argparse.Namespace) -> None:
         checkpoint=Path(args.checkpoint), calib=Path(args.calib), output=Path(args.output), steps=args.steps, lr=args.lr,
         seq_len=args.seq_len, samples=args.samples, batch_size=args.batch_size, weight_quant=args.weight_quant,
         rotations=not args.no_rotations, group_size=args.group_size, seed=args.seed, resume=args.resume, save_every=args.save_every,
-        tokenizer=optional_path(args.tokenizer),
+        tokenizer=optional_path(args.tokenizer), skip_memory_check=args.skip_memory_check,
     )
     with process_group(args.device) as group:
         result = run_spinquant(options, group)

@@ -56,6 +56,7 @@ class QatOptions:
     group_size: int = GROUP_SIZE
     resume: bool = False
     tokenizer: Path | None = None
+    skip_memory_check: bool = False  # run even when the estimated peak exceeds the memory available
 
     def __post_init__(self) -> None:
         if self.phase not in PHASES:
@@ -88,6 +89,7 @@ class SpinQuantOptions:
     resume: bool = False
     save_every: int = 10
     tokenizer: Path | None = None
+    skip_memory_check: bool = False
 
     def __post_init__(self) -> None:
         if self.weight_quant not in WEIGHT_QUANT:

@@ -27,6 +27,7 @@ from handheld.core.atomic import atomic_dir
 from handheld.core.checkpoints import TOKENIZER, Checkpoint, build_model, read_checkpoint, write_checkpoint
 from handheld.core.config import LoraArgs, QuantizationArgs
 from handheld.core.errors import HandheldError
+from handheld.export.memory_check import check_memory, checkpoint_parameters
 from handheld.quant.fake_quant import prepare_fake_quant
 from handheld.quant.linears import untie_embedding
 from handheld.quant.lora import add_lora, freeze_all_but_adapters
@@ -53,9 +54,11 @@ class PhaseResult:
 def run_qat(options: QatOptions, group: Group, progress: bool = True) -> list[PhaseResult]:
     checkpoint = read_checkpoint(options.checkpoint)
     require_float(checkpoint, "QAT")
+    check_memory(f"qat of {options.checkpoint}", checkpoint_parameters(checkpoint), "training", options.skip_memory_check)
     train_set, val_set = _datasets(options, checkpoint)
     run_identity = fingerprint(weights=weights_digest(checkpoint.state), tokens=train_set.tokens, mask=train_set.mask,
-                         options=dataclasses.asdict(dataclasses.replace(options, resume=False, output=Path("-"))))
+                         options=dataclasses.asdict(dataclasses.replace(options, resume=False, output=Path("-"),
+                                                                          skip_memory_check=False)))
     saved = start_or_resume(options.output, options.resume, run_identity)
     model = _float_model(checkpoint, options)
     phases = PHASES[options.phase]

@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from handheld.core.checkpoints import Checkpoint, build_model, read_checkpoint
+from handheld.export.memory_check import check_memory, checkpoint_parameters
 from handheld.core.config import QuantizationArgs
 from handheld.quant.fake_quant import prepare_activation_fake_quant, prepare_fake_quant
 from handheld.quant.gptq import sequential_gptq
@@ -44,6 +45,8 @@ class SpinQuantResult:
 
 def run_spinquant(options: SpinQuantOptions, group: Group, progress: bool = True) -> SpinQuantResult:
     checkpoint = read_checkpoint(options.checkpoint)
+    check_memory(f"spinquant of {options.checkpoint}", checkpoint_parameters(checkpoint), "training",
+                 options.skip_memory_check)
     require_float(checkpoint, "SpinQuant")
     if options.rotations:
         check_rotatable(checkpoint.args)
