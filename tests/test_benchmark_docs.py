@@ -45,3 +45,31 @@ def test_every_results_file_names_its_producer_in_the_index():
         assert covered, f"{relative} is not in benchmarks/results/INDEX.md"
     for script in set(re.findall(r"`(benchmarks/[\w/]+\.py)`", index)) - {"benchmarks/spinquant/r4_decode_cost.py"}:
         assert (ROOT / script).is_file(), f"INDEX.md names {script}, which does not exist"
+
+
+def _doc_row(prefix: str, after: str = "") -> list[str]:
+    """The cells of the first BENCHMARKS.md table row starting with `prefix` below the line containing `after`."""
+    text = (ROOT / "BENCHMARKS.md").read_text()
+    line = next(line for line in text[text.index(after):].splitlines() if line.startswith(prefix))
+    return [cell.strip() for cell in line.strip("|").split("|")]
+
+
+def test_arm_table_is_the_committed_baseline():
+    baseline = json.loads((ROOT / "benchmarks" / "baselines" / "arm-bench-qemu-aarch64.json").read_text())
+    for row in baseline["rows"]:
+        cells = _doc_row(f"| {row['scheme']} | ", after="| program (emulated) |")
+        stats = row["stats"]
+        assert cells[1].split(" ")[0] == f"{stats['decode_tok_s']['median']:.1f}", cells
+        assert cells[2] == f"{stats['prefill_tok_s']['median']:.1f}" and cells[3] == f"{stats['ttft_s']['median']:.3f}"
+        assert cells[4] == f"{stats['peak_rss_bytes']['median'] / 2**20:.0f}" and cells[5] == f"{row['work']['value']:,}"
+
+
+def test_smollm2_export_rows_are_the_speed_runs_exports():
+    exports = json.loads((ROOT / "benchmarks" / "results" / "smollm2_speed" / "results.json").read_text())["exports"]
+    labels = {"fp32": "SmolLM2-135M fp32 (30 layers)", "fp16": "SmolLM2-135M fp16", "8da4w": "SmolLM2-135M 8da4w"}
+    for export in exports:
+        if export["scheme"] not in labels:
+            continue
+        cells = _doc_row(f"| {labels[export['scheme']]} |")
+        assert cells[1] == f"{export['wall_s']:.0f} s" and cells[2] == f"{export['peak_rss_bytes'] / 2**30:.2f} GiB", cells
+        assert cells[3] == f"{export['file_bytes'] / 1e6:.0f} MB", cells
