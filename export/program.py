@@ -79,16 +79,11 @@ def export_checkpoint(
         raise HandheldError(f"--max-seq-len must be at least 2, got {max_seq_len}")
     refuse_overwriting_inputs(output, [checkpoint_dir, tokenizer_path, calib])
     start = time.perf_counter()
-    checkpoint = read_checkpoint(checkpoint_dir)
+    checkpoint = _read_for_export(checkpoint_dir, scheme_name, log, skip_memory_check)
     tokenizer_path = tokenizer_path or checkpoint.tokenizer_path
     bos_id, eos_ids = special_ids(tokenizer_path, checkpoint.args.vocab_size)
     if tokenizer_path is None:
         log(f"no tokenizer given: BOS/EOS ids assume Llama 3's layout (BOS {bos_id})")
-    log(f"loaded {checkpoint.format} checkpoint {checkpoint_dir}")
-    job = scheme_name or ("8da4w" if checkpoint.prequantized else "fp32")
-    check_memory(f"export of {checkpoint_dir} as {job}", checkpoint_parameters(checkpoint), job, skip_memory_check)
-    for note in executorch_loader_notes(checkpoint.args):
-        log(note)
     options = scheme_options(scheme_name, group_size, checkpoint, scale_rule=scale_rule, calib=calib,
                              calib_tokens=calib_tokens, budget_mb=budget_mb)
     if calib is not None:
@@ -111,6 +106,18 @@ def export_checkpoint(
         write_program(lowered.program, metadata, tmp, log)
     seconds = time.perf_counter() - start
     return ExportResult(output, output.stat().st_size, seconds, lowered.op_counts)
+
+
+def _read_for_export(checkpoint_dir: Path, scheme_name: str | None, log: Callable[[str], None],
+                     skip_memory_check: bool):
+    """The checkpoint, once the machine is known to have the memory its export needs."""
+    checkpoint = read_checkpoint(checkpoint_dir)
+    log(f"loaded {checkpoint.format} checkpoint {checkpoint_dir}")
+    job = scheme_name or ("8da4w" if checkpoint.prequantized else "fp32")
+    check_memory(f"export of {checkpoint_dir} as {job}", checkpoint_parameters(checkpoint), job, skip_memory_check)
+    for note in executorch_loader_notes(checkpoint.args):
+        log(note)
+    return checkpoint
 
 
 @dataclass

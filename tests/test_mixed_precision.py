@@ -6,7 +6,6 @@ import torch
 from torch import nn
 
 from conftest import ODD_ARGS, PARITY_MAX_SEQ_LEN, odd_state
-from test_cli import assert_clean_error, run_cli
 from handheld.core.errors import HandheldError
 from handheld.core.model import Transformer
 from handheld.core.pte_metadata import ProgramMetadata
@@ -86,16 +85,3 @@ def test_budget_below_the_all_four_bit_program_is_refused():
     with pytest.raises(HandheldError, match=rf"--budget-mb {(floor - 1) / 1e6:g} is below the {floor / 1e6:.2f} MB"):
         choose_eight_bit(model, torch.zeros(1, 8, dtype=torch.long), 32, 8, "weighted", floor - 1)
     assert choose_eight_bit(model, torch.ones(2, 8, dtype=torch.long), 32, 8, "weighted", floor) == frozenset()
-
-
-@pytest.mark.parametrize("flags, problem", [
-    (["--scheme", "8da4w", "--budget-mb", "1"], r"--budget-mb needs --calib TEXT"),
-    (["--scheme", "8da4w", "--calib", "x.txt", "--budget-mb", "-2"], r"--budget-mb must be a positive number"),
-    (["--scheme", "bf16", "--calib", "x.txt", "--budget-mb", "2"], r"applies to 4-bit schemes; scheme bf16 has no groups"),
-])
-def test_budget_options_that_cannot_apply_are_refused(capsys, byte_checkpoint, tmp_path, flags, problem):
-    out = tmp_path / "out.pte"
-    code, _, err = run_cli(capsys, "export", "--checkpoint", str(byte_checkpoint), *flags, "-o", str(out))
-    assert_clean_error(code, err, problem)
-    assert not out.exists()
-

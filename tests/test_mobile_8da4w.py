@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch import nn
 
-from conftest import ODD_ARGS, PARITY_MAX_SEQ_LEN, odd_state, delegated_linears
+from conftest import ODD_ARGS, PARITY_MAX_SEQ_LEN, _export, odd_state, delegated_linears
 from handheld.core.checkpoints import build_model, read_checkpoint
 from handheld.core.errors import HandheldError
 from handheld.cli.inspect import describe_pte
@@ -21,22 +21,12 @@ DECODE_STEPS = 8
 
 @pytest.fixture(scope="module")
 def odd_8da4w_pte(odd_checkpoint, tmp_path_factory):
-    from handheld.export.program import export_checkpoint
-
-    out = tmp_path_factory.mktemp("pte") / "odd_8da4w.pte"
-    export_checkpoint(odd_checkpoint, out, scheme_name="8da4w", backend_name="xnnpack",
-                      max_seq_len=PARITY_MAX_SEQ_LEN, log=lambda _: None)
-    return out
+    return _export(odd_checkpoint, tmp_path_factory.mktemp("pte") / "odd_8da4w.pte", "8da4w")
 
 
 @pytest.fixture(scope="module")
 def odd_c4_pte(odd_checkpoint, tmp_path_factory):
-    from handheld.export.program import export_checkpoint
-
-    out = tmp_path_factory.mktemp("pte") / "odd_c4.pte"
-    export_checkpoint(odd_checkpoint, out, scheme_name="8da4w-c4", backend_name="xnnpack",
-                      max_seq_len=PARITY_MAX_SEQ_LEN, log=lambda _: None)
-    return out
+    return _export(odd_checkpoint, tmp_path_factory.mktemp("pte") / "odd_c4.pte", "8da4w-c4")
 
 
 def _float_model():
