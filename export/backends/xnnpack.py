@@ -9,7 +9,7 @@ from typing import Any, Iterator
 
 import torch
 
-from handheld.export.backends import preprocess_copies, xnnpack_passes
+from handheld.export.backends import patch_xnnpack_copies, patch_xnnpack_passes
 from handheld.quant.schemes import Scheme
 
 
@@ -27,5 +27,5 @@ def lowering() -> Iterator[None]:
     (export time), and its partitions copied without their weights (export memory)."""
     from executorch.backends.xnnpack.xnnpack_preprocess import XnnpackBackend
 
-    with xnnpack_passes.pruned_passes(), preprocess_copies.weights_shared_with(XnnpackBackend):
+    with patch_xnnpack_passes.pruned_passes(), patch_xnnpack_copies.weights_shared_with(XnnpackBackend):
         yield

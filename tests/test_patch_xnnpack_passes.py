@@ -2,7 +2,7 @@
 
 import torch
 
-from handheld.export.backends import xnnpack_passes
+from handheld.export.backends import patch_xnnpack_passes
 
 
 def _graph(*ops):
@@ -20,11 +20,11 @@ def test_pattern_passes_need_operators_every_pattern_holds():
     is absent: read from ExecuTorch's own patterns, so a new pattern without it fails here."""
     from executorch.backends.xnnpack.partition.graphs import bilinear_2d, sdpa
 
-    for needs, graphs in ((xnnpack_passes.UPSAMPLE_PATTERN_NEEDS, list(bilinear_2d.get_graphs_dict())),
-                          (xnnpack_passes.SDPA_PATTERN_NEEDS, sdpa.get_graphs())):
+    for needs, graphs in ((patch_xnnpack_passes.UPSAMPLE_PATTERN_NEEDS, list(bilinear_2d.get_graphs_dict())),
+                          (patch_xnnpack_passes.SDPA_PATTERN_NEEDS, sdpa.get_graphs())):
         assert graphs
         for pattern in graphs:
-            assert set(needs) <= xnnpack_passes._graph_ops(pattern.graph)
+            assert set(needs) <= patch_xnnpack_passes._graph_ops(pattern.graph)
 
 
 def test_passes_kept_in_order_and_only_skipped_without_their_operators():
@@ -32,23 +32,23 @@ def test_passes_kept_in_order_and_only_skipped_without_their_operators():
     from executorch.exir.dialects._ops import ops as exir_ops
 
     every = XNNPACKPassManager(None).passes  # the default list, in ExecuTorch's order
-    plain = xnnpack_passes.passes_for(every, _graph(exir_ops.edge.aten.linear.default))
+    plain = patch_xnnpack_passes.passes_for(every, _graph(exir_ops.edge.aten.linear.default))
     names = [p.__name__ for p in plain]
-    assert names == [p.__name__ for p in every if p.__name__ not in xnnpack_passes._ACTS_ON]
+    assert names == [p.__name__ for p in every if p.__name__ not in patch_xnnpack_passes._ACTS_ON]
     assert "ConvertToLinearPass" in names and "FuseActivationPass" not in names
-    with_relu = xnnpack_passes.passes_for(every, _graph(exir_ops.edge.aten.linear.default, exir_ops.edge.aten.relu.default))
+    with_relu = patch_xnnpack_passes.passes_for(every, _graph(exir_ops.edge.aten.linear.default, exir_ops.edge.aten.relu.default))
     assert "FuseActivationPass" in [p.__name__ for p in with_relu]
-    assert xnnpack_passes.passes_for(every, _graph(exir_ops.edge.aten.max.dim)) != plain  # overloads are coarsened
+    assert patch_xnnpack_passes.passes_for(every, _graph(exir_ops.edge.aten.max.dim)) != plain  # overloads are coarsened
 
 
 def test_the_patch_is_undone():
     from executorch.backends.xnnpack._passes import XNNPACKPassManager
 
     original = XNNPACKPassManager.transform
-    with xnnpack_passes.pruned_passes():
+    with patch_xnnpack_passes.pruned_passes():
         assert XNNPACKPassManager.transform is not original
     assert XNNPACKPassManager.transform is original
-    with xnnpack_passes.pruned_passes(enabled=False):
+    with patch_xnnpack_passes.pruned_passes(enabled=False):
         assert XNNPACKPassManager.transform is original
 
 
@@ -75,11 +75,11 @@ def test_each_pass_is_judged_on_the_graph_the_passes_before_it_left(monkeypatch)
     monkeypatch.setattr(XNNPACKPassManager, "transform", run_one)
     manager = XNNPACKPassManager(_Program(_graph(exir_ops.edge.aten.linear.default)), [FuseActivationPass, AddsRelu,
                                                                                       FuseActivationPass])
-    with xnnpack_passes.pruned_passes():
+    with patch_xnnpack_passes.pruned_passes():
         result = manager.transform()
     assert ran == ["AddsRelu", "FuseActivationPass"]  # skipped before the relu existed, run after
     assert manager.passes == [FuseActivationPass, AddsRelu, FuseActivationPass]
-    assert "aten.relu" in xnnpack_passes._graph_ops(result.graph)
+    assert "aten.relu" in patch_xnnpack_passes._graph_ops(result.graph)
 
 
 class _Program:
