@@ -44,7 +44,8 @@ def test_one_process_group_carries_its_device(monkeypatch):
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message of a machine without a GPU")
 def test_cli_refuses_cuda_without_a_gpu_in_one_line(tmp_path):
-    done = subprocess.run([sys.executable, "-m", "handheld", "spinquant", "--checkpoint", str(tmp_path), "--calib",
+    (tmp_path / "ckpt").mkdir()  # the output beside the checkpoint, not inside it (refused on its own)
+    done = subprocess.run([sys.executable, "-m", "handheld", "spinquant", "--checkpoint", str(tmp_path / "ckpt"), "--calib",
                            str(tmp_path / "c.txt"), "-o", str(tmp_path / "out"), "--device", "cuda"],
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 1 and done.stderr.strip().count("\n") == 0
