@@ -5,10 +5,9 @@ from __future__ import annotations
 from torch import nn
 
 from handheld.quant.linears import CLASSIFIER
+# XNNPACK stores 4-bit group scales as bf16 (torchao keeps them fp32 in eager): one constant, with the byte plan.
+from handheld.quant.mixed_precision import FOUR_BIT_SCALE_BYTES as GROUP_SCALE_BYTES
 from handheld.quant.torchao_adapter import int_bits, int_weight, is_int_weight
-
-# XNNPACK stores 4-bit group scales as bf16 (torchao keeps them fp32 in eager).
-GROUP_SCALE_BYTES = 2
 
 
 def weight_bytes_by_kind(model: nn.Module) -> dict[str, int]:
