@@ -65,11 +65,13 @@ def export_checkpoint(
     calib_tokens: int | None = None,
     budget_mb: float | None = None,
     skip_memory_check: bool = False,
+    llm_kv_ops: bool = True,
 ) -> ExportResult:
     """`scheme_name` None means: the checkpoint's own (pre-quantized) scheme, else fp32.
     `full_logits` returns logits for every input position (for evaluation), not just the last.
     `calib`: text GPTQ calibrates a 4-bit scheme on (`calib_tokens` of it); `scale_rule`: how groups round;
-    `budget_mb`: weights a decoded token may read, the most sensitive linears kept 8-bit within it."""
+    `budget_mb`: weights a decoded token may read, the most sensitive linears kept 8-bit within it.
+    `llm_kv_ops` False keeps the plain indexed cache (attention over the whole cache: benchmarks compare)."""
     backend = get_backend(backend_name)  # fail on bad names before any heavy work
     if backend.partitioners is None:
         raise HandheldError(f"backend {backend.name} takes calibrated NPU schemes: export it with handheld.export.npu")
@@ -91,11 +93,14 @@ def export_checkpoint(
     prepared = prepare_model(checkpoint, scheme_name, options, max_seq_len=max_seq_len, full_logits=full_logits,
                              tokenizer=load_tokenizer(tokenizer_path) if calib is not None and tokenizer_path else None)
     model, scheme, args = prepared.model, prepared.scheme, checkpoint.args
+    if llm_kv_ops:
+        register_llm_ops()
+        model.use_llm_kv_ops()
     del checkpoint  # its tensors (often a memory-mapped file) are freed once the model no longer needs them
     metadata = program_metadata(
         args, max_seq_len=max_seq_len, bos_id=bos_id, eos_ids=eos_ids, scheme=prepared.label,
         backend=backend.name, full_logits=full_logits, group_size=prepared.group_size,
-        quantization=prepared.quantization, weight_bytes=weight_bytes_by_kind(model),
+        quantization=prepared.quantization, weight_bytes=weight_bytes_by_kind(model), llm_kv_ops=llm_kv_ops,
     )
     lowered = lower(model, scheme, backend, max_seq_len, log)
     del model, prepared  # the backend has serialized its own copy; the delegates now hold the last references
@@ -106,6 +111,12 @@ def export_checkpoint(
         write_program(lowered.program, metadata, tmp, log)
     seconds = time.perf_counter() - start
     return ExportResult(output, output.stat().st_size, seconds, lowered.op_counts)
+
+
+def register_llm_ops() -> None:
+    """ExecuTorch's LLM ops (`llama::update_cache`, `llama::custom_sdpa`) exist in torch once their AOT library
+    is imported; the runtimes that run the programs carry the kernels (handheld's native runner its own)."""
+    import executorch.extension.llm.custom_ops.custom_ops  # noqa: F401  (the import registers them)
 
 
 def _read_for_export(checkpoint_dir: Path, scheme_name: str | None, log: Callable[[str], None],

@@ -33,6 +33,24 @@ def test_kv_cache_decode_equals_full_forward():
 
 
 @torch.no_grad()
+def test_llm_kv_ops_compute_what_the_indexed_cache_does():
+    """ExecuTorch's update_cache + custom_sdpa (what CPU programs export) against the indexed cache, prefill then
+    decode, to float32 rounding of the logits' own scale."""
+    from handheld.export.program import register_llm_ops
+
+    register_llm_ops()
+    tokens = torch.randint(0, ODD_ARGS.vocab_size, (1, 16), generator=torch.Generator().manual_seed(5))
+    indexed, with_ops = _model(), _model().use_llm_kv_ops()
+    assert with_ops.llm_kv_ops and with_ops.layers[0].attention.k_cache.shape == (1, 32, ODD_ARGS.kv_heads, ODD_ARGS.attn_head_dim)
+    for model in (indexed, with_ops):
+        steps = [model(tokens[:, :9], torch.tensor([0]))]
+        steps += [model(tokens[:, i : i + 1], torch.tensor([i])) for i in range(9, 16)]
+        model.outputs = torch.cat(steps, dim=1)
+    scale = indexed.outputs.abs().max().item()
+    torch.testing.assert_close(with_ops.outputs, indexed.outputs, atol=1e-5 * scale, rtol=0)
+
+
+@torch.no_grad()
 def test_last_logits_mode_returns_only_the_last_position():
     tokens = torch.randint(0, ODD_ARGS.vocab_size, (1, 7))
     full = _model()(tokens, torch.tensor([0]))

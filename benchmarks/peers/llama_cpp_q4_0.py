@@ -162,7 +162,11 @@ def bench(path: Path, prompt_len: int, gen_len: int, runs: int, warmup: int, thr
             samples.append(sample)
     from importlib import metadata
 
-    host = host_info() | {"versions": host_info()["versions"] | {"llama-cpp-python": metadata.version("llama-cpp-python")}}
+    import llama_cpp
+
+    # The build decides the speed: which vector units it was compiled for (never AMX the VM does not grant).
+    host = host_info() | {"versions": host_info()["versions"] | {"llama-cpp-python": metadata.version("llama-cpp-python")},
+                          "llama_cpp_system_info": llama_cpp.llama_print_system_info().decode().strip()}
     scheme = gguf_scheme(path)
     return {
         "schema": SCHEMA, "name": f"llama.cpp {scheme}", "path": str(path), "file_bytes": path.stat().st_size,

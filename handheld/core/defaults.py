@@ -5,7 +5,7 @@ CALIB_SEQ_LEN = 256  # tokens per GPTQ calibration window (capped by the program
 GPTQ_CALIB_TOKENS = 16384  # tokens of --calib text GPTQ reads (SmolLM2: ~100 s on 2 cores)
 GPTQ_MIN_CALIB_TOKENS = 1024  # fewer and the Hessians of the wider linears are mostly damping
 SCALE_RULE = "weighted"  # how a 4-bit group's scale is chosen (quant/scale_rules.py; benchmarks/results/scale_rules_smollm2.json)
-MAX_SEQ_LEN = 128  # KV-cache length of an exported program: prompt + generated tokens
+MAX_SEQ_LEN = 2048  # KV-cache length of an exported program (prompt + generated tokens): a chat fits
 LORA_RANK = 16  # Meta's QLoRA releases: rank 16 ...
 LORA_ALPHA = 32.0  # ... and alpha 32 (scale 2.0)
 NPU_SEQ_LEN = 256  # NPU programs have static shapes: tokens per call = KV-cache length (eval's default context)

@@ -10,6 +10,9 @@
 - No Python branches on tensor values: positions index the tables, the mask and the cache.
 - Cache slots past the current position are masked out; like ExecuTorch's own non-custom-op cache,
   this relies on the runtime handing out zeroed planned memory (so 0 * slot is never NaN).
+- LLM-ops variant (`use_llm_kv_ops()`, what CPU programs export): the cache is written by ExecuTorch's
+  `llama::update_cache` and read by `llama::custom_sdpa`, which attends over the filled part of the cache only,
+  so a step costs what the context holds, not what the cache could hold.
 - NPU variant (`npu=True`, an option, not a copy; traced with a fixed token count by handheld.export.npu):
   a finite mask (-255, as Qualcomm's static Llama: integer activations cannot hold -inf) and each RMSNorm as
   one `rms_norm` op, which NPU quantizers keep whole (quantized alone, the square of a residual stream with
@@ -97,13 +100,23 @@ class Attention(nn.Module):
         cache_shape = (self.n_kv_heads, max_seq_len, self.head_dim)
         self.register_buffer("k_cache", torch.zeros(cache_shape), persistent=False)
         self.register_buffer("v_cache", torch.zeros(cache_shape), persistent=False)
+        self.llm_kv_ops = False
 
-    def forward(self, x, positions, cos, sin, mask, swap):
+    def use_llm_kv_ops(self) -> None:
+        """Switch to ExecuTorch's LLM ops: float32 caches [1, max_seq_len, kv_heads, head_dim], their layout."""
+        cache_shape = (1, self.k_cache.shape[1], self.n_kv_heads, self.head_dim)
+        self.register_buffer("k_cache", torch.zeros(cache_shape), persistent=False)
+        self.register_buffer("v_cache", torch.zeros(cache_shape), persistent=False)
+        self.llm_kv_ops = True
+
+    def forward(self, x, positions, cos, sin, mask, swap, start_pos=None):
         # The token count is dynamic: shapes say -1 for it, never a symbolic size, which keeps the reshapes
         # delegable (XNNPACK refuses views with symbolic sizes) and the export fast.
         q = apply_rope(self.wq(x).view(1, -1, self.n_heads, self.head_dim), cos, sin, swap)
         k = apply_rope(self.wk(x).view(-1, self.n_kv_heads, self.head_dim), cos, sin, swap)
         v = self.wv(x).view(-1, self.n_kv_heads, self.head_dim)
+        if self.llm_kv_ops:
+            return self.wo(self.attend_with_llm_ops(q, k, v, start_pos).reshape(1, -1, self.n_heads * self.head_dim))
         self.k_cache[:, positions] = k.transpose(0, 1)
         self.v_cache[:, positions] = v.transpose(0, 1)
 
@@ -117,6 +130,13 @@ class Attention(nn.Module):
         probs = scores.softmax(dim=-1).view(self.n_kv_heads, -1, cache_len)
         out = torch.bmm(probs, self.v_cache.float()).type_as(x).view(self.n_heads, -1, self.head_dim)
         return self.wo(out.transpose(0, 1).reshape(1, -1, self.n_heads * self.head_dim))
+
+    def attend_with_llm_ops(self, q, k, v, start_pos):
+        """Write k, v at start_pos, then causal attention of q over cache slots [0, start_pos + T) (GQA inside)."""
+        torch.ops.llama.update_cache(k.unsqueeze(0).float(), self.k_cache, start_pos)
+        torch.ops.llama.update_cache(v.unsqueeze(0).float(), self.v_cache, start_pos)
+        out = torch.ops.llama.custom_sdpa(q.float(), self.k_cache, self.v_cache, start_pos, None, 0.0, True)
+        return out.type_as(q)
 
     def forward_batch(self, x, cos, sin, swap):
         """Training and evaluation: a batch of whole sequences from position 0, no cache."""
@@ -162,8 +182,8 @@ class TransformerBlock(nn.Module):
         self.attention_norm = RMSNorm(args.dim, args.norm_eps, single_op=npu)
         self.ffn_norm = RMSNorm(args.dim, args.norm_eps, single_op=npu)
 
-    def forward(self, x, positions, cos, sin, mask, swap):
-        h = x + self.attention(self.attention_norm(x), positions, cos, sin, mask, swap)
+    def forward(self, x, positions, cos, sin, mask, swap, start_pos=None):
+        h = x + self.attention(self.attention_norm(x), positions, cos, sin, mask, swap, start_pos)
         return h + self.feed_forward(self.ffn_norm(h))
 
     def forward_batch(self, x, cos, sin, swap):
@@ -206,18 +226,35 @@ class Transformer(nn.Module):
     def tied(self) -> bool:
         return self.output.weight is self.tok_embeddings.weight
 
+    @property
+    def llm_kv_ops(self) -> bool:
+        return self.layers[0].attention.llm_kv_ops
+
+    def use_llm_kv_ops(self) -> "Transformer":
+        """Caches and attention through ExecuTorch's LLM ops (registered by importing
+        `executorch.extension.llm.custom_ops.custom_ops`): the CPU programs' cost follows the filled context."""
+        for layer in self.layers:
+            layer.attention.use_llm_kv_ops()
+        return self
+
     def forward(self, tokens: torch.Tensor, input_pos: torch.Tensor) -> torch.Tensor:
         seq_len = tokens.shape[1]
         positions = input_pos + torch.arange(seq_len, device=tokens.device)
         # [T, 1, head_dim]: broadcast over heads; built once here, not in every layer.
         cos, sin = self.rope_cos[positions].float()[:, None, :], self.rope_sin[positions].float()[:, None, :]
-        # Causal mask over the whole cache, computed rather than stored (max_seq_len² floats).
-        future = self.cache_positions[None, :] > positions[:, None]
-        mask = torch.where(future, self.mask_value, 0.0)
+        mask, start_pos = None, None
+        if self.llm_kv_ops:
+            start_pos = input_pos[0].item()  # the ops take the start as an integer, bounded for the exporter
+            torch._check(start_pos >= 0)
+            torch._check(start_pos < self.max_seq_len)
+        else:
+            # Causal mask over the whole cache, computed rather than stored (max_seq_len² floats).
+            future = self.cache_positions[None, :] > positions[:, None]
+            mask = torch.where(future, self.mask_value, 0.0)
         h = self.tok_embeddings(tokens)
         swap = self.rope_swap.float()
         for layer in self.layers:
-            h = layer(h, positions, cos, sin, mask, swap)
+            h = layer(h, positions, cos, sin, mask, swap, start_pos)
         if not self.full_logits:
             h = h[:, -1:, :]
         logits = self.output(self.norm(h))

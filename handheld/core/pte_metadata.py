@@ -36,7 +36,7 @@ _JSON_FIELDS = frozenset({"params", "quantization", "weight_bytes", "op_counts",
 _FIELD_KINDS = {"max_seq_len": int, "vocab_size": int, "n_layers": int, "bos_id": int, "eos_ids": tuple, "model": str,
                 "params": dict, "scheme": str, "backend": str, "version": str, "full_logits": bool,
                 "group_size": (int, type(None)), "quantization": (dict, type(None)), "weight_bytes": dict, "op_counts": dict,
-               "provenance": dict}
+               "provenance": dict, "llm_kv_ops": bool}
 
 
 @dataclass(frozen=True)
@@ -61,6 +61,8 @@ class ProgramMetadata:
     op_counts: dict[str, dict[str, int]] = field(default_factory=dict)  # operators delegated / not
     # Which code made it: git commit, dirty tree, digest of the export code, library versions.
     provenance: dict[str, Any] = field(default_factory=dict)
+    # The KV cache through ExecuTorch's LLM ops (update_cache, custom_sdpa): the runtime needs their kernels.
+    llm_kv_ops: bool = False
 
     def to_constant_methods(self) -> dict[str, Any]:
         methods: dict[str, Any] = {
@@ -71,7 +73,7 @@ class ProgramMetadata:
             "get_bos_id": self.bos_id,
             "get_eos_ids": list(self.eos_ids),
             "use_kv_cache": True,
-            "use_sdpa_with_kv_cache": False,
+            "use_sdpa_with_kv_cache": self.llm_kv_ops,
             "enable_dynamic_shape": True,
         }
         for name, method in _HANDHELD_METHODS.items():
@@ -92,6 +94,7 @@ class ProgramMetadata:
                 "n_layers": int(methods.get("get_n_layers", 0)),
                 "bos_id": int(methods.get("get_bos_id", -1)),
                 "eos_ids": tuple(int(i) for i in _as_list(methods.get("get_eos_ids", []))),
+                "llm_kv_ops": methods.get("use_sdpa_with_kv_cache", False),
             }
             for name, method in _HANDHELD_METHODS.items():
                 if method in methods:

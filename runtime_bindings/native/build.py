@@ -27,7 +27,7 @@ from handheld.runtime_bindings.native.targets import (
 )
 
 SOURCES = Path(__file__).resolve().parent
-SOURCE_FILES = ("handheld_runner.cpp", "CMakeLists.txt", "aarch64-linux-gnu.cmake")
+SOURCE_FILES = ("handheld_runner.cpp", "llm_kernels.cpp", "CMakeLists.txt", "aarch64-linux-gnu.cmake")
 # Downloaded wheels are checked against these before anything in them is used.
 PINNED_WHEELS = {
     "executorch-1.5.1-cp311-cp311-manylinux_2_28_aarch64.whl":
