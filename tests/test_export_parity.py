@@ -56,6 +56,10 @@ def test_pte_carries_runner_and_handheld_metadata(odd_fp32_pte):
     assert meta["get_vocab_size"] == 300 and meta["get_n_layers"] == 2
     assert meta["get_bos_id"] == 44 and program.eos_ids == [45, 52, 53]
     assert meta["use_kv_cache"] is True and meta["enable_dynamic_shape"] is True
+    # The cache goes through ExecuTorch's LLM ops (update_cache, custom_sdpa), as its runners expect of this flag.
+    assert meta["use_sdpa_with_kv_cache"] is True and program.metadata.llm_kv_ops
+    ops = program.metadata.op_counts["portable"]
+    assert ops.get("llama.custom_sdpa") == 2 and ops.get("llama.update_cache") == 4, ops
     typed = program.metadata  # handheld's typed view of the same contract
     assert typed.scheme == "fp32" and typed.backend == "xnnpack" and typed.max_seq_len == PARITY_MAX_SEQ_LEN
     assert typed.model.startswith("llama(dim=96") and typed.version

@@ -121,8 +121,9 @@ def test_four_bit_classifier_option_exports_and_matches_its_oracle(odd_checkpoin
     assert (ours - expected).abs().max() < 0.3 * (expected - other).abs().max()
 
 
+# fp16 and bf16 take the same passes (bf16 stands for both: one export less in CI's 25 minutes).
 @pytest.mark.parametrize("scheme, written", [("8da4w", "odd_8da4w_pte"), ("8da4w-c4", "odd_c4_pte"),
-                                             ("fp16", "odd_fp16_pte"), ("bf16", "odd_bf16_pte")])
+                                             ("bf16", "odd_bf16_pte")])
 def test_export_savings_write_the_same_program(odd_checkpoint, scheme, written, request, tmp_path, monkeypatch):
     """handheld skips XNNPACK passes that have nothing to rewrite (export time) and drops the delegates' float
     weights before emission (export memory); with every pass and nothing dropped the program is byte for byte the

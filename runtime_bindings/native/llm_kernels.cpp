@@ -57,10 +57,14 @@ Tensor& update_cache_out(KernelRuntimeContext& ctx, const Tensor& value, const T
   return out;
 }
 
+// Everything below is inlined into `attend_item`, which is compiled once per vector width: a call per key
+// through the clones' dispatch would cost more than the key's arithmetic.
+#define HANDHELD_INLINE inline __attribute__((always_inline))
+
 // exp(x) for x <= 0 to float32 precision: x = n ln2 + r, e^r by its Taylor polynomial, 2^n in the exponent bits.
 // Branch-free so the softmax loop vectorizes (std::exp does not, and prefill takes millions of them).
-inline float exp_nonpositive(float x) {
-  x = std::max(x, -87.0f);
+HANDHELD_INLINE float exp_nonpositive(float x) {
+  x = x > -87.0f ? x : -87.0f;
   constexpr float kRound = 12582912.0f;  // 1.5 * 2^23: adding and subtracting it rounds to the nearest integer
   const float n = (x * 1.44269504f + kRound) - kRound;
   const float r = x - n * 0.693147181f;
@@ -79,24 +83,26 @@ inline float exp_nonpositive(float x) {
   return p;
 }
 
-HANDHELD_VECTOR_CLONES
-float dot(const float* a, const float* b, int64_t n) {
+// kDim > 0: the head size known when compiling (64 and 128 cover Llama 3.2 and SmolLM2), so loops unroll.
+template <int64_t kDim>
+HANDHELD_INLINE float dot(const float* a, const float* b, int64_t n) {
+  const int64_t len = kDim > 0 ? kDim : n;
   float acc[16] = {};  // independent partial sums: the loop vectorizes without reassociating one sum
   int64_t i = 0;
-  for (; i + 16 <= n; i += 16) {
+  for (; i + 16 <= len; i += 16) {
     for (int k = 0; k < 16; ++k) acc[k] += a[i + k] * b[i + k];
   }
-  float sum = 0.0f;
-  for (; i < n; ++i) sum += a[i] * b[i];
-  for (int k = 0; k < 16; ++k) sum += acc[k];
-  return sum;
+  for (int k = 0; i + k < len; ++k) acc[k] += a[i + k] * b[i + k];
+  for (int width = 8; width > 0; width /= 2) {  // pairwise: a few shuffles, not 16 dependent additions
+    for (int k = 0; k < width; ++k) acc[k] += acc[k + width];
+  }
+  return acc[0];
 }
 
 // Scores to probabilities in place (unnormalized); returns their sum.
-HANDHELD_VECTOR_CLONES
-float softmax_numerators(float* scores, int64_t n) {
+HANDHELD_INLINE float softmax_numerators(float* scores, int64_t n) {
   float peak = scores[0];
-  for (int64_t j = 1; j < n; ++j) peak = std::max(peak, scores[j]);
+  for (int64_t j = 1; j < n; ++j) peak = scores[j] > peak ? scores[j] : peak;
   float sum = 0.0f;
   for (int64_t j = 0; j < n; ++j) {
     scores[j] = exp_nonpositive(scores[j] - peak);
@@ -105,39 +111,69 @@ float softmax_numerators(float* scores, int64_t n) {
   return sum;
 }
 
-HANDHELD_VECTOR_CLONES
-void add_scaled(float* out, const float* v, float weight, int64_t n) {
-  for (int64_t d = 0; d < n; ++d) out[d] += weight * v[d];
+// o = inverse * sum_j weights[j] * values[j]; with kDim known the sum stays in registers across the keys.
+template <int64_t kDim>
+HANDHELD_INLINE void weighted_values(float* o, const float* weights, float inverse, const float* values,
+                                     int64_t stride, int64_t n, int64_t d) {
+  if constexpr (kDim > 0) {
+    float acc[kDim] = {};
+    for (int64_t j = 0; j < n; ++j) {
+      for (int64_t c = 0; c < kDim; ++c) acc[c] += weights[j] * values[j * stride + c];
+    }
+    for (int64_t c = 0; c < kDim; ++c) o[c] = acc[c] * inverse;
+  } else {
+    std::fill(o, o + d, 0.0f);
+    for (int64_t j = 0; j < n; ++j) {
+      for (int64_t c = 0; c < d; ++c) o[c] += weights[j] * values[j * stride + c];
+    }
+    for (int64_t c = 0; c < d; ++c) o[c] *= inverse;
+  }
 }
 
 struct Shapes {
   int64_t batch, steps, q_heads, kv_heads, head_dim, slots;
 };
 
+struct Item {
+  int64_t b, head, t0, rows;
+};
+
 // Rows t0.. t0+rows-1 of query head `head` in batch `b`: scores, softmax, weighted values.
-void attend_rows(const float* q, const float* k, const float* v, float* out, const Shapes& s, int64_t b, int64_t head,
-                 int64_t t0, int64_t rows, int64_t start_pos, bool is_causal, float scale, std::vector<float>& scores) {
-  const int64_t kv_head = head / (s.q_heads / s.kv_heads), d = s.head_dim;
-  const int64_t all_keys = start_pos + s.steps;
-  auto keys_of = [&](int64_t row) { return is_causal ? start_pos + t0 + row + 1 : all_keys; };
-  const int64_t widest = keys_of(rows - 1);
-  scores.resize(rows * widest);
-  const float* q_rows = q + ((b * s.steps + t0) * s.q_heads + head) * d;
-  const float* k_base = k + (b * s.slots * s.kv_heads + kv_head) * d;
-  const float* v_base = v + (b * s.slots * s.kv_heads + kv_head) * d;
+template <int64_t kDim>
+HANDHELD_INLINE void attend_rows(const float* q, const float* k, const float* v, float* out, const Shapes& s,
+                                 const Item& it, int64_t start_pos, bool is_causal, float scale,
+                                 std::vector<float>& scores) {
+  const int64_t kv_head = it.head / (s.q_heads / s.kv_heads), d = kDim > 0 ? kDim : s.head_dim;
+  const int64_t stride = s.kv_heads * d, all_keys = start_pos + s.steps;
+  auto keys_of = [&](int64_t row) { return is_causal ? start_pos + it.t0 + row + 1 : all_keys; };
+  const int64_t widest = keys_of(it.rows - 1);
+  scores.resize(it.rows * widest);
+  const float* q_rows = q + ((it.b * s.steps + it.t0) * s.q_heads + it.head) * d;
+  const float* k_base = k + (it.b * s.slots * s.kv_heads + kv_head) * d;
+  const float* v_base = v + (it.b * s.slots * s.kv_heads + kv_head) * d;
   for (int64_t j = 0; j < widest; ++j) {
-    const float* key = k_base + j * s.kv_heads * d;
-    for (int64_t r = 0; r < rows; ++r) {
-      if (j < keys_of(r)) scores[r * widest + j] = dot(q_rows + r * s.q_heads * d, key, d) * scale;
+    for (int64_t r = 0; r < it.rows; ++r) {
+      if (j < keys_of(r)) scores[r * widest + j] = dot<kDim>(q_rows + r * s.q_heads * d, k_base + j * stride, d) * scale;
     }
   }
-  for (int64_t r = 0; r < rows; ++r) {
+  for (int64_t r = 0; r < it.rows; ++r) {
     float* row_scores = scores.data() + r * widest;
     const int64_t n = keys_of(r);
     const float inverse = 1.0f / softmax_numerators(row_scores, n);
-    float* o = out + ((b * s.steps + t0 + r) * s.q_heads + head) * d;
-    std::fill(o, o + d, 0.0f);
-    for (int64_t j = 0; j < n; ++j) add_scaled(o, v_base + j * s.kv_heads * d, row_scores[j] * inverse, d);
+    float* o = out + ((it.b * s.steps + it.t0 + r) * s.q_heads + it.head) * d;
+    weighted_values<kDim>(o, row_scores, inverse, v_base, stride, n, d);
+  }
+}
+
+HANDHELD_VECTOR_CLONES
+void attend_item(const float* q, const float* k, const float* v, float* out, const Shapes& s, const Item& it,
+                 int64_t start_pos, bool is_causal, float scale, std::vector<float>& scores) {
+  if (s.head_dim == 64) {
+    attend_rows<64>(q, k, v, out, s, it, start_pos, is_causal, scale, scores);
+  } else if (s.head_dim == 128) {
+    attend_rows<128>(q, k, v, out, s, it, start_pos, is_causal, scale, scores);
+  } else {
+    attend_rows<0>(q, k, v, out, s, it, start_pos, is_causal, scale, scores);
   }
 }
 
@@ -170,8 +206,8 @@ Tensor& custom_sdpa_out(KernelRuntimeContext& ctx, const Tensor& q, const Tensor
     for (int64_t item = begin; item < end; ++item) {
       const int64_t tile = item % tiles, head = (item / tiles) % s.q_heads, b = item / (tiles * s.q_heads);
       const int64_t t0 = tile * kRowsPerItem;
-      attend_rows(qd, kd, vd, od, s, b, head, t0, std::min(kRowsPerItem, s.steps - t0), start_pos, is_causal,
-                  softmax_scale, scores);
+      const Item it{b, head, t0, std::min(kRowsPerItem, s.steps - t0)};
+      attend_item(qd, kd, vd, od, s, it, start_pos, is_causal, softmax_scale, scores);
     }
   });
   return out;
