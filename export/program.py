@@ -93,9 +93,7 @@ def export_checkpoint(
     prepared = prepare_model(checkpoint, scheme_name, options, max_seq_len=max_seq_len, full_logits=full_logits,
                              tokenizer=load_tokenizer(tokenizer_path) if calib is not None and tokenizer_path else None)
     model, scheme, args = prepared.model, prepared.scheme, checkpoint.args
-    if llm_kv_ops:
-        register_llm_ops()
-        model.use_llm_kv_ops()
+    _with_llm_kv_ops(model, llm_kv_ops)
     del checkpoint  # its tensors (often a memory-mapped file) are freed once the model no longer needs them
     metadata = program_metadata(
         args, max_seq_len=max_seq_len, bos_id=bos_id, eos_ids=eos_ids, scheme=prepared.label,
@@ -111,6 +109,12 @@ def export_checkpoint(
         write_program(lowered.program, metadata, tmp, log)
     seconds = time.perf_counter() - start
     return ExportResult(output, output.stat().st_size, seconds, lowered.op_counts)
+
+
+def _with_llm_kv_ops(model: nn.Module, wanted: bool) -> None:
+    if wanted:
+        register_llm_ops()
+        model.use_llm_kv_ops()
 
 
 def register_llm_ops() -> None:
