@@ -80,28 +80,44 @@ HANDHELD_INLINE float exp_nonpositive(float x) {
   std::memcpy(&bits, &p, sizeof bits);
   bits += static_cast<int32_t>(n) << 23;
   std::memcpy(&p, &bits, sizeof p);
-  return p;
+  return x > -80.0f ? p : 0.0f;  // a weight that small is nothing next to the peak's 1, and must not go denormal
 }
 
-// kDim > 0: the head size known when compiling (64 and 128 cover Llama 3.2 and SmolLM2), so loops unroll.
+// 16 floats as one value: one AVX-512 register, two AVX2 ones, four NEON ones; the compiler picks per clone.
+typedef float Lanes __attribute__((vector_size(64)));
+typedef float HalfLanes __attribute__((vector_size(32)));
+typedef float QuarterLanes __attribute__((vector_size(16)));
+
+HANDHELD_INLINE Lanes load_lanes(const float* p) {
+  Lanes v;
+  std::memcpy(&v, p, sizeof v);  // unaligned load
+  return v;
+}
+
+HANDHELD_INLINE float lane_sum(Lanes v) {
+  const HalfLanes h = __builtin_shufflevector(v, v, 0, 1, 2, 3, 4, 5, 6, 7) +
+                      __builtin_shufflevector(v, v, 8, 9, 10, 11, 12, 13, 14, 15);
+  const QuarterLanes q = __builtin_shufflevector(h, h, 0, 1, 2, 3) + __builtin_shufflevector(h, h, 4, 5, 6, 7);
+  return (q[0] + q[2]) + (q[1] + q[3]);
+}
+
+// kDim > 0: the head size known when compiling (64 and 128 cover Llama 3.2 and SmolLM2), a multiple of 16.
 template <int64_t kDim>
 HANDHELD_INLINE float dot(const float* a, const float* b, int64_t n) {
-  const int64_t len = kDim > 0 ? kDim : n;
-  float acc[16] = {};  // independent partial sums: the loop vectorizes without reassociating one sum
-  int64_t i = 0;
-  for (; i + 16 <= len; i += 16) {
-    for (int k = 0; k < 16; ++k) acc[k] += a[i + k] * b[i + k];
+  if constexpr (kDim > 0) {
+    Lanes acc = load_lanes(a) * load_lanes(b);
+    for (int64_t i = 16; i < kDim; i += 16) acc += load_lanes(a + i) * load_lanes(b + i);
+    return lane_sum(acc);
+  } else {
+    float sum = 0.0f;
+    for (int64_t i = 0; i < n; ++i) sum += a[i] * b[i];
+    return sum;
   }
-  for (int k = 0; i + k < len; ++k) acc[k] += a[i + k] * b[i + k];
-  for (int width = 8; width > 0; width /= 2) {  // pairwise: a few shuffles, not 16 dependent additions
-    for (int k = 0; k < width; ++k) acc[k] += acc[k + width];
-  }
-  return acc[0];
 }
 
-// Scores to probabilities in place (unnormalized); returns their sum.
-HANDHELD_INLINE float softmax_numerators(float* scores, int64_t n) {
-  float peak = scores[0];
+// Scores to probabilities in place (unnormalized, relative to the peak score); returns their sum.
+HANDHELD_INLINE float softmax_numerators(float* scores, int64_t n, float& peak) {
+  peak = scores[0];
   for (int64_t j = 1; j < n; ++j) peak = scores[j] > peak ? scores[j] : peak;
   float sum = 0.0f;
   for (int64_t j = 0; j < n; ++j) {
@@ -111,16 +127,19 @@ HANDHELD_INLINE float softmax_numerators(float* scores, int64_t n) {
   return sum;
 }
 
-// o = inverse * sum_j weights[j] * values[j]; with kDim known the sum stays in registers across the keys.
+// o = inverse * sum_j weights[j] * values[j]; with kDim known the sums stay in registers across the keys.
 template <int64_t kDim>
 HANDHELD_INLINE void weighted_values(float* o, const float* weights, float inverse, const float* values,
                                      int64_t stride, int64_t n, int64_t d) {
   if constexpr (kDim > 0) {
-    float acc[kDim] = {};
+    Lanes acc[kDim / 16] = {};
     for (int64_t j = 0; j < n; ++j) {
-      for (int64_t c = 0; c < kDim; ++c) acc[c] += weights[j] * values[j * stride + c];
+      for (int64_t i = 0; i < kDim / 16; ++i) acc[i] += weights[j] * load_lanes(values + j * stride + 16 * i);
     }
-    for (int64_t c = 0; c < kDim; ++c) o[c] = acc[c] * inverse;
+    for (int64_t i = 0; i < kDim / 16; ++i) {
+      const Lanes scaled = acc[i] * inverse;
+      std::memcpy(o + 16 * i, &scaled, sizeof scaled);
+    }
   } else {
     std::fill(o, o + d, 0.0f);
     for (int64_t j = 0; j < n; ++j) {
@@ -159,7 +178,8 @@ HANDHELD_INLINE void attend_rows(const float* q, const float* k, const float* v,
   for (int64_t r = 0; r < it.rows; ++r) {
     float* row_scores = scores.data() + r * widest;
     const int64_t n = keys_of(r);
-    const float inverse = 1.0f / softmax_numerators(row_scores, n);
+    float peak;
+    const float inverse = 1.0f / softmax_numerators(row_scores, n, peak);
     float* o = out + ((it.b * s.steps + it.t0 + r) * s.q_heads + it.head) * d;
     weighted_values<kDim>(o, row_scores, inverse, v_base, stride, n, d);
   }
@@ -175,6 +195,128 @@ void attend_item(const float* q, const float* k, const float* v, float* out, con
   } else {
     attend_rows<0>(q, k, v, out, s, it, start_pos, is_causal, scale, scores);
   }
+}
+
+// Decode (one query per head): the keys are cut into chunks so every thread has work, and each chunk's key and
+// value rows are read from memory once for all query heads of their group (they stay in cache between heads).
+constexpr int64_t kKeysPerChunk = 128;
+
+struct Chunk {
+  int64_t b, kv_head, lo, hi;
+};
+
+// Per query head of the chunk's group: the chunk's peak score, its sum of exp(score - peak), and its values
+// weighted by those exps, kept apart to be merged across chunks.
+template <int64_t kDim>
+HANDHELD_INLINE void decode_chunk(const float* q, const float* k, const float* v, const Shapes& s, const Chunk& c,
+                                  float scale, float* partials, std::vector<float>& scores) {
+  const int64_t group = s.q_heads / s.kv_heads, d = kDim > 0 ? kDim : s.head_dim;
+  const int64_t stride = s.kv_heads * d, n = c.hi - c.lo, record = d + 2;
+  scores.resize(n);
+  const float* k_rows = k + ((c.b * s.slots + c.lo) * s.kv_heads + c.kv_head) * d;
+  const float* v_rows = v + ((c.b * s.slots + c.lo) * s.kv_heads + c.kv_head) * d;
+  for (int64_t g = 0; g < group; ++g) {
+    const int64_t head = c.kv_head * group + g;
+    const float* query = q + (c.b * s.q_heads + head) * d;
+    for (int64_t j = 0; j < n; ++j) scores[j] = dot<kDim>(query, k_rows + j * stride, d) * scale;
+    float* rec = partials + (c.b * s.q_heads + head) * record;
+    rec[1] = softmax_numerators(scores.data(), n, rec[0]);
+    weighted_values<kDim>(rec + 2, scores.data(), 1.0f, v_rows, stride, n, d);
+  }
+}
+
+// decode_chunk with the group's query heads side by side: each key and value row is loaded once for all of them.
+template <int64_t kDim, int64_t kGroup>
+HANDHELD_INLINE void decode_chunk_grouped(const float* q, const float* k, const float* v, const Shapes& s,
+                                          const Chunk& c, float scale, float* partials, std::vector<float>& scores) {
+  constexpr int64_t kParts = kDim / 16, kRecord = kDim + 2;
+  const int64_t stride = s.kv_heads * kDim, n = c.hi - c.lo, first_head = c.b * s.q_heads + c.kv_head * kGroup;
+  scores.resize(kGroup * n);
+  const float* k_rows = k + ((c.b * s.slots + c.lo) * s.kv_heads + c.kv_head) * kDim;
+  const float* v_rows = v + ((c.b * s.slots + c.lo) * s.kv_heads + c.kv_head) * kDim;
+  Lanes query[kGroup][kParts];
+  for (int64_t g = 0; g < kGroup; ++g) {
+    for (int64_t i = 0; i < kParts; ++i) query[g][i] = load_lanes(q + (first_head + g) * kDim + 16 * i) * scale;
+  }
+  for (int64_t j = 0; j < n; ++j) {
+    Lanes key[kParts];
+    for (int64_t i = 0; i < kParts; ++i) key[i] = load_lanes(k_rows + j * stride + 16 * i);
+    for (int64_t g = 0; g < kGroup; ++g) {
+      Lanes acc = query[g][0] * key[0];
+      for (int64_t i = 1; i < kParts; ++i) acc += query[g][i] * key[i];
+      scores[g * n + j] = lane_sum(acc);
+    }
+  }
+  Lanes acc[kGroup][kParts] = {};
+  float* records = partials + first_head * kRecord;
+  for (int64_t g = 0; g < kGroup; ++g) records[g * kRecord + 1] = softmax_numerators(scores.data() + g * n, n, records[g * kRecord]);
+  for (int64_t j = 0; j < n; ++j) {
+    for (int64_t i = 0; i < kParts; ++i) {
+      const Lanes value = load_lanes(v_rows + j * stride + 16 * i);
+      for (int64_t g = 0; g < kGroup; ++g) acc[g][i] += scores[g * n + j] * value;
+    }
+  }
+  for (int64_t g = 0; g < kGroup; ++g) {
+    for (int64_t i = 0; i < kParts; ++i) std::memcpy(records + g * kRecord + 2 + 16 * i, &acc[g][i], sizeof(Lanes));
+  }
+}
+
+HANDHELD_VECTOR_CLONES
+void decode_chunk_item(const float* q, const float* k, const float* v, const Shapes& s, const Chunk& c, float scale,
+                       float* partials, std::vector<float>& scores) {
+  const int64_t group = s.q_heads / s.kv_heads;
+  if (s.head_dim == 64 && group == 3) {  // SmolLM2, Llama 3.2 3B's group
+    decode_chunk_grouped<64, 3>(q, k, v, s, c, scale, partials, scores);
+  } else if (s.head_dim == 64 && group == 4) {  // Llama 3.2 1B
+    decode_chunk_grouped<64, 4>(q, k, v, s, c, scale, partials, scores);
+  } else if (s.head_dim == 128 && group == 3) {  // Llama 3.2 3B
+    decode_chunk_grouped<128, 3>(q, k, v, s, c, scale, partials, scores);
+  } else if (s.head_dim == 64) {
+    decode_chunk<64>(q, k, v, s, c, scale, partials, scores);
+  } else if (s.head_dim == 128) {
+    decode_chunk<128>(q, k, v, s, c, scale, partials, scores);
+  } else {
+    decode_chunk<0>(q, k, v, s, c, scale, partials, scores);
+  }
+}
+
+// out[b, 0, head] from its chunks' records: rescaled to the overall peak, summed, normalized.
+void merge_chunks(const std::vector<float>& partials, const Shapes& s, int64_t chunks, float* out) {
+  const int64_t d = s.head_dim, record = d + 2, rows = s.batch * s.q_heads;
+  for (int64_t row = 0; row < rows; ++row) {
+    float peak = -INFINITY;
+    for (int64_t c = 0; c < chunks; ++c) peak = std::max(peak, partials[(c * rows + row) * record]);
+    float total = 0.0f;
+    float* o = out + row * d;
+    std::fill(o, o + d, 0.0f);
+    for (int64_t c = 0; c < chunks; ++c) {
+      const float* rec = partials.data() + (c * rows + row) * record;
+      const float weight = std::exp(rec[0] - peak);
+      total += weight * rec[1];
+      for (int64_t i = 0; i < d; ++i) o[i] += weight * rec[2 + i];
+    }
+    for (int64_t i = 0; i < d; ++i) o[i] /= total;
+  }
+}
+
+void decode(const float* q, const float* k, const float* v, float* out, const Shapes& s, int64_t start_pos,
+            float scale) {
+  const int64_t keys = start_pos + 1, chunks = (keys + kKeysPerChunk - 1) / kKeysPerChunk;
+  const int64_t rows = s.batch * s.q_heads;
+  std::vector<float> partials(chunks * rows * (s.head_dim + 2));
+  // One item: one chunk of slots for every KV head. The heads' rows interleave in the cache; one thread reading
+  // the whole chunk uses the neighbouring lines the prefetcher brings in (per head, they were fetched twice more).
+  executorch::extension::parallel_for(0, chunks * s.batch, 1, [&](int64_t begin, int64_t end) {
+    std::vector<float> scores;
+    for (int64_t item = begin; item < end; ++item) {
+      const int64_t chunk = item / s.batch, b = item % s.batch, lo = chunk * kKeysPerChunk;
+      for (int64_t kv_head = 0; kv_head < s.kv_heads; ++kv_head) {
+        const Chunk c{b, kv_head, lo, std::min(keys, lo + kKeysPerChunk)};
+        decode_chunk_item(q, k, v, s, c, scale, partials.data() + chunk * rows * (s.head_dim + 2), scores);
+      }
+    }
+  });
+  merge_chunks(partials, s, chunks, out);
 }
 
 bool sdpa_arguments_valid(const Tensor& q, const Tensor& k, const Tensor& v, int64_t start_pos) {
@@ -198,9 +340,13 @@ Tensor& custom_sdpa_out(KernelRuntimeContext& ctx, const Tensor& q, const Tensor
   }
   const Shapes s{q.size(0), q.size(1), q.size(2), k.size(2), q.size(3), k.size(1)};
   const float softmax_scale = scale.has_value() ? static_cast<float>(*scale) : 1.0f / std::sqrt(float(s.head_dim));
-  const int64_t tiles = (s.steps + kRowsPerItem - 1) / kRowsPerItem;
   const float *qd = q.const_data_ptr<float>(), *kd = k.const_data_ptr<float>(), *vd = v.const_data_ptr<float>();
   float* od = out.mutable_data_ptr<float>();
+  if (s.steps == 1) {  // one step sees every filled slot, causal or not
+    decode(qd, kd, vd, od, s, start_pos, softmax_scale);
+    return out;
+  }
+  const int64_t tiles = (s.steps + kRowsPerItem - 1) / kRowsPerItem;
   executorch::extension::parallel_for(0, s.batch * s.q_heads * tiles, 1, [&](int64_t begin, int64_t end) {
     std::vector<float> scores;
     for (int64_t item = begin; item < end; ++item) {
