@@ -183,3 +183,37 @@ def test_build_runner_command_prints_the_binary(host_runner, capsys):
     assert main(["build-runner", "--target", "host"]) == 0
     captured = capsys.readouterr()
     assert captured.out.strip() == str(host_runner) and "--prompt" in captured.err
+
+
+@pytest.mark.parametrize("heads, kv_heads", [(9, 3), (8, 2)])  # SmolLM2's and Llama 3.2 1B's query groups
+@torch.no_grad()
+def test_llm_op_kernels_follow_eager_past_one_chunk_of_slots(heads, kv_heads, host_runner, tmp_path):
+    """handheld's own update_cache / custom_sdpa kernels, on the paths the demo's short prompts do not reach:
+    head size 64 with the group's heads side by side, and decode over several chunks of slots merged by their
+    peaks (prompt 300, chunks of 128), against the eager indexed cache, to float32 rounding of the logits."""
+    from handheld.core.config import ModelArgs
+    from handheld.core.model import Transformer
+    from handheld.export.backends import get_backend
+    from handheld.export.metadata import program_metadata
+    from handheld.export.program import lower, register_llm_ops, write_program
+    from handheld.quant.schemes import get_scheme
+
+    torch.manual_seed(0)
+    args = ModelArgs(dim=64 * heads, n_layers=1, n_heads=heads, n_kv_heads=kv_heads, vocab_size=300)
+    slots, prompt = 320, [(i * 37) % 290 + 5 for i in range(300)]
+    eager = Transformer(args, max_seq_len=slots).eval()
+    register_llm_ops()
+    exported = Transformer(args, max_seq_len=slots, full_logits=False).eval()
+    exported.load_state_dict(eager.state_dict())
+    lowered = lower(exported.use_llm_kv_ops(), get_scheme("fp32"), get_backend("xnnpack"), slots, log=lambda _: None)
+    meta = program_metadata(args, max_seq_len=slots, bos_id=1, eos_ids=[2], scheme="fp32", backend="xnnpack",
+                            full_logits=False, group_size=None, weight_bytes={}, llm_kv_ops=True)
+    pte = tmp_path / "grouped.pte"
+    write_program(lowered.program, meta, pte, log=lambda _: None)
+    result = run.run_native(host_runner, "host", pte, prompt, 4, threads=2, logits_path=tmp_path / "logits.f32")
+    native = np.fromfile(tmp_path / "logits.f32", dtype=np.float32).reshape(4, -1)
+    rows = [eager(torch.tensor([prompt]), torch.tensor([0]))[0, -1]]
+    for position, token in zip(range(len(prompt), len(prompt) + 3), result["tokens"]):
+        rows.append(eager(torch.tensor([[token]]), torch.tensor([position]))[0, -1])
+    expected = torch.stack(rows).numpy()
+    np.testing.assert_allclose(native, expected, atol=1e-5 * float(np.abs(expected).max()), rtol=0)

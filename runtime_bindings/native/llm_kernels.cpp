@@ -199,7 +199,14 @@ void attend_item(const float* q, const float* k, const float* v, float* out, con
 
 // Decode (one query per head): the keys are cut into chunks so every thread has work, and each chunk's key and
 // value rows are read from memory once for all query heads of their group (they stay in cache between heads).
-constexpr int64_t kKeysPerChunk = 128;
+constexpr int64_t kMaxKeysPerChunk = 128;  // a chunk's key and value rows for every head stay in L2
+
+// Chunks of at most kMaxKeysPerChunk slots (a multiple of 16), at least two per thread so short contexts split too.
+int64_t keys_per_chunk(int64_t keys) {
+  const int64_t wanted = 2 * std::max<int64_t>(1, executorch::extension::get_thread_count());
+  const int64_t size = (keys + wanted - 1) / wanted;
+  return std::clamp<int64_t>((size + 15) / 16 * 16, 16, kMaxKeysPerChunk);
+}
 
 struct Chunk {
   int64_t b, kv_head, lo, hi;
@@ -301,7 +308,7 @@ void merge_chunks(const std::vector<float>& partials, const Shapes& s, int64_t c
 
 void decode(const float* q, const float* k, const float* v, float* out, const Shapes& s, int64_t start_pos,
             float scale) {
-  const int64_t keys = start_pos + 1, chunks = (keys + kKeysPerChunk - 1) / kKeysPerChunk;
+  const int64_t keys = start_pos + 1, chunk_keys = keys_per_chunk(keys), chunks = (keys + chunk_keys - 1) / chunk_keys;
   const int64_t rows = s.batch * s.q_heads;
   std::vector<float> partials(chunks * rows * (s.head_dim + 2));
   // One item: one chunk of slots for every KV head. The heads' rows interleave in the cache; one thread reading
@@ -309,9 +316,9 @@ void decode(const float* q, const float* k, const float* v, float* out, const Sh
   executorch::extension::parallel_for(0, chunks * s.batch, 1, [&](int64_t begin, int64_t end) {
     std::vector<float> scores;
     for (int64_t item = begin; item < end; ++item) {
-      const int64_t chunk = item / s.batch, b = item % s.batch, lo = chunk * kKeysPerChunk;
+      const int64_t chunk = item / s.batch, b = item % s.batch, lo = chunk * chunk_keys;
       for (int64_t kv_head = 0; kv_head < s.kv_heads; ++kv_head) {
-        const Chunk c{b, kv_head, lo, std::min(keys, lo + kKeysPerChunk)};
+        const Chunk c{b, kv_head, lo, std::min(keys, lo + chunk_keys)};
         decode_chunk_item(q, k, v, s, c, scale, partials.data() + chunk * rows * (s.head_dim + 2), scores);
       }
     }
