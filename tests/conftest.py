@@ -194,3 +194,13 @@ def own_pt2(byte_checkpoint, tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("pt2") / "own.pt2"
     save_quantized(quantized, path)
     return path
+
+
+@pytest.fixture
+def odd_tokenizer(tmp_path):
+    """26 single-letter ranks for the odd model (vocab 300): test_cli and test_chat type letters at it."""
+    import base64
+
+    tok = tmp_path / "tokenizer.model"
+    tok.write_text("".join(f"{base64.b64encode(bytes([97 + i])).decode()} {i}\n" for i in range(26)))
+    return tok

@@ -145,16 +145,6 @@ def test_failed_lowering_leaves_no_file(capsys, tmp_path, odd_checkpoint, monkey
     assert code == 1 and out_existing.read_bytes() == b"an earlier good export"
 
 
-@pytest.fixture
-def odd_tokenizer(tmp_path):
-    """44 single-letter ranks: specials land where the odd model expects them (vocab 300 = 44 + 256)."""
-    import base64
-
-    tok = tmp_path / "tokenizer.model"
-    tok.write_text("".join(f"{base64.b64encode(bytes([97 + i])).decode()} {i}\n" for i in range(26)))
-    return tok
-
-
 def test_prompt_longer_than_max_seq_len(capsys, odd_tokenizer, odd_fp32_pte):
     code, _, err = run_cli(capsys, "generate", str(odd_fp32_pte), "--tokenizer", str(odd_tokenizer), "--prompt", "a" * 60)
     assert_clean_error(code, err, r"prompt has 61 tokens but the program's max sequence length is 48")

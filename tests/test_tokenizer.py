@@ -118,3 +118,21 @@ def test_malformed_tiktoken_files_are_named(tmp_path, content):
     path.write_bytes(content)
     with pytest.raises(HandheldError, match="tokenizer.model"):
         Tokenizer(path)
+
+
+def test_bytes_without_a_rank_and_ids_past_the_vocabulary_fail_cleanly(tmp_path):
+    """A tiktoken file lacking byte ranks made tiktoken panic (a BaseException, a traceback) on encoding; a model's
+    padding rows can emit ids past the tokenizer's vocabulary, which have no text."""
+    import base64
+
+    import pytest
+
+    from handheld.core.errors import HandheldError
+    from handheld.core.tokenizer import load_tokenizer
+
+    path = tmp_path / "letters.model"
+    path.write_text("".join(f"{base64.b64encode(bytes([97 + i])).decode()} {i}\n" for i in range(26)))
+    tok = load_tokenizer(str(path))
+    with pytest.raises(HandheldError, match=r"cannot encode 'a\\nb': it has no rank for some of its bytes"):
+        tok.encode("a\nb")
+    assert tok.decode([0, tok.vocab_size, tok.vocab_size + 17, 1]) == "ab" and tok.decode_bytes([tok.vocab_size]) == b""

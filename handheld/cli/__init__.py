@@ -25,6 +25,7 @@ VERBS = {
     "quantize": "quantize",
     "export": "export",
     "generate": "generate",
+    "chat": "chat",
     "guard": "guard",
     "eval": "evaluate",
     "spinquant": "spinquant",

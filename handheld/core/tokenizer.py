@@ -98,14 +98,24 @@ class Llama3Tokenizer:
         """Plain text: special-token strings in it are encoded as text, never as control ids."""
         ids = []
         for chunk in _chunks(text):
-            ids += self._encoding.encode(chunk, disallowed_special=())
+            try:
+                ids += self._encoding.encode(chunk, disallowed_special=())
+            except (KeyboardInterrupt, SystemExit):
+                raise
+            except BaseException:  # tiktoken panics (a BaseException) on a byte its ranks lack
+                raise HandheldError(f"the tokenizer cannot encode {chunk[:20]!r}: it has no rank for some of its "
+                                    "bytes (a byte-level vocabulary needs all 256)") from None
         return ([self.bos_id] if bos else []) + ids + ([self.eos_id] if eos else [])
 
     def decode(self, ids: Iterable[int]) -> str:
-        return self._encoding.decode(list(ids))
+        return self._encoding.decode(self._known(ids))
 
     def decode_bytes(self, ids: Iterable[int]) -> bytes:
-        return self._encoding.decode_bytes(list(ids))
+        return self._encoding.decode_bytes(self._known(ids))
+
+    def _known(self, ids: Iterable[int]) -> list[int]:
+        """Ids past the vocabulary (a model's padding rows can emit them) have no text; tiktoken panics on them."""
+        return [i for i in ids if 0 <= i < self.vocab_size]
 
     def encode_header(self, role: str) -> list[int]:
         return [self.special["<|start_header_id|>"], *self.encode(role), self.special["<|end_header_id|>"], *self.encode("\n\n")]
