@@ -3,7 +3,8 @@
 The package is a house with floors; a module may import from its own floor's package and from the floors
 below it, never from a floor above (tests/test_layers.py checks every import):
 
-    floor 4  handheld.cli                  one module per verb, and the demo
+    floor 5  handheld.cli                  one module per verb, and the demo
+    floor 4  handheld.api                  the Python API: the pipeline as typed functions (the CLI calls it)
     floor 3  handheld.measure              bench, host facts, the CI gate, report, quality evaluation
              handheld.training             SpinQuant rotation learning and QAT+LoRA jobs, their data and loop
     floor 2  handheld.export               torch.export -> backend lowering -> .pte (source: export/)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import asdict, dataclass
-from typing import Callable, Protocol
+from typing import Callable, Iterator, Protocol
 
 import torch
 
@@ -53,6 +53,32 @@ class EagerRunner:
         return logits[0].float()
 
 
+class GreedySteps:
+    """Greedy tokens one at a time, as they are chosen (what streaming reads); counts its calls for the statistics."""
+
+    def __init__(self, model: StepModel, prompt: list[int], max_new_tokens: int, stop_ids: list[int]):
+        if not prompt:
+            raise HandheldError("the prompt is empty")
+        if len(prompt) >= model.max_seq_len:
+            raise HandheldError(f"prompt has {len(prompt)} tokens but the program's max sequence length is {model.max_seq_len}")
+        self.model, self.prompt, self.max_new_tokens, self.stop_ids = model, prompt, max_new_tokens, stop_ids
+        self.prefilled_at: float | None = None  # perf_counter() when the prompt's logits were in
+        self.decode_steps = 0
+
+    def __iter__(self) -> Iterator[int]:
+        token = int(self.model.forward(self.prompt, 0)[-1].argmax())
+        self.prefilled_at = time.perf_counter()
+        position, count = len(self.prompt), 0
+        while token not in self.stop_ids:
+            yield token
+            count += 1
+            if count >= self.max_new_tokens or position >= self.model.max_seq_len:
+                return
+            token = int(self.model.forward([token], position)[-1].argmax())
+            position += 1
+            self.decode_steps += 1
+
+
 def generate(
     model: StepModel,
     prompt: list[int],
@@ -60,31 +86,20 @@ def generate(
     stop_ids: list[int],
     on_token: Callable[[int], None] = lambda _: None,
 ) -> tuple[list[int], GenerationStats]:
-    if not prompt:
-        raise HandheldError("the prompt is empty")
-    if len(prompt) >= model.max_seq_len:
-        raise HandheldError(f"prompt has {len(prompt)} tokens but the program's max sequence length is {model.max_seq_len}")
+    steps = GreedySteps(model, prompt, max_new_tokens, stop_ids)
     start = time.perf_counter()
-    token = int(model.forward(prompt, 0)[-1].argmax())
-    first = time.perf_counter()
     generated = []
-    position = len(prompt)
-    decode_steps = 0
-    while token not in stop_ids:
+    for token in steps:
         generated.append(token)
         on_token(token)
-        if len(generated) >= max_new_tokens or position >= model.max_seq_len:
-            break
-        token = int(model.forward([token], position)[-1].argmax())
-        position += 1
-        decode_steps += 1
     end = time.perf_counter()
+    first = steps.prefilled_at
     stats = GenerationStats(
         prompt_tokens=len(prompt),
         generated_tokens=len(generated),
         ttft_s=first - start,
         prefill_tok_s=len(prompt) / (first - start),
-        decode_tok_s=decode_steps / (end - first) if decode_steps else 0.0,
+        decode_tok_s=steps.decode_steps / (end - first) if steps.decode_steps else 0.0,
     )
     return generated, stats
 

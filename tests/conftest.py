@@ -45,11 +45,11 @@ def odd_checkpoint(tmp_path_factory) -> Path:
 
 
 def _export(checkpoint: Path, out: Path, scheme: str) -> Path:
-    from handheld.export.program import export_checkpoint
+    """Through the Python API (what scripts call; the CLI runs the same export)."""
+    from handheld import api
 
-    export_checkpoint(
-        checkpoint, out, scheme_name=scheme, backend_name="xnnpack", max_seq_len=PARITY_MAX_SEQ_LEN, log=lambda _: None
-    )
+    program = api.export(checkpoint, out, scheme=scheme, max_seq_len=PARITY_MAX_SEQ_LEN)
+    assert program.path == out and program.metadata.scheme == scheme and program.file_bytes == out.stat().st_size
     return out
 
 
@@ -203,4 +203,15 @@ def odd_tokenizer(tmp_path):
 
     tok = tmp_path / "tokenizer.model"
     tok.write_text("".join(f"{base64.b64encode(bytes([97 + i])).decode()} {i}\n" for i in range(26)))
+    return tok
+
+
+@pytest.fixture
+def odd_chat_tokenizer(tmp_path):
+    """The odd model's letters plus a newline (the chat template's headers end in two): 27 ranks + 256 specials."""
+    import base64
+
+    tok = tmp_path / "chat_tokenizer.model"
+    pieces = [bytes([97 + i]) for i in range(26)] + [b"\n"]
+    tok.write_text("".join(f"{base64.b64encode(piece).decode()} {i}\n" for i, piece in enumerate(pieces)))
     return tok

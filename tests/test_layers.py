@@ -19,7 +19,8 @@ FLOORS = {
     "handheld.runtime_bindings": 2,
     "handheld.measure": 3,
     "handheld.training": 3,
-    "handheld.cli": 4,
+    "handheld.api": 4,
+    "handheld.cli": 5,
 }
 ENTRY_POINT = "handheld.__main__"  # `python -m handheld`: above everything
 

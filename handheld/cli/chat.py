@@ -31,24 +31,18 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> None:
+    from handheld import api
     from handheld.cli.generate import _guard
-    from handheld.core.tokenizer import load_tokenizer
-    from handheld.runtime_bindings.chat import ChatSession
-    from handheld.runtime_bindings.python.program import PteProgram
 
-    if args.max_new_tokens < 1:
-        raise HandheldError(f"--max-new-tokens must be at least 1, got {args.max_new_tokens}")
     if args.guard_tokenizer and not args.guard:
         raise HandheldError("--guard-tokenizer goes with --guard")
-    tokenizer = load_tokenizer(args.tokenizer)
-    program = PteProgram(args.model, quiet=not args.verbose)
-    if tokenizer.vocab_size > program.vocab_size:
-        raise HandheldError(f"tokenizer has {tokenizer.vocab_size} ids but {args.model} only {program.vocab_size}")
+    session = api.chat(args.model, args.tokenizer, system=args.system, max_new_tokens=args.max_new_tokens,
+                       quiet=not args.verbose)
     guard = _guard(args) if args.guard else None
-    session = ChatSession(program, tokenizer, program.eos_ids, args.max_new_tokens, args.system)
     interactive = sys.stdin.isatty()
     if interactive:
-        print(f"chatting with {args.model} ({program.max_seq_len}-token context); /reset, /quit, Ctrl-C stops an answer")
+        print(f"chatting with {args.model} ({session.model.max_seq_len}-token context); /reset, /quit, "
+              "Ctrl-C stops an answer")
     _loop(session, guard, interactive)
 
 

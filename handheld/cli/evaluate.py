@@ -29,6 +29,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     add_group_size(p, "4-bit schemes (checkpoints only)")
     p.add_argument("--backend", help="checkpoints only: qnn or mediatek, to score an NPU scheme (needs --calib)")
     add_npu_arguments(p)
+    p.add_argument("--target", help="a .pte on handheld's native runner instead of ExecuTorch's Python runtime: host, "
+                   "qemu-aarch64 or android-arm64 (the aarch64 runner under qemu); the report adds the Python runtime's "
+                   "perplexity on this machine for the same windows, and the difference")
     p.add_argument("--json", action="store_true", help="print JSON")
     p.add_argument("--baseline", metavar="OLD.json", help="an earlier `handheld eval --json` result on the same text "
                    "and windows: the quality gate")
@@ -50,6 +53,8 @@ def run(args: argparse.Namespace) -> None:
     result = evaluate(logits_fn, ids, args.context, args.stride, reference_fn=reference_fn)
     record = {"model": str(args.model), "mode": mode, "scheme": scheme, "text": str(args.text),
               "text_sha256": hashlib.sha256(Path(args.text).read_bytes()).hexdigest(), **result.as_dict()}
+    if args.target:
+        record.update(_against_host(args, ids, result.perplexity))
     print(json.dumps(record, indent=2) if args.json else _summary(record))
     if baseline is not None:  # the verdict goes to stderr under --json, so stdout stays one JSON document
         print(check_quality(record, baseline, Path(args.baseline), args.max_increase),
@@ -59,9 +64,39 @@ def run(args: argparse.Namespace) -> None:
 def _summary(record: dict) -> str:
     line = (f"{record['model']} ({record['mode']}, scheme {record['scheme']}): perplexity {record['perplexity']:.4f} over "
             f"{record['tokens_scored']} tokens (context {record['context']}, stride {record['stride']})")
+    if record.get("target"):
+        line += (f" | on {record['target']}; ExecuTorch's Python runtime here: {record['host_perplexity']:.4f} "
+                 f"({record['difference_from_host_pct']:+.3f}%)")
     if record["top1_agreement"] is not None:
         line += f" | top-1 agreement {record['top1_agreement']:.2%} | mean KL {record['mean_kl']:.5f} nats"
     return line
+
+
+def _against_host(args: argparse.Namespace, ids: list[int], perplexity: float) -> dict:
+    """The same windows through ExecuTorch's Python runtime on this machine: what the target's number differs from."""
+    from handheld.measure.quality import evaluate, pte_logits_fn
+    from handheld.runtime_bindings.python.program import PteProgram
+
+    host = evaluate(pte_logits_fn(PteProgram(args.model)), ids, args.context, args.stride).perplexity
+    return {"target": args.target, "host_perplexity": host, "difference_from_host_pct": 100 * (perplexity / host - 1)}
+
+
+def _native_logits_fn(args: argparse.Namespace, program):
+    """Windows scored by handheld's C++ runner on --target (the aarch64 one under qemu)."""
+    import torch
+
+    from handheld.measure.quality import pte_logits_fn
+    from handheld.runtime_bindings.native.build import build_runner
+    from handheld.runtime_bindings.native.run import score_native
+    from handheld.runtime_bindings.native.targets import get_target
+
+    target = get_target(args.target)
+    if target.device:
+        raise HandheldError(f"eval --target {args.target}: scoring over adb is not supported yet; "
+                            "--target qemu-aarch64 runs the same aarch64 runner and kernels under emulation")
+    pte_logits_fn(program)  # refuses a program without every position's logits
+    binary = build_runner(target.name, log=lambda line: print(line, file=sys.stderr))
+    return lambda window: torch.from_numpy(score_native(binary, target.name, Path(args.model), window))
 
 
 def _text_ids(args: argparse.Namespace) -> list[int]:
@@ -79,6 +114,8 @@ def _text_ids(args: argparse.Namespace) -> list[int]:
 def _logits_fn(args: argparse.Namespace):
     from handheld.measure.quality import eager_logits_fn, pte_logits_fn
 
+    if args.target and (is_npu_artefact(args.model) or args.backend or is_checkpoint_path(args.model)):
+        raise HandheldError(f"--target runs a .pte on handheld's native runner; {args.model} is not a .pte")
     if is_npu_artefact(args.model) or args.backend:
         return _simulated_logits_fn(args)
     if is_checkpoint_path(args.model):
@@ -90,6 +127,8 @@ def _logits_fn(args: argparse.Namespace):
     program = PteProgram(args.model)
     if args.context > program.max_seq_len:
         raise HandheldError(f"--context {args.context} exceeds {args.model}'s max sequence length {program.max_seq_len}")
+    if args.target:
+        return _native_logits_fn(args, program), f".pte on {args.target}", program.metadata.scheme
     return pte_logits_fn(program), ".pte", program.metadata.scheme
 
 

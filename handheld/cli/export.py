@@ -43,18 +43,17 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> None:
+    from handheld import api
     from handheld.export.backends import get_backend
-    from handheld.export.program import export_checkpoint
 
     if get_backend(args.backend).npu is not None:
         _run_npu(args)
         return
-    result = export_checkpoint(
-        Path(args.checkpoint), Path(args.output), scheme_name=args.scheme, backend_name=args.backend,
-        max_seq_len=args.max_seq_len or MAX_SEQ_LEN, tokenizer_path=optional_path(args.tokenizer),
-        group_size=args.group_size, full_logits=args.full_logits, log=lambda msg: print(f"[export] {msg}", flush=True),
-        scale_rule=args.scale_rule, calib=optional_path(args.calib), calib_tokens=args.calib_tokens,
-        budget_mb=args.budget_mb, skip_memory_check=args.skip_memory_check,
+    result = api.export(
+        args.checkpoint, args.output, scheme=args.scheme, backend=args.backend, max_seq_len=args.max_seq_len or MAX_SEQ_LEN,
+        tokenizer=args.tokenizer, group_size=args.group_size, full_logits=args.full_logits, scale_rule=args.scale_rule,
+        calib=args.calib, calib_tokens=args.calib_tokens, budget_mb=args.budget_mb,
+        skip_memory_check=args.skip_memory_check, log=lambda msg: print(f"[export] {msg}", flush=True),
     )
     print(f"wrote {result.path} ({result.file_bytes / 2**20:.1f} MiB) in {result.seconds:.0f} s")
 

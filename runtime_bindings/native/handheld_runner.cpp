@@ -6,8 +6,11 @@
 // `handheld bench` (load, TTFT, prefill and decode tok/s as ExecuTorch's LLM runner defines them, peak RSS).
 //
 //   handheld_runner MODEL.pte --prompt 1,2,3 --gen-len 128 [--threads N] [--logits OUT.f32]
+//   handheld_runner MODEL.pte --prompt 1,2,3 --score OUT.f32 [--threads N]
 //
 // --logits writes, for every generated token, the float32 logits it was chosen from (parity tests).
+// --score runs the prompt once from position 0 and writes the logits of every position it returns (a program
+// exported with --full-logits returns all of them): perplexity on the target (`handheld eval --target`).
 
 #include <executorch/extension/module/module.h>
 #include <executorch/extension/tensor/tensor.h>
@@ -46,6 +49,7 @@ struct Options {
   int gen_len = 128;
   int threads = 0;  // 0: the thread pool's default (one per core)
   std::string logits_path;
+  std::string score_path;
 };
 
 [[noreturn]] void fail(const std::string& message, int code = 1) {
@@ -78,8 +82,10 @@ Options parse_args(int argc, char** argv) {
     else if (arg == "--gen-len") o.gen_len = std::atoi(value().c_str());
     else if (arg == "--threads") o.threads = std::atoi(value().c_str());
     else if (arg == "--logits") o.logits_path = value();
+    else if (arg == "--score") o.score_path = value();
     else if (arg == "-h" || arg == "--help") {
-      std::printf("usage: handheld_runner MODEL.pte --prompt ID,ID,... [--gen-len N] [--threads N] [--logits OUT.f32]\n");
+      std::printf("usage: handheld_runner MODEL.pte --prompt ID,ID,... [--gen-len N] [--threads N] [--logits OUT.f32]\n"
+                  "       handheld_runner MODEL.pte --prompt ID,ID,... --score OUT.f32 [--threads N]\n");
       std::exit(0);
     } else if (!arg.empty() && arg[0] == '-') fail("unknown option " + arg);
     else o.model = arg;
@@ -202,18 +208,21 @@ class Runner {
  public:
   Runner(Module& module, FILE* logits_out) : module_(module), logits_out_(logits_out) {}
 
+  // The prompt from position 0; every returned position's logits, as float32 rows, to `out`. Returns the rows.
+  int64_t score(std::vector<int64_t> tokens, FILE* out) {
+    const auto& logits = forward(tokens, 0);
+    const int64_t vocab = logits.size(logits.dim() - 1), rows = logits.numel() / vocab;
+    row_.resize(vocab);
+    for (int64_t r = 0; r < rows; ++r) {
+      for (int64_t i = 0; i < vocab; ++i) row_[i] = to_float(logits.const_data_ptr(), logits.scalar_type(), r * vocab + i);
+      std::fwrite(row_.data(), sizeof(float), row_.size(), out);
+    }
+    return rows;
+  }
+
   // One forward step: logits of the last position -> greedy token.
   int64_t step(std::vector<int64_t> tokens, int64_t start_pos) {
-    auto token_tensor = executorch::extension::from_blob(
-        tokens.data(), {1, static_cast<executorch::aten::SizesType>(tokens.size())}, ScalarType::Long);
-    int64_t pos = start_pos;
-    auto pos_tensor = executorch::extension::from_blob(&pos, {1}, ScalarType::Long);
-    auto outputs = module_.forward({EValue(token_tensor), EValue(pos_tensor)});
-    if (!outputs.ok()) {
-      fail("forward failed at position " + std::to_string(start_pos) + " (error " +
-           std::to_string(static_cast<int>(outputs.error())) + ")");
-    }
-    const auto& logits = outputs->at(0).toTensor();
+    const auto& logits = forward(tokens, start_pos);
     const int64_t vocab = logits.size(logits.dim() - 1);
     const int64_t offset = logits.numel() - vocab;  // the last position's row
     int64_t best = 0;
@@ -228,10 +237,41 @@ class Runner {
   }
 
  private:
+  const executorch::aten::Tensor& forward(std::vector<int64_t>& tokens, int64_t start_pos) {
+    auto token_tensor = executorch::extension::from_blob(
+        tokens.data(), {1, static_cast<executorch::aten::SizesType>(tokens.size())}, ScalarType::Long);
+    int64_t pos = start_pos;
+    auto pos_tensor = executorch::extension::from_blob(&pos, {1}, ScalarType::Long);
+    auto outputs = module_.forward({EValue(token_tensor), EValue(pos_tensor)});
+    if (!outputs.ok()) {
+      fail("forward failed at position " + std::to_string(start_pos) + " (error " +
+           std::to_string(static_cast<int>(outputs.error())) + ")");
+    }
+    outputs_ = std::move(*outputs);  // kept: the logits tensor lives in it
+    return outputs_.at(0).toTensor();
+  }
+
   Module& module_;
+  std::vector<EValue> outputs_;
   FILE* logits_out_;
   std::vector<float> row_;
 };
+
+// --score: one prefill, every position's logits to the file, a one-line JSON summary.
+int score(Module& module, const Options& options, int64_t prompt_len, int64_t max_seq_len, double load_s,
+          const std::string& metadata) {
+  if (prompt_len > max_seq_len) {
+    fail("prompt " + std::to_string(prompt_len) + " tokens exceed the program's max sequence length " + std::to_string(max_seq_len));
+  }
+  FILE* out = std::fopen(options.score_path.c_str(), "wb");
+  if (!out) fail("cannot write " + options.score_path);
+  Runner runner(module, nullptr);
+  const int64_t rows = runner.score(options.prompt, out);
+  if (std::fclose(out) != 0) fail("cannot write " + options.score_path);
+  std::printf("{\"load_s\":%s,\"scored_rows\":%lld,\"metadata\":%s}\n", json_number(load_s).c_str(),
+              static_cast<long long>(rows), metadata.c_str());
+  return 0;
+}
 
 }  // namespace
 
@@ -260,6 +300,7 @@ int main(int argc, char** argv) {
   const double load_s = seconds_since(load_start);
 
   const int64_t prompt_len = static_cast<int64_t>(options.prompt.size());
+  if (!options.score_path.empty()) return score(module, options, prompt_len, max_seq_len, load_s, metadata);
   if (prompt_len + options.gen_len - 1 > max_seq_len) {
     fail("prompt " + std::to_string(prompt_len) + " + generated " + std::to_string(options.gen_len) +
          " tokens exceed the program's max sequence length " + std::to_string(max_seq_len));

@@ -24,6 +24,25 @@ def run_native(binary: Path, target_name: str, pte: Path, prompt: list[int], gen
     return runner_result(pte, done.returncode, done.stdout, done.stderr)
 
 
+def score_native(binary: Path, target_name: str, pte: Path, window: list[int], threads: int = 0):
+    """Logits [positions, vocab] (float32) of `window` run once from position 0 by the runner on its target: the
+    program's own numbers there, for perplexity on the target. The rows travel through a temporary file."""
+    import tempfile
+
+    import numpy as np
+
+    with tempfile.TemporaryDirectory(prefix="handheld-score-") as folder:
+        out = Path(folder) / "logits.f32"
+        command = [*runner_command(binary, target_name), str(pte), "--prompt", ",".join(map(str, window)),
+                   "--score", str(out), *(["--threads", str(threads)] if threads else [])]
+        done = subprocess.run(command, capture_output=True, text=True)
+        result = runner_result(pte, done.returncode, done.stdout, done.stderr)
+        rows = np.fromfile(out, dtype=np.float32)
+    if result.get("scored_rows", 0) < 1 or rows.size % result["scored_rows"]:
+        raise HandheldError(f"the native runner returned {rows.size} logits for {result.get('scored_rows')} positions of {pte}")
+    return rows.reshape(result["scored_rows"], -1)
+
+
 def runner_arguments(pte: str, prompt: list[int], gen_len: int, threads: int) -> list[str]:
     return [pte, "--prompt", ",".join(map(str, prompt)), "--gen-len", str(gen_len), "--threads", str(threads)]
 

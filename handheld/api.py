@@ -1,0 +1,165 @@
+"""handheld's Python API: the pipeline as typed functions, for scripts and CI. The CLI's verbs call the same code.
+
+    import handheld.api as hh
+
+    smol = hh.fetch()                                             # SmolLM2-135M-Instruct (GGUF) in the cache
+    program = hh.export(smol, "smol.pte", scheme="8da4w", full_logits=True)
+    print(program.path, program.metadata.scheme, program.file_bytes)
+    print(hh.evaluate(program.path, "handheld/proxy/test.txt", tokenizer=smol, max_tokens=512).perplexity)
+    row = hh.bench([program.path], gen_len=64, runs=3)[0]
+    print(row["stats"]["decode_tok_s"]["median"], "tok/s")
+    print(hh.generate(program.path, smol, "What is the capital of France?", chat=True).text)
+
+Every function raises `handheld.core.errors.HandheldError` on bad input, with the message the CLI prints as its
+one line; nothing is left half-written at an output path.
+"""
+
+from __future__ import annotations
+
+import codecs
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+from handheld.core.defaults import MAX_SEQ_LEN
+from handheld.core.errors import HandheldError
+from handheld.core.pte_metadata import ProgramMetadata
+
+__all__ = ["HandheldError", "ExportedProgram", "Generation", "fetch", "export", "evaluate", "bench", "generate",
+           "stream", "chat"]
+
+
+@dataclass(frozen=True)
+class ExportedProgram:
+    path: Path
+    file_bytes: int
+    seconds: float
+    metadata: ProgramMetadata  # what the .pte says about itself (scheme, quantization, provenance, ...)
+
+
+@dataclass(frozen=True)
+class Generation:
+    text: str
+    tokens: list[int]
+    stats: object  # handheld.runtime_bindings.generation.GenerationStats: TTFT, prefill and decode tok/s
+
+
+def fetch(name: str = "smollm2-135m-instruct", log=lambda _: None) -> Path:
+    """A known pretrained file (the demo's SmolLM2 by default), downloaded once and checked by its sha256."""
+    from handheld.core.catalog import fetch as fetch_file
+
+    return fetch_file(name, log=log)
+
+
+def export(checkpoint: str | Path, output: str | Path, *, scheme: str | None = None, backend: str = "xnnpack",
+           max_seq_len: int = MAX_SEQ_LEN, tokenizer: str | Path | None = None, group_size: int | None = None,
+           full_logits: bool = False, scale_rule: str | None = None, calib: str | Path | None = None,
+           calib_tokens: int | None = None, budget_mb: float | None = None, skip_memory_check: bool = False,
+           log=lambda _: None) -> ExportedProgram:
+    """A checkpoint (Meta, Hugging Face or GGUF) as a `.pte` for a CPU backend, written atomically at `output`.
+    The options are `handheld export`'s (see its --help); `scheme` None keeps a pre-quantized checkpoint's own."""
+    from handheld.export.program import export_checkpoint
+    from handheld.runtime_bindings.python.program import PteProgram
+
+    result = export_checkpoint(Path(checkpoint), Path(output), scheme_name=scheme, backend_name=backend,
+                               max_seq_len=max_seq_len, tokenizer_path=_optional(tokenizer), group_size=group_size,
+                               full_logits=full_logits, log=log, scale_rule=scale_rule, calib=_optional(calib),
+                               calib_tokens=calib_tokens, budget_mb=budget_mb, skip_memory_check=skip_memory_check)
+    metadata = PteProgram(result.path).metadata
+    return ExportedProgram(result.path, result.file_bytes, result.seconds, metadata)
+
+
+def evaluate(model: str | Path, text: str | Path, *, tokenizer: str | Path, scheme: str | None = None,
+             context: int = 256, stride: int = 128, max_tokens: int | None = None):
+    """Perplexity of a `.pte` (exported with full_logits) or of a checkpoint in eager PyTorch under `scheme`, on a
+    UTF-8 text: a `handheld.measure.quality.EvalResult` (perplexity, tokens_scored, context, stride)."""
+    from handheld.core.tokenizer import load_tokenizer
+    from handheld.measure.quality import eager_logits_fn, evaluate as score, pte_logits_fn
+
+    text_path = Path(text)
+    if not text_path.is_file():
+        raise HandheldError(f"text file {text_path} not found")
+    ids = load_tokenizer(str(tokenizer)).encode(text_path.read_text(encoding="utf-8"), bos=False)[:max_tokens]
+    if Path(model).suffix == ".pte":
+        if scheme is not None:
+            raise HandheldError(f"scheme applies to checkpoints; {model} already has its scheme")
+        from handheld.runtime_bindings.python.program import PteProgram
+
+        return score(pte_logits_fn(PteProgram(model)), ids, context, stride)
+    from handheld.core.checkpoints import build_model, read_checkpoint
+    from handheld.quant.schemes import prepare_model
+
+    checkpoint = read_checkpoint(Path(model))
+    prepared = prepare_model(checkpoint, scheme, max_seq_len=context, full_logits=True) if scheme else None
+    eager = prepared.model if prepared else build_model(checkpoint, max_seq_len=context, full_logits=True)
+    return score(eager_logits_fn(eager.eval()), ids, context, stride)
+
+
+def bench(programs: list[str | Path], *, prompt_len: int = 64, gen_len: int = 128, runs: int = 5, warmup: int = 1,
+          threads: int | None = None, runner: str = "python", target: str = "host", log=lambda _: None) -> list[dict]:
+    """`handheld bench`'s rows (one per program: samples, stats with medians, load, TTFT, tok/s, peak RSS)."""
+    from handheld.measure.bench import BenchConfig, run_bench
+
+    config = BenchConfig(prompt_len=prompt_len, gen_len=gen_len, runs=runs, warmup=warmup, runner=runner, target=target,
+                         **({"threads": threads} if threads else {}))
+    return run_bench([Path(p) for p in programs], config, progress=log)["rows"]
+
+
+def generate(program: str | Path, tokenizer: str | Path, prompt: str, *, max_new_tokens: int = 64, chat: bool = False,
+             system: str | None = None) -> Generation:
+    """Greedy text from a `.pte` (ExecuTorch's runtime) for `prompt`, as `handheld generate` makes it."""
+    from handheld.runtime_bindings.generation import generate as greedy
+
+    model, tok, ids, stops = _prompted(program, tokenizer, prompt, chat, system)
+    tokens, stats = greedy(model, ids, max_new_tokens, stops)
+    return Generation(tok.decode(tokens), tokens, stats)
+
+
+def stream(program: str | Path, tokenizer: str | Path, prompt: str, *, max_new_tokens: int = 64, chat: bool = False,
+           system: str | None = None) -> Iterator[str]:
+    """The same text as `generate`, yielded as the tokens are chosen (whole UTF-8 characters only)."""
+    from handheld.runtime_bindings.generation import GreedySteps
+
+    model, tok, ids, stops = _prompted(program, tokenizer, prompt, chat, system)
+    decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+    for token in GreedySteps(model, ids, max_new_tokens, stops):
+        piece = decoder.decode(tok.decode_bytes([token]))
+        if piece:
+            yield piece
+    tail = decoder.decode(b"", final=True)
+    if tail:
+        yield tail
+
+
+def _prompted(program, tokenizer, prompt: str, chat: bool, system: str | None):
+    """The program, its tokenizer, the prompt's ids (in the chat template with `chat`) and the stop ids."""
+    from handheld.core.tokenizer import load_tokenizer, prompt_ids
+    from handheld.runtime_bindings.python.program import PteProgram
+
+    if system is not None and not chat:
+        raise HandheldError("system goes with chat")
+    tok = load_tokenizer(str(tokenizer))
+    model = PteProgram(program)
+    if tok.vocab_size > model.vocab_size:
+        raise HandheldError(f"tokenizer has {tok.vocab_size} ids but {program} only {model.vocab_size}")
+    return model, tok, prompt_ids(tok, prompt, chat, system), sorted(set(model.eos_ids) | set(tok.stop_ids))
+
+
+def chat(program: str | Path, tokenizer: str | Path, *, system: str | None = None, max_new_tokens: int = 256,
+         quiet: bool = True):
+    """A `ChatSession` over a `.pte` (what `handheld chat` drives): `.reply(text, on_token)` per turn, `.reset()`."""
+    from handheld.core.tokenizer import load_tokenizer
+    from handheld.runtime_bindings.chat import ChatSession
+    from handheld.runtime_bindings.python.program import PteProgram
+
+    if max_new_tokens < 1:
+        raise HandheldError(f"--max-new-tokens must be at least 1, got {max_new_tokens}")
+    tok = load_tokenizer(str(tokenizer))  # before the program: a bad tokenizer fails at once
+    model = PteProgram(program, quiet=quiet)
+    if tok.vocab_size > model.vocab_size:
+        raise HandheldError(f"tokenizer has {tok.vocab_size} ids but {program} only {model.vocab_size}")
+    return ChatSession(model, tok, model.eos_ids, max_new_tokens, system)
+
+
+def _optional(path: str | Path | None) -> Path | None:
+    return Path(path) if path is not None else None
