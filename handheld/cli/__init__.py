@@ -12,6 +12,7 @@ import importlib
 import logging
 import signal
 import sys
+import warnings
 
 from handheld import __version__
 from handheld.core.errors import HandheldError
@@ -67,6 +68,8 @@ def main(argv: list[str] | None = None) -> int:
         # API torchao uses: noise on every call, not the user's business (--verbose shows it).
         for noisy in ("torchao", "torch.utils._pytree"):
             logging.getLogger(noisy).setLevel(logging.ERROR)
+        # ExecuTorch's LLM ops check their start position with an API torch is retiring: a warning per traced layer.
+        warnings.filterwarnings("ignore", message="_check_is_size will be removed", category=FutureWarning)
     previous = signal.signal(signal.SIGTERM, _raise_terminated)
     try:
         args.func(args)
