@@ -133,31 +133,34 @@ def stream(program: str | Path, tokenizer: str | Path, prompt: str, *, max_new_t
 
 def _prompted(program, tokenizer, prompt: str, chat: bool, system: str | None):
     """The program, its tokenizer, the prompt's ids (in the chat template with `chat`) and the stop ids."""
-    from handheld.core.tokenizer import load_tokenizer, prompt_ids
-    from handheld.runtime_bindings.python.program import PteProgram
+    from handheld.core.tokenizer import prompt_ids
 
     if system is not None and not chat:
         raise HandheldError("system goes with chat")
+    model, tok = _program_and_tokenizer(program, tokenizer)
+    return model, tok, prompt_ids(tok, prompt, chat, system), sorted(set(model.eos_ids) | set(tok.stop_ids))
+
+
+def _program_and_tokenizer(program, tokenizer, quiet: bool = True):
+    """The `.pte` and its tokenizer (read first: a bad one fails at once), refused when the ids do not fit."""
+    from handheld.core.tokenizer import load_tokenizer
+    from handheld.runtime_bindings.python.program import PteProgram
+
     tok = load_tokenizer(str(tokenizer))
-    model = PteProgram(program)
+    model = PteProgram(program, quiet=quiet)
     if tok.vocab_size > model.vocab_size:
         raise HandheldError(f"tokenizer has {tok.vocab_size} ids but {program} only {model.vocab_size}")
-    return model, tok, prompt_ids(tok, prompt, chat, system), sorted(set(model.eos_ids) | set(tok.stop_ids))
+    return model, tok
 
 
 def chat(program: str | Path, tokenizer: str | Path, *, system: str | None = None, max_new_tokens: int = 256,
          quiet: bool = True):
     """A `ChatSession` over a `.pte` (what `handheld chat` drives): `.reply(text, on_token)` per turn, `.reset()`."""
-    from handheld.core.tokenizer import load_tokenizer
     from handheld.runtime_bindings.chat import ChatSession
-    from handheld.runtime_bindings.python.program import PteProgram
 
     if max_new_tokens < 1:
         raise HandheldError(f"--max-new-tokens must be at least 1, got {max_new_tokens}")
-    tok = load_tokenizer(str(tokenizer))  # before the program: a bad tokenizer fails at once
-    model = PteProgram(program, quiet=quiet)
-    if tok.vocab_size > model.vocab_size:
-        raise HandheldError(f"tokenizer has {tok.vocab_size} ids but {program} only {model.vocab_size}")
+    model, tok = _program_and_tokenizer(program, tokenizer, quiet)
     return ChatSession(model, tok, model.eos_ids, max_new_tokens, system)
 
 

@@ -40,6 +40,28 @@ def add_memory_check_argument(p: argparse.ArgumentParser) -> None:
                    "in one line naming both numbers otherwise)")
 
 
+def add_guard_and_verbose_arguments(p: argparse.ArgumentParser, checked: str) -> None:
+    """generate --chat and chat: a Llama Guard 3 program reads `checked`, and the runtimes' own logs on request."""
+    p.add_argument("--guard", metavar="GUARD.pte",
+                   help=f"check {checked} with a Llama Guard 3 program before showing them")
+    p.add_argument("--guard-tokenizer", help="with --guard: the guard's tokenizer (default: --tokenizer)")
+    p.add_argument("--verbose", action="store_true", help="show ExecuTorch's and torch's own log lines on stderr")
+
+
+def guard_from_args(args: argparse.Namespace):
+    """The --guard program with its tokenizer, or None without --guard."""
+    if args.guard_tokenizer and not args.guard:
+        raise HandheldError("--guard-tokenizer goes with --guard")
+    if not args.guard:
+        return None
+    from handheld.cli.guard import load_guard
+
+    tokenizer = args.guard_tokenizer or args.tokenizer
+    if not tokenizer:
+        raise HandheldError("--guard needs the guard's tokenizer: pass --guard-tokenizer (or --tokenizer)")
+    return load_guard(args.guard, tokenizer)
+
+
 def is_checkpoint_path(path: str) -> bool:
     """A checkpoint directory or GGUF file (run in eager PyTorch), as opposed to a `.pte` program."""
     return Path(path).is_dir() or Path(path).suffix == ".gguf"

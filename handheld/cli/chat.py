@@ -12,6 +12,7 @@ import argparse
 import codecs
 import sys
 
+from handheld.cli._shared import add_guard_and_verbose_arguments, guard_from_args
 from handheld.core.errors import HandheldError
 
 HELP = "chat with a .pte in the terminal (multi-turn, the model's chat template, streamed)"
@@ -24,21 +25,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--system", help="a system prompt (default: the template's own, if any)")
     p.add_argument("--max-new-tokens", type=int, default=DEFAULT_REPLY_TOKENS,
                    help=f"tokens per answer at most (default {DEFAULT_REPLY_TOKENS})")
-    p.add_argument("--guard", metavar="GUARD.pte",
-                   help="check each message, then each answer, with a Llama Guard 3 program before showing them")
-    p.add_argument("--guard-tokenizer", help="with --guard: the guard's tokenizer (default: --tokenizer)")
-    p.add_argument("--verbose", action="store_true", help="show ExecuTorch's and torch's own log lines on stderr")
+    add_guard_and_verbose_arguments(p, "each message, then each answer,")
 
 
 def run(args: argparse.Namespace) -> None:
     from handheld import api
-    from handheld.cli.generate import _guard
 
-    if args.guard_tokenizer and not args.guard:
-        raise HandheldError("--guard-tokenizer goes with --guard")
+    guard = guard_from_args(args)
     session = api.chat(args.model, args.tokenizer, system=args.system, max_new_tokens=args.max_new_tokens,
                        quiet=not args.verbose)
-    guard = _guard(args) if args.guard else None
     interactive = sys.stdin.isatty()
     if interactive:
         print(f"chatting with {args.model} ({session.model.max_seq_len}-token context); /reset, /quit, "

@@ -7,7 +7,7 @@ import codecs
 import sys
 from pathlib import Path
 
-from handheld.cli._shared import add_group_size, eager_model, is_checkpoint_path, refuse_checkpoint_flags
+from handheld.cli._shared import add_group_size, add_guard_and_verbose_arguments, eager_model, guard_from_args, is_checkpoint_path, refuse_checkpoint_flags
 from handheld.core.defaults import DRAFT_TOKENS, MAX_SEQ_LEN
 from handheld.core.errors import HandheldError
 
@@ -31,10 +31,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    "MODEL (a .pte exported with --full-logits) verifies")
     p.add_argument("--draft-tokens", type=int, default=DRAFT_TOKENS, metavar="K",
                    help=f"with --draft: tokens drafted per target call (default {DRAFT_TOKENS})")
-    p.add_argument("--guard", metavar="GUARD.pte",
-                   help="with --chat: check the prompt, then the answer, with a Llama Guard 3 program before showing them")
-    p.add_argument("--guard-tokenizer", help="with --guard: the guard's tokenizer (default: --tokenizer)")
-    p.add_argument("--verbose", action="store_true", help="show ExecuTorch's and torch's own log lines on stderr")
+    add_guard_and_verbose_arguments(p, "(with --chat) the prompt, then the answer,")
 
 
 def run(args: argparse.Namespace) -> None:
@@ -43,7 +40,7 @@ def run(args: argparse.Namespace) -> None:
     _check_flags(args)
     tokenizer = load_tokenizer(_tokenizer_path(args))  # before the model: a bad tokenizer fails at once
     prompt = prompt_ids(tokenizer, args.prompt, args.chat, args.system)
-    guard = _guard(args) if args.guard else None
+    guard = guard_from_args(args)
     if guard is not None:
         verdict = guard.check(args.prompt)
         if not verdict.safe:
@@ -76,19 +73,8 @@ def _check_flags(args: argparse.Namespace) -> None:
         raise HandheldError("--system goes with --chat")
     if args.guard and not args.chat:
         raise HandheldError("--guard goes with --chat: the guard reads a user's message and the model's answer")
-    if args.guard_tokenizer and not args.guard:
-        raise HandheldError("--guard-tokenizer goes with --guard")
     if args.draft and (is_checkpoint_path(args.model) or is_checkpoint_path(args.draft)):
         raise HandheldError("--draft takes .pte programs: export the target (with --full-logits) and the draft first")
-
-
-def _guard(args: argparse.Namespace):
-    from handheld.cli.guard import load_guard
-
-    tokenizer = args.guard_tokenizer or args.tokenizer
-    if not tokenizer:
-        raise HandheldError("--guard needs the guard's tokenizer: pass --guard-tokenizer (or --tokenizer)")
-    return load_guard(args.guard, tokenizer)
 
 
 def _show_guarded(guard, prompt: str, answer: str) -> None:
