@@ -105,7 +105,7 @@ def export_checkpoint(
     release_delegated_weights(lowered.program)
     # The operator split is only known after lowering, and it travels in the .pte too.
     metadata = dataclasses.replace(metadata, op_counts=lowered.op_counts)
-    with atomic_path(output) as tmp:
+    with atomic_path(output) as tmp, backend.lowering():  # emission runs edge passes too
         write_program(lowered.program, metadata, tmp, log)
     seconds = time.perf_counter() - start
     return ExportResult(output, output.stat().st_size, seconds, lowered.op_counts)

@@ -125,9 +125,10 @@ def test_four_bit_classifier_option_exports_and_matches_its_oracle(odd_checkpoin
 @pytest.mark.parametrize("scheme, written", [("8da4w", "odd_8da4w_pte"), ("8da4w-c4", "odd_c4_pte"),
                                              ("bf16", "odd_bf16_pte")])
 def test_export_savings_write_the_same_program(odd_checkpoint, scheme, written, request, tmp_path, monkeypatch):
-    """handheld skips XNNPACK passes that have nothing to rewrite (export time) and drops the delegates' float
-    weights before emission (export memory); with every pass and nothing dropped the program is byte for byte the
-    one handheld writes, for every scheme whose graph differs (16-bit, 4-bit classifier)."""
+    """handheld skips the decompositions, edge passes and XNNPACK passes that have nothing to rewrite (export time)
+    and drops the delegates' float weights before emission (export memory); with every pass and nothing dropped
+    the program is byte for byte the one handheld writes, for every scheme whose graph differs (16-bit, 4-bit
+    classifier)."""
     import dataclasses
 
     from handheld.export import backends, program

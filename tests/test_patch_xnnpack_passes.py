@@ -34,7 +34,8 @@ def test_passes_kept_in_order_and_only_skipped_without_their_operators():
     every = XNNPACKPassManager(None).passes  # the default list, in ExecuTorch's order
     plain = patch_xnnpack_passes.passes_for(every, _graph(exir_ops.edge.aten.linear.default))
     names = [p.__name__ for p in plain]
-    assert names == [p.__name__ for p in every if p.__name__ not in patch_xnnpack_passes._ACTS_ON]
+    pruned = {*patch_xnnpack_passes._ACTS_ON, *patch_xnnpack_passes._ACTS_ON_GRAPH}
+    assert names == [p.__name__ for p in every if p.__name__ not in pruned]
     assert "ConvertToLinearPass" in names and "FuseActivationPass" not in names
     with_relu = patch_xnnpack_passes.passes_for(every, _graph(exir_ops.edge.aten.linear.default, exir_ops.edge.aten.relu.default))
     assert "FuseActivationPass" in [p.__name__ for p in with_relu]
@@ -108,3 +109,23 @@ def test_lowered_program_lets_the_float_weights_go(odd_checkpoint):
     release_delegated_weights(lowered.program)
     gc.collect()
     assert weight() is None
+
+
+def test_graph_judged_passes_run_when_their_targets_are_there():
+    """PropagateCustomMetaPass copies node.meta["custom"]; DimOrderOpsRevertPass rewrites dim-order ops;
+    ConstPropPass folds calls on constants only: each runs once the graph has one."""
+    from executorch.backends.xnnpack._passes import XNNPACKPassManager
+    from executorch.exir.dialects._ops import ops as exir_ops
+
+    every = XNNPACKPassManager(None).passes
+    graph = _graph(exir_ops.edge.aten.linear.default)
+    assert not {"PropagateCustomMetaPass", "DimOrderOpsRevertPass"} & {p.__name__ for p in patch_xnnpack_passes.passes_for(every, graph)}
+    next(n for n in graph.nodes if n.op == "call_function").meta["custom"] = {"anything": 1}
+    assert "PropagateCustomMetaPass" in {p.__name__ for p in patch_xnnpack_passes.passes_for(every, graph)}
+    with_dim_order = _graph(exir_ops.edge.dim_order_ops._to_dim_order_copy.default)
+    assert "DimOrderOpsRevertPass" in {p.__name__ for p in patch_xnnpack_passes.passes_for(every, with_dim_order)}
+    assert "ConstPropPass" not in {p.__name__ for p in patch_xnnpack_passes.passes_for(every, graph)}
+    constant = torch.fx.Graph()
+    table = constant.get_attr("table")
+    constant.output(constant.call_function(exir_ops.edge.aten.mul.Tensor, (table, table)))
+    assert "ConstPropPass" in {p.__name__ for p in patch_xnnpack_passes.passes_for(every, constant)}

@@ -23,7 +23,7 @@ class Backend:
     description: str
     partitioners: Callable[[Scheme], list[Any]] | None = None  # CPU: lowers an eager scheme's model
     npu: NpuSupport | None = None  # NPU: calibrated schemes, quantized anywhere, lowered where the SDK is
-    lowering: Callable[[], ContextManager[None]] = contextlib.nullcontext  # held while the program is lowered
+    lowering: Callable[[], ContextManager[None]] = contextlib.nullcontext  # held while lowered and emitted
 
 
 BACKENDS: dict[str, Backend] = {

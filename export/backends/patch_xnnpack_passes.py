@@ -55,8 +55,38 @@ _ACTS_ON: dict[str, Callable[[set[str]], bool]] = {
 }
 
 
+def _has_custom_meta(graph: torch.fx.Graph) -> bool:
+    return any("custom" in node.meta for node in graph.nodes)
+
+
+def _has_dim_order_op(graph: torch.fx.Graph) -> bool:
+    from executorch.exir.passes.dim_order_ops_registry import MemoryFormatOpsMap
+
+    return any(node.op == "call_function" and node.target in MemoryFormatOpsMap for node in graph.nodes)
+
+
+def _has_constant_call(graph: torch.fx.Graph) -> bool:
+    """ConstPropPass folds a call whose every input is a real tensor or a literal: here, one whose input nodes
+    are all get_attr (or none: arange, full). Placeholders trace as fake tensors, and a fold chain starts at such
+    a call, so a graph without one folds nothing."""
+    return any(node.op == "call_function" and all(arg.op == "get_attr" for arg in node.all_input_nodes)
+               for node in graph.nodes)
+
+
+# The same for passes that look at more than operator names: pass class name -> predicate on the graph.
+_ACTS_ON_GRAPH: dict[str, Callable[[torch.fx.Graph], bool]] = {
+    # Copies node.meta["custom"] from a q/dq node's parent: nothing to copy without it.
+    "PropagateCustomMetaPass": _has_custom_meta,
+    # Turns the dim-order ops back into memory-format ones.
+    "DimOrderOpsRevertPass": _has_dim_order_op,
+    "ConstPropPass": _has_constant_call,
+}
+
+
 def can_change(pass_: type, graph: torch.fx.Graph) -> bool:
     """Whether `pass_` has anything to rewrite in `graph` as it is now."""
+    if pass_.__name__ in _ACTS_ON_GRAPH:
+        return _ACTS_ON_GRAPH[pass_.__name__](graph)
     return _ACTS_ON.get(pass_.__name__, lambda _: True)(_graph_ops(graph))
 
 

@@ -9,7 +9,8 @@ from typing import Any, Iterator
 
 import torch
 
-from handheld.export.backends import patch_xnnpack_copies, patch_xnnpack_passes
+from handheld.export.backends import (patch_edge_decompositions, patch_edge_passes, patch_xnnpack_copies,
+                                     patch_xnnpack_passes)
 from handheld.quant.schemes import Scheme
 
 
@@ -23,9 +24,11 @@ def partitioners(scheme: Scheme) -> list[Any]:
 
 @contextlib.contextmanager
 def lowering() -> Iterator[None]:
-    """Held while a program is lowered to XNNPACK: its passes pruned to those that can change a partition
-    (export time), and its partitions copied without their weights (export memory)."""
+    """Held while a program is lowered to XNNPACK: decompositions and edge passes with nothing to rewrite skipped,
+    XNNPACK's passes pruned to those that can change a partition (export time), its partitions copied without
+    their weights (export memory)."""
     from executorch.backends.xnnpack.xnnpack_preprocess import XnnpackBackend
 
-    with patch_xnnpack_passes.pruned_passes(), patch_xnnpack_copies.weights_shared_with(XnnpackBackend):
+    with patch_edge_decompositions.skipped_empty_decompositions(), patch_edge_passes.pruned_edge_passes(), \
+            patch_xnnpack_passes.pruned_passes(), patch_xnnpack_copies.weights_shared_with(XnnpackBackend):
         yield
