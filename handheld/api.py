@@ -25,8 +25,8 @@ from handheld.core.defaults import MAX_SEQ_LEN
 from handheld.core.errors import HandheldError
 from handheld.core.pte_metadata import ProgramMetadata
 
-__all__ = ["HandheldError", "ExportedProgram", "Generation", "fetch", "export", "evaluate", "bench", "generate",
-           "stream", "chat"]
+__all__ = ["HandheldError", "ExportedProgram", "Generation", "fetch", "load", "quantize", "export", "spinquant", "qat",
+           "evaluate", "bench", "generate", "stream", "chat"]
 
 
 @dataclass(frozen=True)
@@ -51,6 +51,34 @@ def fetch(name: str = "smollm2-135m-instruct", log=lambda _: None) -> Path:
     return fetch_file(name, log=log)
 
 
+def load(checkpoint: str | Path, *, max_seq_len: int = MAX_SEQ_LEN, full_logits: bool = False):
+    """A checkpoint (Meta, Hugging Face or GGUF) as its own eager PyTorch model: float as stored, or the scheme a
+    pre-quantized checkpoint (SpinQuant, QLoRA) carries. `full_logits` returns logits for every position."""
+    from handheld.core.checkpoints import read_checkpoint
+    from handheld.quant.schemes import checkpoint_model
+
+    return checkpoint_model(read_checkpoint(Path(checkpoint)), max_seq_len, full_logits)
+
+
+def quantize(checkpoint: str | Path, scheme: str = "8da4w", *, max_seq_len: int = MAX_SEQ_LEN,
+             full_logits: bool = False, tokenizer: str | Path | None = None, group_size: int | None = None,
+             scale_rule: str | None = None, calib: str | Path | None = None, calib_tokens: int | None = None,
+             budget_mb: float | None = None):
+    """The eager model `export` would lower for this scheme (its oracle): a `handheld.quant.schemes.PreparedModel`
+    (.model, .label, .group_size, .quantization: how the 4-bit weights were rounded). The options become one typed,
+    validated `SchemeOptions` (an option the scheme would ignore is refused); `calib` (a UTF-8 text) runs GPTQ."""
+    from handheld.core.checkpoints import read_checkpoint
+    from handheld.core.tokenizer import load_tokenizer
+    from handheld.quant.schemes import prepare_model, scheme_options
+
+    read = read_checkpoint(Path(checkpoint))
+    options = scheme_options(scheme, group_size, read, scale_rule=scale_rule, calib=_optional(calib),
+                             calib_tokens=calib_tokens, budget_mb=budget_mb)
+    tokens = tokenizer or read.tokenizer_path
+    reader = load_tokenizer(str(tokens)) if options.calib is not None and tokens is not None else None
+    return prepare_model(read, scheme, options, max_seq_len=max_seq_len, full_logits=full_logits, tokenizer=reader)
+
+
 def export(checkpoint: str | Path, output: str | Path, *, scheme: str | None = None, backend: str = "xnnpack",
            max_seq_len: int = MAX_SEQ_LEN, tokenizer: str | Path | None = None, group_size: int | None = None,
            full_logits: bool = False, scale_rule: str | None = None, calib: str | Path | None = None,
@@ -67,6 +95,53 @@ def export(checkpoint: str | Path, output: str | Path, *, scheme: str | None = N
                                calib_tokens=calib_tokens, budget_mb=budget_mb, skip_memory_check=skip_memory_check)
     metadata = PteProgram(result.path).metadata
     return ExportedProgram(result.path, result.file_bytes, result.seconds, metadata)
+
+
+def spinquant(checkpoint: str | Path, calib: str | Path, output: str | Path, *, device: str = "cpu",
+              progress: bool = False, **options):
+    """`handheld spinquant`: learn R1/R2 on `calib`, quantize, and write Meta's SpinQuant checkpoint at `output`
+    (export it with `export(output, ...)`). `options`: the fields of `handheld.training.options.SpinQuantOptions`
+    (steps, lr, seq_len, samples, batch_size, weight_quant, rotations, group_size, seed, resume, ...).
+    Returns a `SpinQuantResult` (first and last quantized loss, steps, seconds)."""
+    from handheld.training.distributed import process_group
+    from handheld.training.options import SpinQuantOptions
+    from handheld.training.spinquant import run_spinquant
+
+    typed = _options(SpinQuantOptions, checkpoint=Path(checkpoint), calib=Path(calib), output=Path(output), **options)
+    with process_group(device) as group:
+        return run_spinquant(typed, group, progress=progress)
+
+
+def qat(checkpoint: str | Path, data: str | Path, output: str | Path, *, device: str = "cpu", progress: bool = False,
+        **options):
+    """`handheld qat`: quantization-aware fine-tuning then LoRA (phase "both", the default), or one phase, on `data`
+    (plain text or .jsonl dialogs); writes Meta's QLoRA checkpoint at `output`. `options`: the fields of
+    `handheld.training.options.QatOptions` (phase, lora_lr, seq_len, lora_rank, lora_alpha, group_size, resume, ...)
+    and of its `TrainConfig` (steps, lr, batch_size, grad_accum, warmup, eval_every, save_every, seed).
+    Returns one `PhaseResult` per phase trained (losses, validation, tok/s)."""
+    import dataclasses
+
+    from handheld.training.distributed import process_group
+    from handheld.training.options import QatOptions, TrainConfig
+    from handheld.training.qat import run_qat
+
+    schedule = {name: options.pop(name) for name in [f.name for f in dataclasses.fields(TrainConfig)] if name in options}
+    train = dataclasses.replace(QatOptions.train, **schedule)
+    typed = _options(QatOptions, checkpoint=Path(checkpoint), data=Path(data), output=Path(output), train=train,
+                     **options)
+    with process_group(device) as group:
+        return run_qat(typed, group, progress=progress)
+
+
+def _options(kind, **fields):
+    """`kind(**fields)`, an unknown field refused in one line naming the known ones (not a TypeError)."""
+    import dataclasses
+
+    known = [f.name for f in dataclasses.fields(kind)]
+    unknown = sorted(set(fields) - set(known))
+    if unknown:
+        raise HandheldError(f"unknown option {', '.join(unknown)} for {kind.__name__}; known: {', '.join(known)}")
+    return kind(**fields)
 
 
 def evaluate(model: str | Path, text: str | Path, *, tokenizer: str | Path, scheme: str | None = None,

@@ -3,7 +3,9 @@
 It records every call, one JSON list per line, in $FAKE_ADB_STATE/calls.jsonl and answers like one phone: an
 8-core SoC with three clusters, whose files live under $FAKE_ADB_STATE/device/ (push writes there, sha256sum
 reads there). `adb devices` lists $FAKE_ADB_DEVICES ("SERIAL STATE" lines). A runner started through the
-bundle's loader prints $FAKE_ADB_STATE/runner.json, the JSON a real host runner printed, and its exit status.
+bundle's loader prints $FAKE_ADB_STATE/runner.json, the JSON a real host runner printed, and its exit status;
+one started with --score runs the real host runner $FAKE_ADB_HOST_RUNNER on the device's files instead (so the
+logits that come back with `adb pull` are a program's own).
 """
 
 import hashlib
@@ -11,6 +13,7 @@ import json
 import os
 import shlex
 import shutil
+import subprocess
 import sys
 from pathlib import Path
 
@@ -50,6 +53,8 @@ def shell(script: str) -> int:
                 print(f"sha256sum: {path}: No such file or directory", file=sys.stderr)
     elif script.startswith(("mkdir ", "chmod ")):
         pass
+    elif "ld-linux-aarch64.so.1" in script and "--score" in script:
+        return run_host_runner(script)
     elif "ld-linux-aarch64.so.1" in script and "handheld_runner" in script:
         print("I 00:00:00.001831 executorch:threadpool.cpp:66] Resetting threadpool to 4 threads.", file=sys.stderr)
         print((STATE / "runner.json").read_text().strip())
@@ -57,6 +62,21 @@ def shell(script: str) -> int:
     else:
         print(f"/system/bin/sh: unexpected command: {script}", file=sys.stderr)
         return 127
+    return 0
+
+
+def on_device(path: str) -> str:
+    return str(STATE / "device" / path.lstrip("/")) if path.startswith("/data/") else path
+
+
+def run_host_runner(script: str) -> int:
+    """The runner's arguments (after the bundle's loader and libraries), device paths mapped onto this folder."""
+    words = shlex.split(script.split(";")[0])
+    arguments = [on_device(word) for word in words[next(i for i, w in enumerate(words) if w.endswith("handheld_runner")) + 1:]]
+    done = subprocess.run([os.environ["FAKE_ADB_HOST_RUNNER"], *arguments], capture_output=True, text=True)
+    print(done.stdout, end="")
+    print(done.stderr, end="", file=sys.stderr)
+    print(f"handheld-exit {done.returncode}")
     return 0
 
 
@@ -79,6 +99,14 @@ def main(args: list[str]) -> int:
         target.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(args[1], target)
         print(f"{args[1]}: 1 file pushed, 0 skipped.")
+        return 0
+    if args[0] == "pull":
+        source = Path(on_device(args[1]))
+        if not source.is_file():
+            print(f"adb: error: failed to stat remote object '{args[1]}': No such file or directory", file=sys.stderr)
+            return 1
+        shutil.copyfile(source, args[2])
+        print(f"{args[1]}: 1 file pulled, 0 skipped.")
         return 0
     print(f"fake adb: unknown command {args}", file=sys.stderr)
     return 1

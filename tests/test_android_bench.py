@@ -208,3 +208,43 @@ def test_device_output_parsing():
     assert adb.split_exit("error: closed\n") == (None, "error: closed\n")
     script = adb.run_script(f"{REMOTE}/my model.pte", [1, 2], 4, 2, None)  # unpinned, and a name to quote
     assert script.startswith(f"{REMOTE}/lib/ld-linux-aarch64.so.1 ") and f"'{REMOTE}/my model.pte'" in script
+
+
+@pytest.fixture(scope="module")
+def host_runner():
+    """The real host runner (built before `bundle` stands in for the build): the fake phone runs it to score."""
+    return build.build_runner("host", log=lambda _: None)
+
+
+def test_eval_over_adb_scores_on_the_device_and_pulls_the_logits(host_runner, fake_adb, bundle, demo_report,
+                                                                  monkeypatch, capsys):
+    """`handheld eval X.pte --target adb`: the bundle and the program pushed once, each window scored by the runner's
+    --score mode on the device, its logits pulled back. The fake phone runs the host runner on what was pushed,
+    so the perplexity is the host kernels' (what an Arm phone's kernels change is measured under qemu,
+    test_native); the Python runtime's number beside it is computed independently, here."""
+    from handheld.core.catalog import proxy_dir
+
+    monkeypatch.setenv("FAKE_ADB_HOST_RUNNER", str(host_runner))
+    pte = demo_report[0] / "8da4w.pte"
+    window = ["--text", str(proxy_dir() / "test.txt"), "--tokenizer", str(proxy_dir() / "tokenizer.model"),
+              "--max-tokens", "160", "--context", "64", "--stride", "32", "--json"]
+    assert main(["eval", str(pte), *window, "--target", "adb"]) == 0
+    record = json.loads(capsys.readouterr().out)
+    assert record["target"] == "adb" and record["tokens_scored"] == 159 and 1 < record["perplexity"] < 300
+    # The same x86 XNNPACK kernels on both sides; only attention differs (handheld's own kernels in the runner,
+    # ExecuTorch's in the Python runtime: another summation order), measured 0.03% apart; Arm's kernels move it 0.16%.
+    assert abs(record["difference_from_host_pct"]) < 0.1, record
+    assert sorted(pushed(fake_adb)) == sorted([*adb.bundle_files(bundle), f"{REMOTE}/8da4w.pte"])
+    scores = [call for call in adb_calls(fake_adb) if call[2:3] == ["shell"] and "--score" in call[3]]
+    pulls = [call for call in adb_calls(fake_adb) if call[2:3] == ["pull"]]
+    assert len(scores) == len(pulls) == 4 and all("taskset" in call[3] for call in scores)  # 160 tokens: windows of 64 every 32
+
+
+def test_eval_over_adb_without_a_device_is_one_line(fake_adb, bundle, demo_report, monkeypatch, capsys):
+    monkeypatch.setenv("FAKE_ADB_DEVICES", "")
+    pte = demo_report[0] / "8da4w.pte"
+    from handheld.core.catalog import proxy_dir
+
+    assert main(["eval", str(pte), "--text", str(proxy_dir() / "test.txt"), "--tokenizer",
+                 str(proxy_dir() / "tokenizer.model"), "--target", "adb"]) == 1
+    assert "no Android device" in capsys.readouterr().err

@@ -41,10 +41,29 @@ def test_chat_and_bench_return_objects(odd_fp32_pte, odd_chat_tokenizer):
     assert row["stats"]["decode_tok_s"]["median"] > 0 and row["scheme"] == "fp32"
 
 
+def test_load_and_quantize_give_the_eager_models_export_lowers(odd_checkpoint, odd_tokenizer, tmp_path):
+    import torch
+
+    from handheld.runtime_bindings.generation import EagerRunner
+
+    tokens = [1, 2, 3, 4, 5]
+    floating = EagerRunner(api.load(odd_checkpoint, max_seq_len=32)).forward(tokens, 0)[-1]
+    prepared = api.quantize(odd_checkpoint, "8da4w", max_seq_len=32, scale_rule="extreme")
+    assert prepared.label == "8da4w" and prepared.quantization["scale_rule"] == "extreme"
+    quantized = EagerRunner(prepared.model).forward(tokens, 0)[-1]
+    # 4-bit rounding moves the logits, but not past the float model's own spread.
+    assert 0 < float((quantized - floating).abs().max()) < float(floating.std())
+    with pytest.raises(api.HandheldError, match="applies to 4-bit schemes"):
+        api.quantize(odd_checkpoint, "fp32", max_seq_len=32, group_size=64)
+
+
 @pytest.mark.parametrize("call, message", [
     (lambda: api.evaluate("nowhere.pte", "nowhere.txt", tokenizer="t"), "text file nowhere.txt not found"),
     (lambda: api.export("no-such-checkpoint", "out.pte", scheme="8da4w", backend="nope"), "unknown backend 'nope'"),
     (lambda: api.generate("x.pte", str(proxy_dir() / "tokenizer.model"), "hi", system="be brief"), "system goes with chat"),
+    (lambda: api.spinquant("c", "t.txt", "out", step=3), "unknown option step for SpinQuantOptions; known: checkpoint"),
+    (lambda: api.qat("c", "t.txt", "out", rank=4), "unknown option rank for QatOptions"),
+    (lambda: api.qat("c", "t.txt", "out", phase="warm"), "unknown --phase 'warm'"),
 ])
 def test_bad_input_raises_handheld_error_with_the_cli_line(call, message):
     with pytest.raises(api.HandheldError, match=message):

@@ -51,8 +51,12 @@ def test_converted_model_computes_what_fake_quantization_trained(byte_checkpoint
 
 @pytest.fixture(scope="module")
 def qat_both(byte_checkpoint, calib_text, tmp_path_factory):
+    """Through the Python API (what scripts call), with this module's small schedule."""
+    from handheld import api
+
     out = tmp_path_factory.mktemp("qat") / "both"
-    results = run_qat(options(byte_checkpoint, calib_text, out), Group(), progress=False)
+    results = api.qat(byte_checkpoint, calib_text, out, steps=4, lr=1e-3, batch_size=4, grad_accum=2, warmup=1,
+                      eval_every=2, save_every=2, seq_len=32, lora_rank=4, lora_alpha=8.0, lora_lr=1e-2)
     return out, results
 
 

@@ -170,8 +170,12 @@ def assert_same_state(a, b):
 
 @pytest.fixture(scope="module")
 def spinquant_rtn(byte_checkpoint, calib_text, tmp_path_factory):
+    """Through the Python API (what scripts call), with this module's small settings."""
+    from handheld import api
+
     out = tmp_path_factory.mktemp("sq") / "rtn"
-    result = run_spinquant(options(byte_checkpoint, calib_text, out), Group(), progress=False)
+    result = api.spinquant(byte_checkpoint, calib_text, out, steps=3, lr=1.0, seq_len=32, samples=8, batch_size=4,
+                           save_every=1)
     return out, result
 
 

@@ -79,8 +79,7 @@ def run_demo(out: Path, model_name: str = "smollm2-135m-instruct", log=print) ->
     started = time.perf_counter()
     checkpoint = demo_checkpoint(model, log)
     log(f"handheld demo: {model.description}")
-    sources = {s: _recipe_checkpoint(s, checkpoint, model, out, log) if s in RECIPES else checkpoint for s in DEMO_SCHEMES}
-    ptes = export_all(sources, out, log)
+    ptes = build_programs(model, checkpoint, out, log)
     tokenizer = load_tokenizer(read_checkpoint(checkpoint).tokenizer_path)
     ids = tokenizer.encode((proxy_dir() / "test.txt").read_text(encoding="utf-8"))[: model.eval_tokens]
     reference = eager_logits_fn(load_model(checkpoint, max_seq_len=CONTEXT))
@@ -94,6 +93,12 @@ def run_demo(out: Path, model_name: str = "smollm2-135m-instruct", log=print) ->
     report = _write(out, model, bench, rows, wall, log)
     log(f"report: {out / 'report.md'} and {report} ({wall:.0f} s)")
     return report
+
+
+def build_programs(model: DemoModel, checkpoint: Path, out: Path, log) -> dict[str, Path]:
+    """Every row's program in `out`: the recipes' checkpoints trained and the programs exported, unless present."""
+    sources = {s: _recipe_checkpoint(s, checkpoint, model, out, log) if s in RECIPES else checkpoint for s in DEMO_SCHEMES}
+    return export_all(sources, out, log)
 
 
 @exits_when_terminated

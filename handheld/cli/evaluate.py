@@ -30,8 +30,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--backend", help="checkpoints only: qnn or mediatek, to score an NPU scheme (needs --calib)")
     add_npu_arguments(p)
     p.add_argument("--target", help="a .pte on handheld's native runner instead of ExecuTorch's Python runtime: host, "
-                   "qemu-aarch64 or android-arm64 (the aarch64 runner under qemu); the report adds the Python runtime's "
-                   "perplexity on this machine for the same windows, and the difference")
+                   "qemu-aarch64 or android-arm64 (the aarch64 runner under qemu), adb[:SERIAL] (a phone over adb); "
+                   "the report adds the Python runtime's perplexity on this machine for the same windows, and the "
+                   "difference")
     p.add_argument("--json", action="store_true", help="print JSON")
     p.add_argument("--baseline", metavar="OLD.json", help="an earlier `handheld eval --json` result on the same text "
                    "and windows: the quality gate")
@@ -90,13 +91,21 @@ def _native_logits_fn(args: argparse.Namespace, program):
     from handheld.runtime_bindings.native.run import score_native
     from handheld.runtime_bindings.native.targets import get_target
 
-    target = get_target(args.target)
-    if target.device:
-        raise HandheldError(f"eval --target {args.target}: scoring over adb is not supported yet; "
-                            "--target qemu-aarch64 runs the same aarch64 runner and kernels under emulation")
+    target, pte = get_target(args.target), Path(args.model)
     pte_logits_fn(program)  # refuses a program without every position's logits
+    device = _device(args.target) if target.device else None  # connected first: a missing phone fails at once
     binary = build_runner(target.name, log=lambda line: print(line, file=sys.stderr))
-    return lambda window: torch.from_numpy(score_native(binary, target.name, Path(args.model), window))
+    if device is None:
+        return lambda window: torch.from_numpy(score_native(binary, target.name, pte, window))
+    device.install_runner(binary)
+    device.install_program(pte)
+    return lambda window: torch.from_numpy(device.score(pte, window))
+
+
+def _device(target: str):
+    from handheld.measure.device import Device
+
+    return Device.connect(target)
 
 
 def _text_ids(args: argparse.Namespace) -> list[int]:

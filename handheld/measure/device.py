@@ -1,6 +1,7 @@
-"""An Android device over adb, for `handheld bench --target adb[:SERIAL]`: push the runner bundle and the
-program once (by sha256, computed on the device), run each measured run in a fresh process pinned to the big
-cores, and describe the device (model, SoC, Android version, ABI, CPU features, governor, temperatures).
+"""An Android device over adb, for `handheld bench --target adb[:SERIAL]` and `handheld eval --target adb`: push
+the runner bundle and the program once (by sha256, computed on the device), run each measured run in a fresh
+process pinned to the big cores, score windows there (the logits come back with adb pull), and describe the
+device (model, SoC, Android version, ABI, CPU features, governor, temperatures).
 
 Every adb command line and every parse of what the device prints is a pure function here, so the tests check
 them against a fake `adb` (tests/test_android_runner.py). The adb path has not run against a phone yet.
@@ -17,7 +18,7 @@ from pathlib import Path
 from handheld.core.catalog import sha256_file
 from handheld.core.errors import HandheldError
 from handheld.measure.host import RELEVANT_FLAGS
-from handheld.runtime_bindings.native.run import runner_arguments, runner_result
+from handheld.runtime_bindings.native.run import runner_arguments, runner_result, score_arguments, scored_rows
 from handheld.runtime_bindings.native.targets import BUNDLE_LIBRARIES, BUNDLE_LOADER, bundle_command, device_serial
 
 REMOTE_DIR = "/data/local/tmp/handheld"  # writable and executable for adb's shell user on every Android
@@ -141,7 +142,11 @@ def parse_thermal(text: str) -> tuple[str, float] | None:
 def run_script(remote_pte: str, prompt: list[int], gen_len: int, threads: int, cores: list[int] | None) -> str:
     """The shell line that starts one measured run on the device: the bundle's runner through its own loader,
     pinned to `cores` with taskset, its exit status echoed last."""
-    command = [*bundle_command(REMOTE_DIR), *runner_arguments(remote_pte, prompt, gen_len, threads)]
+    return runner_script(runner_arguments(remote_pte, prompt, gen_len, threads), cores)
+
+
+def runner_script(arguments: list[str], cores: list[int] | None) -> str:
+    command = [*bundle_command(REMOTE_DIR), *arguments]
     pinned = ["taskset", affinity_mask(cores)] if cores else []
     return f"{shlex.join([*pinned, *command])}; echo {_EXIT_MARK} $?"
 
@@ -237,18 +242,38 @@ class Device:
     def run(self, pte: Path, prompt: list[int], gen_len: int, threads: int) -> dict:
         """One measured run in a fresh process on the device, with the CPU temperature before and after."""
         before = self.temperature()
-        done = self.shell(run_script(remote_program(pte), prompt, gen_len, threads, self.big_cores))
+        result = self._runner(pte, run_script(remote_program(pte), prompt, gen_len, threads, self.big_cores))
         after = self.temperature()
+        result["thermal_zone"] = (before or after or (None,))[0]
+        result["temp_before_c"] = before[1] if before else None
+        result["temp_after_c"] = after[1] if after else None
+        return result
+
+
+    def score(self, pte: Path, window: list[int], threads: int = 0):
+        """Logits [positions, vocab] of `window` from one prefill by the runner on the device (its --score mode),
+        pulled back: the program's own numbers on the phone, for `handheld eval --target adb`."""
+        import tempfile
+
+        remote_out = f"{REMOTE_DIR}/score.f32"
+        result = self._runner(pte, runner_script(score_arguments(remote_program(pte), window, remote_out, threads),
+                                                 self.big_cores))
+        with tempfile.TemporaryDirectory(prefix="handheld-adb-score-") as folder:
+            local = Path(folder) / "score.f32"
+            pulled = _adb(self.serial, "pull", remote_out, str(local))
+            if pulled.returncode != 0:
+                raise HandheldError(f"adb pull {remote_out} from {self.serial} failed: {_last_line(pulled)}")
+            return scored_rows(pte, result, local)
+
+    def _runner(self, pte: Path, script: str) -> dict:
+        """The runner started by `script` on the device: its JSON result, or one line saying why there is none."""
+        done = self.shell(script)
         status, output = split_exit(done.stdout)
         if status is None:
             raise HandheldError(f"the runner on {self.serial} did not finish (adb exit {done.returncode}): "
                                 f"{_last_line(done)}")
         chatter = "\n".join(line for line in output.splitlines() if not line.startswith("{"))
-        result = runner_result(pte, status, output, done.stderr + chatter)
-        result["thermal_zone"] = (before or after or (None,))[0]
-        result["temp_before_c"] = before[1] if before else None
-        result["temp_after_c"] = after[1] if after else None
-        return result
+        return runner_result(pte, status, output, done.stderr + chatter)
 
 
 def remote_program(pte: Path) -> str:

@@ -29,15 +29,22 @@ def score_native(binary: Path, target_name: str, pte: Path, window: list[int], t
     program's own numbers there, for perplexity on the target. The rows travel through a temporary file."""
     import tempfile
 
-    import numpy as np
-
     with tempfile.TemporaryDirectory(prefix="handheld-score-") as folder:
         out = Path(folder) / "logits.f32"
-        command = [*runner_command(binary, target_name), str(pte), "--prompt", ",".join(map(str, window)),
-                   "--score", str(out), *(["--threads", str(threads)] if threads else [])]
+        command = [*runner_command(binary, target_name), *score_arguments(str(pte), window, str(out), threads)]
         done = subprocess.run(command, capture_output=True, text=True)
-        result = runner_result(pte, done.returncode, done.stdout, done.stderr)
-        rows = np.fromfile(out, dtype=np.float32)
+        return scored_rows(pte, runner_result(pte, done.returncode, done.stdout, done.stderr), out)
+
+
+def score_arguments(pte: str, window: list[int], out: str, threads: int = 0) -> list[str]:
+    return [pte, "--prompt", ",".join(map(str, window)), "--score", out, *(["--threads", str(threads)] if threads else [])]
+
+
+def scored_rows(pte, result: dict, out: Path):
+    """The runner's --score file as [positions, vocab], checked against the row count its result names."""
+    import numpy as np
+
+    rows = np.fromfile(out, dtype=np.float32) if out.is_file() else np.zeros(0, dtype=np.float32)
     if result.get("scored_rows", 0) < 1 or rows.size % result["scored_rows"]:
         raise HandheldError(f"the native runner returned {rows.size} logits for {result.get('scored_rows')} positions of {pte}")
     return rows.reshape(result["scored_rows"], -1)
