@@ -73,3 +73,11 @@ def test_smollm2_export_rows_are_the_speed_runs_exports():
         cells = _doc_row(f"| {labels[export['scheme']]} |")
         assert cells[1] == f"{export['wall_s']:.0f} s" and cells[2] == f"{export['peak_rss_bytes'] / 2**30:.2f} GiB", cells
         assert cells[3] == f"{export['file_bytes'] / 1e6:.0f} MB", cells
+
+
+def test_the_benchmarks_readme_names_every_script():
+    """A newcomer finds every benchmark program (or the module it belongs to) in benchmarks/README.md."""
+    readme = (ROOT / "benchmarks" / "README.md").read_text()
+    for script in sorted((ROOT / "benchmarks").rglob("*.py")):
+        relative = script.relative_to(ROOT / "benchmarks").as_posix()
+        assert relative in readme or f"`{script.name}`" in readme, f"benchmarks/README.md does not name {relative}"
