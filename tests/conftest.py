@@ -167,8 +167,8 @@ def demo_report(tmp_path_factory):
     return out, json.loads(run_demo(out, "proxy", log=lambda _: None).read_text())
 
 
-_SLOW_FIXTURES = {"demo_report", "odd_fp32_pte", "odd_bf16_pte", "odd_fp16_pte", "odd_8da4w_pte", "qat_both", "spinquant_rtn"}
-_NETWORK_FIXTURES = {"llama3_tokenizer_path", "llama3_tokenizer_json", "aarch64_runner"}
+_SLOW_FIXTURES = {"demo_report", "odd_fp32_pte", "odd_bf16_pte", "odd_fp16_pte", "odd_8da4w_pte", "qat_both", "spinquant_rtn", "smollm2_8da4w_pte"}
+_NETWORK_FIXTURES = {"llama3_tokenizer_path", "llama3_tokenizer_json", "aarch64_runner", "smollm2_8da4w_pte"}
 
 
 def pytest_collection_modifyitems(items):

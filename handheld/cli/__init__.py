@@ -9,12 +9,11 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import logging
 import signal
 import sys
-import warnings
 
 from handheld import __version__
+from handheld.cli._shared import quiet_library_noise
 from handheld.core.errors import HandheldError
 
 # verb -> module under handheld.cli, in the order `--help` lists them.
@@ -64,12 +63,7 @@ def _raise_terminated(signum, frame) -> None:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if not getattr(args, "verbose", False):
-        # torchao warns at import about GPU-only extensions it cannot load on a CPU machine, and torch about an
-        # API torchao uses: noise on every call, not the user's business (--verbose shows it).
-        for noisy in ("torchao", "torch.utils._pytree"):
-            logging.getLogger(noisy).setLevel(logging.ERROR)
-        # ExecuTorch's LLM ops check their start position with an API torch is retiring: a warning per traced layer.
-        warnings.filterwarnings("ignore", message="_check_is_size will be removed", category=FutureWarning)
+        quiet_library_noise()
     previous = signal.signal(signal.SIGTERM, _raise_terminated)
     try:
         args.func(args)

@@ -142,3 +142,16 @@ def npu_quantized(args: argparse.Namespace, checkpoint: Path, options):
     sequences = choose_samples(sequences, args.calib_sequences, seed=0)
     return quantize_checkpoint(checkpoint, options, sequences, tokenizer.bos_id, tokenizer.stop_ids,
                                log=lambda msg: print(f"[quantize] {msg}", flush=True))
+
+
+def quiet_library_noise() -> None:
+    """Hide, in this process, what the libraries print on every call that is not the user's business (--verbose
+    shows it): torchao's warning at import about GPU-only extensions a CPU machine cannot load, torch's about an
+    API torchao uses, and ExecuTorch's LLM ops checking their start position with an API torch is retiring (one
+    warning per traced layer). Worker processes call it too: filters are not inherited."""
+    import logging
+    import warnings
+
+    for noisy in ("torchao", "torch.utils._pytree"):
+        logging.getLogger(noisy).setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore", message="_check_is_size will be removed", category=FutureWarning)

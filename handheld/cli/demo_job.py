@@ -104,6 +104,9 @@ def build_programs(model: DemoModel, checkpoint: Path, out: Path, log) -> dict[s
 @exits_when_terminated
 def _export_one(job: tuple[str, str, str, int]) -> tuple[str, float]:
     """One export in a worker process (one thread: lowering is Python, and two share the machine)."""
+    from handheld.cli._shared import quiet_library_noise
+
+    quiet_library_noise()  # before torch and torchao are imported here: their import-time warnings go too
     import torch
 
     from handheld.export.program import export_checkpoint
