@@ -6,6 +6,8 @@ The aarch64 build runs under Debian's qemu user-mode emulation (`.ci/run` instal
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 import torch
@@ -250,6 +252,10 @@ def smollm2_8da4w_pte(tmp_path_factory):
     return api.export(api.fetch(), out, scheme="8da4w", max_seq_len=64, full_logits=True).path
 
 
+# ~4.5 min (the export 3-3.5, scoring under qemu 40 s): past what CI's 25 minutes leave (the full suite with it
+# measured 24:17 wall on a slow hour); the proxy's check above runs in CI, this one on request.
+@pytest.mark.skipif(not os.environ.get("HANDHELD_ARM_SMOLLM2"),
+                    reason="SmolLM2 on the aarch64 target takes ~4.5 min: run with HANDHELD_ARM_SMOLLM2=1")
 def test_smollm2_eval_on_the_aarch64_target_agrees_with_the_host(smollm2_8da4w_pte, capsys):
     """The real model's 8da4w program scored through the aarch64 runner under qemu, beside ExecuTorch's Python
     runtime here on the same windows. Kernel builds round SmolLM2's outlier-heavy 8-bit activations differently:
