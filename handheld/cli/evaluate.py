@@ -86,6 +86,7 @@ def _native_logits_fn(args: argparse.Namespace, program):
     """Windows scored by handheld's C++ runner on --target (the aarch64 one under qemu)."""
     import torch
 
+    from handheld.measure.bench import connect_device
     from handheld.measure.quality import pte_logits_fn
     from handheld.runtime_bindings.native.build import build_runner
     from handheld.runtime_bindings.native.run import score_native
@@ -93,7 +94,7 @@ def _native_logits_fn(args: argparse.Namespace, program):
 
     target, pte = get_target(args.target), Path(args.model)
     pte_logits_fn(program)  # refuses a program without every position's logits
-    device = _device(args.target) if target.device else None  # connected first: a missing phone fails at once
+    device = connect_device(args.target)  # None off a device; connected first: a missing phone fails at once
     binary = build_runner(target.name, log=lambda line: print(line, file=sys.stderr))
     if device is None:
         return lambda window: torch.from_numpy(score_native(binary, target.name, pte, window))
@@ -101,11 +102,6 @@ def _native_logits_fn(args: argparse.Namespace, program):
     device.install_program(pte)
     return lambda window: torch.from_numpy(device.score(pte, window))
 
-
-def _device(target: str):
-    from handheld.measure.device import Device
-
-    return Device.connect(target)
 
 
 def _text_ids(args: argparse.Namespace) -> list[int]:
