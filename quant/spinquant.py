@@ -3,6 +3,11 @@
 With row-vector activations and weights W[out, in]:
 - `fold_norms`: every RMSNorm gain moves into the linears that read the norm's output (W <- W diag(g)),
   so the norms become weightless and commute with a rotation of the residual stream;
+- massive channels (`massive_channels`: the few residual channels that hold most of the normalized stream's
+  energy, up to ~all of a token's in SmolLM2, where a later norm's gain nearly zeroes them) are left out: their
+  gains stay in the norms and R1 is the identity on them. Rotated with the rest, their energy (which the gain
+  discards) would multiply every rotated weight's rounding error: measured on SmolLM2, that made a random R1
+  worse than no rotation at all (BENCHMARKS.md, "Why rotations hurt SmolLM2");
 - R1 (dim x dim) rotates the residual stream h -> h R1: the embedding E <- E R1, every reader of the
   stream (wq, wk, wv, w1, w3, output) W <- W R1, every writer (wo, w2) W <- R1^T W;
 - R2 (head_dim x head_dim, one per layer) rotates each head's values: wv's head rows Wv_h <- R2^T Wv_h,
@@ -27,10 +32,14 @@ READERS = ("attention.wq", "attention.wk", "attention.wv", "feed_forward.w1", "f
 WRITERS = ("attention.wo", "feed_forward.w2")
 
 
+MASSIVE_SHARE = 5.0  # a massive channel holds this many times a channel's even share of the normalized stream's energy
+
+
 @dataclass
 class Rotations:
-    r1: torch.Tensor  # [dim, dim]
+    r1: torch.Tensor  # [dim, dim]; the identity on `kept`
     r2: torch.Tensor  # [n_layers, head_dim, head_dim]
+    kept: tuple[int, ...] = ()  # residual channels R1 leaves alone (their norm gains are not folded)
 
 
 def check_rotatable(args: ModelArgs) -> None:
@@ -39,26 +48,67 @@ def check_rotatable(args: ModelArgs) -> None:
     check_hadamard_size(args.ffn_hidden_dim, "the FFN width (SpinQuant's online R4)")
 
 
-def initial_rotations(args: ModelArgs, seed: int) -> Rotations:
-    """Random Hadamard matrices, the paper's starting point (better than random orthogonal ones)."""
+def initial_rotations(args: ModelArgs, seed: int, kept: tuple[int, ...] = ()) -> Rotations:
+    """Random Hadamard matrices, the paper's starting point (better than random orthogonal ones). With `kept`
+    channels, R1 is the identity on them and a random orthogonal matrix on the others (no Hadamard has their size)."""
     gen = torch.Generator().manual_seed(seed)
-    r1 = random_hadamard(args.dim, gen)
+    r1 = random_hadamard(args.dim, gen) if not kept else _orthogonal_except(args.dim, kept, gen)
     r2 = torch.stack([random_hadamard(args.attn_head_dim, gen) for _ in range(args.n_layers)])
-    return Rotations(r1, r2)
+    return Rotations(r1, r2, tuple(kept))
 
 
-def fold_norms(model: nn.Module) -> nn.Module:
-    """Untie the classifier, then move every RMSNorm gain into the linears that read the norm."""
+def _orthogonal_except(n: int, kept: tuple[int, ...], gen: torch.Generator) -> torch.Tensor:
+    rest = torch.tensor([c for c in range(n) if c not in set(kept)])
+    q, r = torch.linalg.qr(torch.randn(len(rest), len(rest), generator=gen, dtype=torch.float64))
+    r1 = torch.eye(n, dtype=torch.float64)
+    r1[rest[:, None], rest[None, :]] = q * torch.sign(torch.diagonal(r))[None, :]  # Haar-distributed
+    return r1
+
+
+@torch.no_grad()
+def massive_channels(model: nn.Module, sequences: torch.Tensor, share: float = MASSIVE_SHARE) -> tuple[int, ...]:
+    """Residual channels holding over `share` times their even share of the normalized stream's energy, summed at
+    every RMSNorm's input over the calibration rows `sequences` [N, T] (the float model, before any folding)."""
+    energy = torch.zeros(model.args.dim, dtype=torch.float64)
+
+    def add(_module, inputs):
+        x = inputs[0].double().reshape(-1, model.args.dim)
+        energy.add_((x * x / (x * x).mean(-1, keepdim=True).clamp_min(1e-30)).sum(0))
+
+    hooks = [norm.register_forward_pre_hook(add) for norm in _norms(model)]
+    try:
+        for row in sequences:
+            model.forward_batch(row[None])
+    finally:
+        for hook in hooks:
+            hook.remove()
+    ratio = energy / energy.mean()
+    return tuple(sorted(int(c) for c in torch.nonzero(ratio > share).flatten()))
+
+
+def _norms(model: nn.Module) -> list[nn.Module]:
+    return [n for layer in model.layers for n in (layer.attention_norm, layer.ffn_norm)] + [model.norm]
+
+
+def fold_norms(model: nn.Module, kept: tuple[int, ...] = ()) -> nn.Module:
+    """Untie the classifier, then move every RMSNorm gain into the linears that read the norm, except the gains
+    of the `kept` channels (R1 leaves those channels alone, so the norms still commute with it)."""
     model = untie_embedding(model)
+    folded = torch.ones(model.args.dim, dtype=torch.bool)
+    folded[list(kept)] = False
     with torch.no_grad():
         for layer in model.layers:
             for norm, readers in ((layer.attention_norm, READERS[:3]), (layer.ffn_norm, READERS[3:])):
-                for name in readers:
-                    layer.get_submodule(name).weight.mul_(norm.weight[None, :])
-                norm.weight.fill_(1.0)
-        model.output.weight.mul_(model.norm.weight[None, :])
-        model.norm.weight.fill_(1.0)
+                _fold_norm(norm, [layer.get_submodule(name) for name in readers], folded)
+        _fold_norm(model.norm, [model.output], folded)
     return model
+
+
+def _fold_norm(norm: nn.Module, readers: list[nn.Module], folded: torch.Tensor) -> None:
+    gain = torch.where(folded, norm.weight, torch.ones_like(norm.weight))
+    for linear in readers:
+        linear.weight.mul_(gain[None, :])
+    norm.weight.copy_(torch.where(folded, torch.ones_like(norm.weight), norm.weight))
 
 
 def rotated_state(state: dict[str, torch.Tensor], rotations: Rotations, args: ModelArgs) -> dict[str, torch.Tensor]:
@@ -88,7 +138,7 @@ def rotatable_state(model: nn.Module) -> dict[str, torch.Tensor]:
 def apply_rotations(model: nn.Module, rotations: Rotations) -> nn.Module:
     """Merge R1 and R2 into a norm-folded model's weights (computed in float64, stored in their dtype)."""
     state = {k: v.double() for k, v in rotatable_state(model).items()}
-    merged = rotated_state(state, Rotations(rotations.r1.double(), rotations.r2.double()), model.args)
+    merged = rotated_state(state, Rotations(rotations.r1.double(), rotations.r2.double(), rotations.kept), model.args)
     with torch.no_grad():
         for name, value in merged.items():
             param = model.get_parameter(name)

@@ -18,7 +18,8 @@ from handheld.core.model import Transformer
 from handheld.quant.fake_quant import prepare_fake_quant
 from handheld.quant.gptq import HessianCollector, gptq_quantize, sequential_gptq
 from handheld.quant.scale_rules import SCALE_RULES, quantize_groups
-from handheld.quant.spinquant import Rotations, apply_rotations, fold_norms, initial_rotations, rotatable_state
+from handheld.quant.spinquant import (Rotations, apply_rotations, fold_norms, initial_rotations, massive_channels,
+                                      rotatable_state)
 from handheld.training.cayley import LearnState, cayley_step, learn_rotations, quantized_loss
 from handheld.quant.spinquant_r4 import fold_r4
 from handheld.training.spinquant import SpinQuantOptions, run_spinquant
@@ -55,6 +56,53 @@ def test_rotations_are_function_preserving_without_quantization():
         assert all(layer.attention_norm.weight.eq(1).all() for layer in rotated.layers)
         after = rotated.forward_batch(TOKENS)
     torch.testing.assert_close(after, reference, atol=1e-6, rtol=1e-6)  # fp32 Hadamard constants bound it
+
+
+def with_massive_channel(model, channel=5, factor=300.0):
+    """The model with residual channel `channel` massive on every token (its embedding column scaled up) and the
+    norms' gains random, so that a fold that wrongly folded the kept gain would change the function."""
+    with torch.no_grad():
+        model.tok_embeddings.weight[:, channel] *= factor
+        gen = torch.Generator().manual_seed(3)
+        for name, param in model.named_parameters():
+            if name.endswith("norm.weight"):
+                param.copy_(torch.rand(param.shape, generator=gen, dtype=param.dtype) + 0.5)
+    return model
+
+
+def test_massive_channels_are_found_and_only_they():
+    model = with_massive_channel(odd_model())
+    assert massive_channels(model, TOKENS) == (5,)
+    assert massive_channels(odd_model(), TOKENS) == ()
+
+
+def test_rotations_that_keep_massive_channels_preserve_the_function_and_leave_them_alone():
+    model = with_massive_channel(odd_model())
+    kept = massive_channels(model, TOKENS)
+    gains = [layer.ffn_norm.weight[5].item() for layer in model.layers]
+    with torch.no_grad():
+        reference = model.forward_batch(TOKENS)
+        rotations = initial_rotations(ODD_ARGS, seed=0, kept=kept)
+        rotated = apply_rotations(fold_r4(fold_norms(model, kept)), rotations)
+        after = rotated.forward_batch(TOKENS)
+    torch.testing.assert_close(after, reference, atol=1e-6, rtol=1e-6)
+    assert [layer.ffn_norm.weight[5].item() for layer in rotated.layers] == gains  # the kept gains stay unfolded
+    assert all(layer.ffn_norm.weight[torch.arange(ODD_ARGS.dim) != 5].eq(1).all() for layer in rotated.layers)
+    eye = torch.eye(ODD_ARGS.dim, dtype=torch.float64)
+    torch.testing.assert_close(rotations.r1 @ rotations.r1.T, eye, atol=1e-12, rtol=0)
+    assert torch.equal(rotations.r1[5], eye[5]) and torch.equal(rotations.r1[:, 5], eye[:, 5])
+
+
+def test_learning_keeps_r1_the_identity_on_the_kept_channels():
+    base = fold_r4(fold_norms(with_massive_channel(odd_model(torch.float32)), (5,)))
+    fq = prepare_fake_quant(copy.deepcopy(base))
+    state = learn_rotations(fq, LearnState(0, initial_rotations(ODD_ARGS, seed=0, kept=(5,))), steps=3, lr=2.0,
+                            batch_for_step=lambda step: TOKENS, group=Group())
+    r1, eye = state.rotations.r1, torch.eye(ODD_ARGS.dim, dtype=torch.float64)
+    assert not torch.allclose(r1, initial_rotations(ODD_ARGS, seed=0, kept=(5,)).r1)  # it learned
+    torch.testing.assert_close(r1[5], eye[5], atol=1e-12, rtol=0)
+    torch.testing.assert_close(r1[:, 5], eye[:, 5], atol=1e-12, rtol=0)
+    torch.testing.assert_close(r1 @ r1.T, eye, atol=1e-10, rtol=0)
 
 
 def _fake_quant_setup():

@@ -68,6 +68,17 @@ def _batch_gradients(fake_quant_model, frozen, rotations: Rotations, my_rows: to
     return total[0].item(), total[1 : 1 + n1].reshape(rotations.r1.shape), total[1 + n1 :].reshape(rotations.r2.shape)
 
 
+def without_kept(grad_r1: torch.Tensor, kept: tuple[int, ...]) -> torch.Tensor:
+    """The gradient with the kept channels' rows and columns zeroed: the Cayley update's skew matrix is then zero
+    there too, so R1 stays the identity on them (their gains stay in the norms, which must commute with R1)."""
+    if not kept:
+        return grad_r1
+    grad_r1 = grad_r1.clone()
+    grad_r1[list(kept), :] = 0
+    grad_r1[:, list(kept)] = 0
+    return grad_r1
+
+
 @dataclass
 class LearnState:
     step: int
@@ -87,7 +98,8 @@ def learn_rotations(fake_quant_model: nn.Module, state: LearnState, steps: int, 
     while state.step < steps:
         loss, grad_r1, grad_r2 = _batch_gradients(fake_quant_model, frozen, state.rotations,
                                                   group.shard(batch_for_step(state.step)), group)
+        grad_r1 = without_kept(grad_r1, state.rotations.kept)
         state = LearnState(state.step + 1, Rotations(
-            cayley_step(state.rotations.r1, grad_r1, lr), cayley_step(state.rotations.r2, grad_r2, lr)))
+            cayley_step(state.rotations.r1, grad_r1, lr), cayley_step(state.rotations.r2, grad_r2, lr), state.rotations.kept))
         on_step(state, loss)
     return state

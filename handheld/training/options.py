@@ -84,6 +84,7 @@ class SpinQuantOptions:
     batch_size: int = 4
     weight_quant: str = "rtn"
     rotations: bool = True  # False: the same RTN/GPTQ on the unrotated model, the baseline that credits R1/R2/R4
+    rotate_massive: bool = False  # True: R1 rotates the massive channels too (the paper's way; worse on SmolLM2)
     group_size: int = GROUP_SIZE
     seed: int = 0
     resume: bool = False

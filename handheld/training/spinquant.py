@@ -18,12 +18,13 @@ from torch import nn
 from handheld.core.checkpoints import Checkpoint, build_model, read_checkpoint
 from handheld.export.memory_check import check_memory, checkpoint_parameters
 from handheld.core.config import QuantizationArgs
+from handheld.core.defaults import SCALE_RULE
 from handheld.quant.fake_quant import prepare_activation_fake_quant, prepare_fake_quant
 from handheld.quant.gptq import sequential_gptq
 from handheld.quant.linears import check_group_size
 from handheld.quant.mobile_8da4w import quantize_8da4w
 from handheld.quant.spinquant import (Rotations, apply_rotations, check_rotatable, fold_norms, initial_rotations,
-                                      rotatable_state)
+                                      massive_channels, rotatable_state)
 from handheld.quant.spinquant_r4 import fold_r4, unfold_r4
 from handheld.quant.calibration import choose_samples, text_sequences
 from handheld.training.calibration import batch_at
@@ -33,6 +34,9 @@ from handheld.training.common import (check_ids_fit, job_tokenizer, job_tokenize
 from handheld.training.distributed import Group
 from handheld.training.options import SpinQuantOptions
 from handheld.training.resume import discard_state, fingerprint, save_state, start_or_resume, weights_digest
+
+MASSIVE_ROWS = 8  # calibration rows the massive channels are found on (they show on nearly every token)
+
 
 @dataclass(frozen=True)
 class SpinQuantResult:
@@ -54,8 +58,8 @@ def run_spinquant(options: SpinQuantOptions, group: Group, progress: bool = True
 
     start = time.perf_counter()
     if options.rotations:
-        base = _rotation_ready_model(checkpoint, options).to(group.device)  # folded on the CPU (float64 Hadamards)
-        rotations, losses = _learn(base, sequences, options, group, progress)
+        base, kept = _rotation_ready_model(checkpoint, options, sequences.cpu())  # folded on the CPU (float64 Hadamards)
+        rotations, losses = _learn(base.to(group.device), kept, sequences, options, group, progress)
         model = apply_rotations(base, rotations)
     else:
         model, losses = _plain_model(checkpoint, options).to(group.device), []
@@ -77,15 +81,18 @@ def _calibration(options: SpinQuantOptions, checkpoint: Checkpoint) -> torch.Ten
     return choose_samples(sequences, options.samples, options.seed)
 
 
-def _rotation_ready_model(checkpoint: Checkpoint, options: SpinQuantOptions) -> nn.Module:
-    """The float model with norms folded, classifier untied and R4 folded: what R1/R2 act on."""
-    model = build_model(checkpoint, max_seq_len=options.seq_len, full_logits=True).float()
+def _rotation_ready_model(checkpoint: Checkpoint, options: SpinQuantOptions,
+                          sequences: torch.Tensor) -> tuple[nn.Module, tuple[int, ...]]:
+    """The float model with norms folded (but for its massive channels, found on a few calibration rows),
+    classifier untied and R4 folded: what R1/R2 act on."""
+    model = build_model(checkpoint, max_seq_len=options.seq_len, full_logits=True).float().eval()
     check_group_size(model, options.group_size)
-    return fold_r4(fold_norms(model)).eval()
+    kept = () if options.rotate_massive else massive_channels(model, sequences[:MASSIVE_ROWS])
+    return fold_r4(fold_norms(model, kept)).eval(), kept
 
 
 def _on(rotations: Rotations, device: torch.device) -> Rotations:
-    return Rotations(rotations.r1.to(device), rotations.r2.to(device))
+    return Rotations(rotations.r1.to(device), rotations.r2.to(device), rotations.kept)
 
 
 def _plain_model(checkpoint: Checkpoint, options: SpinQuantOptions) -> nn.Module:
@@ -94,17 +101,17 @@ def _plain_model(checkpoint: Checkpoint, options: SpinQuantOptions) -> nn.Module
     return model.eval()
 
 
-def _learn(base: nn.Module, sequences: torch.Tensor, options: SpinQuantOptions, group: Group,
+def _learn(base: nn.Module, kept: tuple[int, ...], sequences: torch.Tensor, options: SpinQuantOptions, group: Group,
            progress: bool) -> tuple[Rotations, list[float]]:
     run_identity = fingerprint(weights=weights_digest(rotatable_state(base)), sequences=sequences.cpu(), lr=options.lr, seed=options.seed,
                                  batch_size=options.batch_size, group_size=options.group_size,
-                                 weight_quant=options.weight_quant)
+                                 weight_quant=options.weight_quant, kept=list(kept))
     saved = start_or_resume(options.output, options.resume, run_identity)
     if saved is None:
-        state = LearnState(0, _on(initial_rotations(base.args, options.seed), group.device))
+        state = LearnState(0, _on(initial_rotations(base.args, options.seed, kept), group.device))
         losses: list[float] = []
     else:
-        state = LearnState(int(saved["step"]), _on(Rotations(saved["r1"], saved["r2"]), group.device))
+        state = LearnState(int(saved["step"]), _on(Rotations(saved["r1"], saved["r2"], kept), group.device))
         losses = list(saved["losses"])
 
     bar = progress_bar(options.steps, "learning R1/R2", progress and group.is_main, done=state.step)
@@ -130,16 +137,15 @@ def _learn(base: nn.Module, sequences: torch.Tensor, options: SpinQuantOptions, 
 
 
 def _quantize(rotated: nn.Module, sequences: torch.Tensor, options: SpinQuantOptions, group: Group) -> nn.Module:
-    """8da4w of the rotated model; with GPTQ (block by block through the quantized prefix), the 4-bit block
-    linears' integers and scales replaced by GPTQ's."""
-    # The rotations are learned under torchao's fake quantization (its absmax scales): quantize on that grid.
-    gptq_results = {}
-    if options.weight_quant == "gptq":
-        mine = sequences[group.rank :: group.world]
-        gptq_results = sequential_gptq(rotated, mine, options.group_size, options.batch_size, scale_rule="absmax",
-                                       reduce=group.sum_)
-    # torchao's CPU layout, as shipped
-    return quantize_8da4w(rotated.cpu(), group_size=options.group_size, scale_rule="absmax",
+    """8da4w of the rotated model. RTN: torchao's absmax grid, the one the rotations were learned under. GPTQ: the
+    calibrated export's own (block by block through the quantized prefix, act order, the default scale rule),
+    the block linears' integers and scales replaced by GPTQ's."""
+    if options.weight_quant != "gptq":
+        return quantize_8da4w(rotated.cpu(), group_size=options.group_size, scale_rule="absmax")
+    mine = sequences[group.rank :: group.world]
+    gptq_results = sequential_gptq(rotated, mine, options.group_size, options.batch_size, scale_rule=SCALE_RULE,
+                                   act_order=True, reduce=group.sum_)
+    return quantize_8da4w(rotated.cpu(), group_size=options.group_size, scale_rule=SCALE_RULE,
                           int_weights={name: (v.cpu(), s.cpu()) for name, (v, s) in gptq_results.items()})
 
 
