@@ -17,8 +17,8 @@ Texts and windows: the quality table's (test.txt and GPL-3, first 4,096 tokens, 
     python benchmarks/quality/rotations_smollm2.py [--work /tmp/quality-work] [--checkpoints shipped finetuned]
                                                    [--seeds 0] [--steps 24]
 
-Rows are merged into benchmarks/results/rotations_smollm2.json as they finish (a rerun skips rows of the same
-commit); rotations_smollm2.md beside it is rendered from that JSON.
+Rows are merged into benchmarks/results/rotations_smollm2.json as they finish, each with its commit (a rerun skips
+rows already there); rotations_smollm2.md beside it is rendered from that JSON. KL is 0 unless --kl.
 """
 
 from __future__ import annotations
@@ -103,13 +103,13 @@ def run_checkpoint(which: str, path: Path, table: Table, args: argparse.Namespac
             jobs.append((name, seed, make))
     for name, seed, make in jobs:
         key = f"{which}:{name}:seed {seed}"
-        if table.has(key):
-            continue
+        if key in table.report["rows"] or (args.rows and name not in args.rows):
+            continue  # each row records its own commit
         started = time.perf_counter()
         model = make().eval()
         built = time.perf_counter() - started
         table.add(key, {"checkpoint": which, "row": name, "seed": seed, "build_seconds": round(built, 1),
-                        "scores": scores(eager_logits_fn(model), None if name == "float" else reference, texts),
+                        "scores": scores(eager_logits_fn(model), reference if args.kl and name != "float" else None, texts),
                         "bytes_per_token": 0, "file_bytes": 0})
 
 
@@ -136,6 +136,8 @@ def main() -> None:
     parser.add_argument("--checkpoints", nargs="+", default=["shipped", "finetuned"])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
     parser.add_argument("--steps", type=int, default=24, help="Cayley SGD steps of the spinquant rows")
+    parser.add_argument("--rows", nargs="+", help="only these rows (default: all)")
+    parser.add_argument("--kl", action="store_true", help="also KL and top-1 against float (doubles the scoring time)")
     args = parser.parse_args()
     from scale_rules import finetuned_checkpoint
 
