@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 
 from handheld.core.checkpoints import random_state, write_checkpoint
-from handheld.core.config import ModelArgs
+from handheld.core.llama.config import ModelArgs
 from handheld.export.program import export_checkpoint
 from handheld.measure.host import host_info
 

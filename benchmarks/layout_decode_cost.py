@@ -26,7 +26,7 @@ def write_layout_checkpoint(checkpoint: Path, out: Path, layout: str) -> None:
     from handheld.core.atomic import atomic_dir
     from handheld.core.checkpoints import load_model, read_checkpoint
     from handheld.quant.prequantized import write_prequantized
-    from handheld.core.config import LoraArgs, QuantizationArgs
+    from handheld.core.llama.config import LoraArgs, QuantizationArgs
     from handheld.quant.lora import add_lora
     from handheld.quant.mobile_8da4w import quantize_8da4w
     from handheld.quant.spinquant_r4 import fold_r4
@@ -52,7 +52,7 @@ def export(checkpoint: Path, pte: Path, scheme: str | None, max_seq_len: int) ->
 
 
 def measure(ptes: dict[str, Path], prompt_len: int, gen_len: int, runs: int) -> dict:
-    from handheld.runtime_bindings.generation import generate
+    from handheld.decoding.generation import generate
     from handheld.runtime_bindings.python.program import PteProgram
 
     programs = {name: PteProgram(path) for name, path in ptes.items()}

@@ -211,7 +211,7 @@ def export_section(exports: dict) -> str:
 def native_runner_note(et_recipe: Path) -> str:
     """Whether ExecuTorch's own recipe runs on the wheel's C++ runtime (it needs its llama:: kernels)."""
     from handheld.core.errors import HandheldError
-    from handheld.runtime_bindings.generation import synthetic_prompt
+    from handheld.decoding.generation import synthetic_prompt
     from handheld.runtime_bindings.native.build import build_runner
     from handheld.runtime_bindings.native.run import run_native
 

@@ -1,7 +1,7 @@
 """The Llama Guard 3 1B-INT4 shape on this machine: file size beside Meta's release, decode speed, RSS.
 
 Random weights (size and speed do not depend on values) in the shape of Meta's pruned guard
-(`handheld/core/params/llama-guard3-1b.json`: 12 blocks, FFN 6400, unembedding pruned to 20 tokens),
+(`handheld/core/llama/params/llama-guard3-1b.json`: 12 blocks, FFN 6400, unembedding pruned to 20 tokens),
 exported 8da4w with group size 256 as Meta's release was (`export_llama ... --group_size 256`), and
 measured by `handheld bench` (fresh process per run) on a prompt as long as a guard prompt (~208
 Llama 3 tokens for one user message). Meta's `llama_guard_3_1b_pruned_xnnpack.pte` is 458 MB (the

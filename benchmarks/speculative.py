@@ -29,10 +29,10 @@ def child(args: argparse.Namespace) -> None:
     """One measured generation in this process: prints one JSON row."""
     import torch
 
-    from handheld.core.tokenizer import load_tokenizer, prompt_ids
-    from handheld.runtime_bindings.generation import generate
+    from handheld.core.tokenizers.tokenizer import load_tokenizer, prompt_ids
+    from handheld.decoding.generation import generate
     from handheld.runtime_bindings.python.program import PteProgram
-    from handheld.runtime_bindings.speculative import check_compatible, speculative_generate
+    from handheld.decoding.speculative import check_compatible, speculative_generate
 
     torch.set_num_threads(args.threads)
     tokenizer = load_tokenizer(args.tokenizer)

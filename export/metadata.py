@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import handheld
-from handheld.core.config import ModelArgs, known_model_names, named_model_args
+from handheld.core.llama.config import ModelArgs, known_model_names, named_model_args
 from handheld.core.pte_metadata import ProgramMetadata
 from handheld.export.provenance import export_provenance
 

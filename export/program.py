@@ -22,7 +22,7 @@ from handheld.export.metadata import program_metadata
 from handheld.export.memory_check import check_memory, checkpoint_parameters
 from handheld.export.weight_bytes import weight_bytes_by_kind
 from handheld.quant.schemes import Scheme, get_scheme, prepare_model, scheme_options
-from handheld.core.tokenizer import NUM_SPECIAL, load_tokenizer
+from handheld.core.tokenizers.tokenizer import NUM_SPECIAL, load_tokenizer
 
 # Operators that only appear outside a delegate if a quantized linear was not delegated.
 _QUANTIZED_LINEAR_OPS = {"linear", "addmm", "mm", "torchao.choose_qparams_affine", "torchao.quantize_affine"}

@@ -41,12 +41,12 @@ class ExportedProgram:
 class Generation:
     text: str
     tokens: list[int]
-    stats: object  # handheld.runtime_bindings.generation.GenerationStats: TTFT, prefill and decode tok/s
+    stats: object  # handheld.decoding.generation.GenerationStats: TTFT, prefill and decode tok/s
 
 
 def fetch(name: str = "smollm2-135m-instruct", log=lambda _: None) -> Path:
     """A known pretrained file (the demo's SmolLM2 by default), downloaded once and checked by its sha256."""
-    from handheld.core.catalog import fetch as fetch_file
+    from handheld.core.fetch.catalog import fetch as fetch_file
 
     return fetch_file(name, log=log)
 
@@ -68,7 +68,7 @@ def quantize(checkpoint: str | Path, scheme: str = "8da4w", *, max_seq_len: int 
     (.model, .label, .group_size, .quantization: how the 4-bit weights were rounded). The options become one typed,
     validated `SchemeOptions` (an option the scheme would ignore is refused); `calib` (a UTF-8 text) runs GPTQ."""
     from handheld.core.checkpoints import read_checkpoint
-    from handheld.core.tokenizer import load_tokenizer
+    from handheld.core.tokenizers.tokenizer import load_tokenizer
     from handheld.quant.schemes import prepare_model, scheme_options
 
     read = read_checkpoint(Path(checkpoint))
@@ -148,7 +148,7 @@ def evaluate(model: str | Path, text: str | Path, *, tokenizer: str | Path, sche
              context: int = 256, stride: int = 128, max_tokens: int | None = None):
     """Perplexity of a `.pte` (exported with full_logits) or of a checkpoint in eager PyTorch under `scheme`, on a
     UTF-8 text: a `handheld.measure.quality.EvalResult` (perplexity, tokens_scored, context, stride)."""
-    from handheld.core.tokenizer import load_tokenizer
+    from handheld.core.tokenizers.tokenizer import load_tokenizer
     from handheld.measure.quality import eager_logits_fn, evaluate as score, pte_logits_fn
 
     text_path = Path(text)
@@ -183,7 +183,7 @@ def bench(programs: list[str | Path], *, prompt_len: int = 64, gen_len: int = 12
 def generate(program: str | Path, tokenizer: str | Path, prompt: str, *, max_new_tokens: int = 64, chat: bool = False,
              system: str | None = None) -> Generation:
     """Greedy text from a `.pte` (ExecuTorch's runtime) for `prompt`, as `handheld generate` makes it."""
-    from handheld.runtime_bindings.generation import generate as greedy
+    from handheld.decoding.generation import generate as greedy
 
     model, tok, ids, stops = _prompted(program, tokenizer, prompt, chat, system)
     tokens, stats = greedy(model, ids, max_new_tokens, stops)
@@ -193,7 +193,7 @@ def generate(program: str | Path, tokenizer: str | Path, prompt: str, *, max_new
 def stream(program: str | Path, tokenizer: str | Path, prompt: str, *, max_new_tokens: int = 64, chat: bool = False,
            system: str | None = None) -> Iterator[str]:
     """The same text as `generate`, yielded as the tokens are chosen (whole UTF-8 characters only)."""
-    from handheld.runtime_bindings.generation import GreedySteps
+    from handheld.decoding.generation import GreedySteps
 
     model, tok, ids, stops = _prompted(program, tokenizer, prompt, chat, system)
     decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
@@ -208,7 +208,7 @@ def stream(program: str | Path, tokenizer: str | Path, prompt: str, *, max_new_t
 
 def _prompted(program, tokenizer, prompt: str, chat: bool, system: str | None):
     """The program, its tokenizer, the prompt's ids (in the chat template with `chat`) and the stop ids."""
-    from handheld.core.tokenizer import prompt_ids
+    from handheld.core.tokenizers.tokenizer import prompt_ids
 
     if system is not None and not chat:
         raise HandheldError("system goes with chat")
@@ -218,7 +218,7 @@ def _prompted(program, tokenizer, prompt: str, chat: bool, system: str | None):
 
 def _program_and_tokenizer(program, tokenizer, quiet: bool = True):
     """The `.pte` and its tokenizer (read first: a bad one fails at once), refused when the ids do not fit."""
-    from handheld.core.tokenizer import load_tokenizer
+    from handheld.core.tokenizers.tokenizer import load_tokenizer
     from handheld.runtime_bindings.python.program import PteProgram
 
     tok = load_tokenizer(str(tokenizer))
@@ -231,7 +231,7 @@ def _program_and_tokenizer(program, tokenizer, quiet: bool = True):
 def chat(program: str | Path, tokenizer: str | Path, *, system: str | None = None, max_new_tokens: int = 256,
          quiet: bool = True):
     """A `ChatSession` over a `.pte` (what `handheld chat` drives): `.reply(text, on_token)` per turn, `.reset()`."""
-    from handheld.runtime_bindings.chat import ChatSession
+    from handheld.decoding.chat import ChatSession
 
     if max_new_tokens < 1:
         raise HandheldError(f"--max-new-tokens must be at least 1, got {max_new_tokens}")

@@ -12,9 +12,9 @@ from torch import nn
 
 from handheld.core.checkpoints.meta import write_meta
 from handheld.core.checkpoints.prequantized import PER_ROW, expected_layout, float_args, validate_prequantized
-from handheld.core.config import ModelArgs
+from handheld.core.llama.config import ModelArgs
 from handheld.core.errors import HandheldError
-from handheld.core.model import Transformer
+from handheld.core.llama.model import Transformer
 from handheld.quant.lora import add_lora
 from handheld.quant.mobile_8da4w import quantize_8da4w
 from handheld.quant.spinquant_r4 import enable_online_hadamard

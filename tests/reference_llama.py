@@ -1,7 +1,7 @@
 """An independent, deliberately naive Llama 3 forward pass used as a test oracle.
 
 Written the way Meta's reference code reads (complex RoPE, repeated KV heads, full causal attention,
-no cache), sharing nothing with `handheld.core.model` but the checkpoint's tensor names.
+no cache), sharing nothing with `handheld.core.llama.model` but the checkpoint's tensor names.
 """
 
 import math

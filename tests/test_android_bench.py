@@ -18,7 +18,7 @@ from handheld.cli import main
 from handheld.core.errors import HandheldError
 from handheld.measure import device as adb
 from handheld.measure.bench import load_results
-from handheld.runtime_bindings.generation import synthetic_prompt
+from handheld.decoding.generation import synthetic_prompt
 from handheld.runtime_bindings.native import build
 
 FAKE_ADB = Path(__file__).with_name("fake_adb.py")
@@ -222,7 +222,7 @@ def test_eval_over_adb_scores_on_the_device_and_pulls_the_logits(host_runner, fa
     --score mode on the device, its logits pulled back. The fake phone runs the host runner on what was pushed,
     so the perplexity is the host kernels' (what an Arm phone's kernels change is measured under qemu,
     test_native); the Python runtime's number beside it is computed independently, here."""
-    from handheld.core.catalog import proxy_dir
+    from handheld.core.fetch.catalog import proxy_dir
 
     monkeypatch.setenv("FAKE_ADB_HOST_RUNNER", str(host_runner))
     pte = demo_report[0] / "8da4w.pte"
@@ -243,7 +243,7 @@ def test_eval_over_adb_scores_on_the_device_and_pulls_the_logits(host_runner, fa
 def test_eval_over_adb_without_a_device_is_one_line(fake_adb, bundle, demo_report, monkeypatch, capsys):
     monkeypatch.setenv("FAKE_ADB_DEVICES", "")
     pte = demo_report[0] / "8da4w.pte"
-    from handheld.core.catalog import proxy_dir
+    from handheld.core.fetch.catalog import proxy_dir
 
     assert main(["eval", str(pte), "--text", str(proxy_dir() / "test.txt"), "--tokenizer",
                  str(proxy_dir() / "tokenizer.model"), "--target", "adb"]) == 1

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from handheld.core.chat_template import ChatTemplate
+from handheld.core.tokenizers.chat_template import ChatTemplate
 
 ROOT = Path(__file__).resolve().parents[1]
 DEMO = ROOT / "android_demo"

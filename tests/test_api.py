@@ -8,7 +8,7 @@ import pytest
 
 from handheld import api
 from handheld.cli import main
-from handheld.core.catalog import proxy_dir
+from handheld.core.fetch.catalog import proxy_dir
 
 
 def cli_json(capsys, *argv):
@@ -44,7 +44,7 @@ def test_chat_and_bench_return_objects(odd_fp32_pte, odd_chat_tokenizer):
 def test_load_and_quantize_give_the_eager_models_export_lowers(odd_checkpoint, odd_tokenizer, tmp_path):
     import torch
 
-    from handheld.runtime_bindings.generation import EagerRunner
+    from handheld.decoding.generation import EagerRunner
 
     tokens = [1, 2, 3, 4, 5]
     floating = EagerRunner(api.load(odd_checkpoint, max_seq_len=32)).forward(tokens, 0)[-1]

@@ -17,8 +17,8 @@ from handheld.cli import main
 from handheld.core.errors import HandheldError
 from handheld.measure.gate import regressions
 from handheld.measure.report import baseline_row, write_report
-from handheld.runtime_bindings.generation import EagerRunner, generate
-from handheld.runtime_bindings.generation import synthetic_prompt
+from handheld.decoding.generation import EagerRunner, generate
+from handheld.decoding.generation import synthetic_prompt
 from conftest import PARITY_MAX_SEQ_LEN
 
 CONFIG = BenchConfig(prompt_len=6, gen_len=9, runs=2, warmup=1, threads=1)

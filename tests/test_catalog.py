@@ -8,7 +8,7 @@ import zipfile
 import pytest
 
 from handheld.cli import main
-from handheld.core import catalog
+from handheld.core.fetch import catalog
 from handheld.core.errors import HandheldError
 
 
@@ -65,7 +65,7 @@ def test_every_download_is_pinned_and_goes_through_the_catalog():
     no test fixture runs pip itself."""
     from pathlib import Path
 
-    from handheld.core.catalog import CATALOG
+    from handheld.core.fetch.catalog import CATALOG
 
     assert all("==" in entry.distribution for entry in CATALOG.values()), [e.distribution for e in CATALOG.values()]
     conftest = (Path(__file__).parent / "conftest.py").read_text()

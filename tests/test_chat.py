@@ -1,4 +1,4 @@
-"""`handheld chat` and the ChatSession under it (runtime_bindings/chat.py): multi-turn in the model's template,
+"""`handheld chat` and the ChatSession under it (handheld/decoding/chat.py): multi-turn in the model's template,
 the KV cache kept across turns, the oldest turns dropped to fit the context, /reset, Ctrl-C, piped input."""
 
 from __future__ import annotations
@@ -8,8 +8,8 @@ import io
 import pytest
 
 from handheld.cli import main
-from handheld.core.tokenizer import load_tokenizer
-from handheld.runtime_bindings.chat import ChatSession
+from handheld.core.tokenizers.tokenizer import load_tokenizer
+from handheld.decoding.chat import ChatSession
 from handheld.runtime_bindings.python.program import PteProgram
 
 

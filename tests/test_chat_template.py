@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from handheld.core.chat_template import ChatTemplate
+from handheld.core.tokenizers.chat_template import ChatTemplate
 from handheld.core.errors import HandheldError
 
 # SmolLM2-135M-Instruct's template, as its GGUF carries it (Apache-2.0).

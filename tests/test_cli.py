@@ -167,7 +167,7 @@ def test_eager_generation_applies_the_scheme(capsys, odd_tokenizer, odd_checkpoi
 
 
 def test_tokenizer_larger_than_the_model(capsys, tmp_path, odd_fp32_pte):
-    from handheld.core.tokenizer import write_byte_tokenizer
+    from handheld.core.tokenizers.tokenizer import write_byte_tokenizer
 
     write_byte_tokenizer(tmp_path / "tokenizer.model")
     code, _, err = run_cli(capsys, "generate", str(odd_fp32_pte), "--tokenizer", str(tmp_path / "tokenizer.model"), "--prompt", "x")
@@ -179,7 +179,7 @@ def test_a_file_that_is_not_a_pte(capsys, tmp_path, command):
     bogus = tmp_path / "model.pte"
     bogus.write_bytes(b"PK\x03\x04 this is a zip, not a program")
     tok = tmp_path / "tokenizer.model"
-    from handheld.core.tokenizer import write_byte_tokenizer
+    from handheld.core.tokenizers.tokenizer import write_byte_tokenizer
 
     write_byte_tokenizer(tok)
     argv = [command, str(bogus)] + (["--tokenizer", str(tok), "--prompt", "x"] if command == "generate" else [])

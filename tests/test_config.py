@@ -1,9 +1,9 @@
 import pytest
 import torch
 
-from handheld.core.config import ModelArgs, known_model_names, named_model_args
+from handheld.core.llama.config import ModelArgs, known_model_names, named_model_args
 from handheld.core.errors import HandheldError
-from handheld.core.model import Transformer, parameter_count
+from handheld.core.llama.model import Transformer, parameter_count
 
 
 @pytest.mark.parametrize(

@@ -24,9 +24,10 @@ import handheld
 from conftest import BYTE_ARGS, PARITY_MAX_SEQ_LEN, sample_text
 from handheld.core.checkpoints import TOKENIZER, random_state, write_checkpoint
 from handheld.core.errors import HandheldError
-from handheld.core.tokenizer import load_tokenizer, prompt_ids, write_byte_tokenizer
+from handheld.core.tokenizers.tokenizer import load_tokenizer, prompt_ids, write_byte_tokenizer
 from handheld.export.program import export_checkpoint
-from handheld.runtime_bindings.llm_runner import (check_parity, executorch_tokenizer, run_text_llm_runner,
+from handheld.measure.runner_parity import check_parity
+from handheld.runtime_bindings.llm_runner import (executorch_tokenizer, run_text_llm_runner,
                                                   runner_piece_ids, runner_prompt)
 
 PROXY = Path(handheld.__file__).parent / "proxy"

@@ -8,7 +8,7 @@ from handheld.core.checkpoints import build_model, read_checkpoint
 from handheld.cli.inspect import describe_pte
 from handheld.export.provenance import export_provenance
 from handheld.quant.schemes import apply_scheme
-from handheld.runtime_bindings.generation import EagerRunner
+from handheld.decoding.generation import EagerRunner
 from handheld.runtime_bindings.python.program import PteProgram
 
 PROMPT = [44, 7, 123, 299, 5, 60, 61, 62, 18, 250, 3]  # ids below 44 are the odd model's specials

@@ -26,7 +26,7 @@ import torch
 from conftest import ODD_ARGS, odd_state
 from handheld.cli import main
 from handheld.core.checkpoints import random_state, write_checkpoint
-from handheld.core.tokenizer import write_byte_tokenizer
+from handheld.core.tokenizers.tokenizer import write_byte_tokenizer
 
 SEED = 20261129
 DEADLINE_S = 30
@@ -120,8 +120,8 @@ def check_clean(code: int, err: str, what: str) -> None:
 @pytest.fixture(scope="module")
 def valid(tmp_path_factory) -> dict[str, Path]:
     from test_gguf import write_vocab_gguf
-    from handheld.core.hf_tokenizer import write_tokenizer_files
-    from handheld.core.tokenizer import load_tokenizer
+    from handheld.core.tokenizers.hf_tokenizer import write_tokenizer_files
+    from handheld.core.tokenizers.tokenizer import load_tokenizer
 
     root = tmp_path_factory.mktemp("valid")
     for name, fmt in (("meta", "meta"), ("hf", "hf"), ("bytes", "meta"), ("bpe", "meta")):

@@ -15,12 +15,12 @@ import pytest
 import torch
 
 from handheld.cli import main
-from handheld.core.chat_template import Message
+from handheld.core.tokenizers.chat_template import Message
 from handheld.core.checkpoints import build_model, read_checkpoint
 from handheld.core.checkpoints.gguf import write_gguf
-from handheld.core.config import ModelArgs
-from handheld.core.hf_tokenizer import byte_decoder
-from handheld.core.tokenizer import load_tokenizer
+from handheld.core.llama.config import ModelArgs
+from handheld.core.tokenizers.hf_tokenizer import byte_decoder
+from handheld.core.tokenizers.tokenizer import load_tokenizer
 from conftest import odd_state
 
 # No Llama 3.1 RoPE scaling (GGUF carries it as a factor table), otherwise the suite's odd shape.

@@ -8,7 +8,7 @@ import pytest
 from conftest import PARITY_MAX_SEQ_LEN, sample_text
 from test_cli import assert_clean_error, run_cli
 from handheld.core.checkpoints import build_model, read_checkpoint
-from handheld.core.tokenizer import load_tokenizer
+from handheld.core.tokenizers.tokenizer import load_tokenizer
 from handheld.measure.quality import eager_logits_fn, evaluate
 from handheld.quant.linears import block_linears
 from handheld.quant.mixed_precision import planned_bytes_per_token

@@ -15,10 +15,10 @@ import torch
 
 from handheld.cli import main
 from handheld.core.checkpoints import random_state, write_checkpoint
-from handheld.core.config import ModelArgs, named_model_args
+from handheld.core.llama.config import ModelArgs, named_model_args
 from handheld.core.errors import HandheldError
-from handheld.core.guard import CATEGORIES, Verdict, guard_prompt, parse_verdict
-from handheld.core.model import Transformer, parameter_count
+from handheld.core.tokenizers.guard_prompt import CATEGORIES, Verdict, guard_prompt, parse_verdict
+from handheld.core.llama.model import Transformer, parameter_count
 
 # A byte-level tiktoken vocabulary plus the few multi-byte tokens a verdict is written with.
 EXTRA_TOKENS = [b"\n\n", b"safe", b"unsafe", b"S1", b"S10"]
@@ -79,9 +79,9 @@ def run_cli(capsys, *argv):
 
 
 def test_the_crafted_weights_write_their_chain_in_eager_pytorch(tmp_path):
-    from handheld.core.tokenizer import load_tokenizer
-    from handheld.runtime_bindings.generation import EagerRunner
-    from handheld.runtime_bindings.guard import Guard
+    from handheld.core.tokenizers.tokenizer import load_tokenizer
+    from handheld.decoding.generation import EagerRunner
+    from handheld.decoding.guard import Guard
 
     write_guard_tokenizer(tmp_path / "tokenizer.model")
     model = Transformer(GUARD_ARGS, max_seq_len=GUARD_MAX_SEQ_LEN, full_logits=False, tied=False)
@@ -138,7 +138,7 @@ def test_generate_with_a_guard_withholds_an_unsafe_prompt(capsys, guards):
 
 
 def test_generate_with_a_guard_withholds_an_unsafe_answer(capsys, guards, monkeypatch):
-    from handheld.runtime_bindings.guard import Guard
+    from handheld.decoding.guard import Guard
 
     asked = []
 

@@ -14,7 +14,7 @@ import torch
 from handheld.core.checkpoints import random_state, read_checkpoint
 from handheld.core.checkpoints.meta import write_meta
 from handheld.core.checkpoints.prequantized import executorch_loader_notes, expected_layout
-from handheld.core.config import META_SCHEME, LoraArgs, ModelArgs, QuantizationArgs
+from handheld.core.llama.config import META_SCHEME, LoraArgs, ModelArgs, QuantizationArgs
 from handheld.core.errors import HandheldError
 from handheld.quant.prequantized import quantized_model, write_prequantized
 
@@ -246,7 +246,7 @@ def test_executorch_export_llm_reads_handheld_output_and_agrees(layout, handheld
 def test_what_the_executorch_comparison_would_catch(layout):
     """Dropping the online Hadamard or the adapters (or mis-scaling them) moves the logits far more than the
     comparison above tolerates, so a loader that lost either would fail it."""
-    from handheld.runtime_bindings.generation import EagerRunner
+    from handheld.decoding.generation import EagerRunner
 
     model = _handheld_model(LAYOUTS[layout])
     reference = EagerRunner(model).forward(PROMPT, 0)[-1]

@@ -7,7 +7,7 @@ from torch import nn
 
 from conftest import ODD_ARGS, PARITY_MAX_SEQ_LEN, odd_state
 from handheld.core.errors import HandheldError
-from handheld.core.model import Transformer
+from handheld.core.llama.model import Transformer
 from handheld.core.pte_metadata import ProgramMetadata
 from handheld.export.weight_bytes import weight_bytes_by_kind
 from handheld.quant.linears import block_linears

@@ -8,11 +8,11 @@ from conftest import ODD_ARGS, PARITY_MAX_SEQ_LEN, _export, odd_state, delegated
 from handheld.core.checkpoints import build_model, read_checkpoint
 from handheld.core.errors import HandheldError
 from handheld.cli.inspect import describe_pte
-from handheld.core.model import Transformer
+from handheld.core.llama.model import Transformer
 from handheld.export.weight_bytes import weight_bytes_by_kind
 from handheld.quant.mobile_8da4w import quantize_8da4w
 from handheld.quant.schemes import SchemeOptions, apply_scheme
-from handheld.runtime_bindings.generation import EagerRunner
+from handheld.decoding.generation import EagerRunner
 from handheld.runtime_bindings.python.program import PteProgram
 
 PROMPT = [44, 7, 123, 299, 5, 60, 61, 62, 18, 250, 3]

@@ -5,7 +5,7 @@ import torch
 from handheld.core.checkpoints import build_model, read_checkpoint
 from reference_llama import reference_logits
 from conftest import ODD_ARGS, odd_state
-from handheld.core.model import Transformer
+from handheld.core.llama.model import Transformer
 
 
 def _model(max_seq_len=32):

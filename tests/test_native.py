@@ -17,7 +17,7 @@ from handheld.measure.bench import BenchConfig, run_bench
 from handheld.core.errors import HandheldError
 from handheld.measure.gate import regressions
 from handheld.runtime_bindings.native import build, run, targets
-from handheld.runtime_bindings.generation import synthetic_prompt
+from handheld.decoding.generation import synthetic_prompt
 from handheld.runtime_bindings.python.program import PteProgram
 from handheld.cli.demo_job import DEMO_SCHEMES
 
@@ -193,8 +193,8 @@ def test_llm_op_kernels_follow_eager_past_one_chunk_of_slots(heads, kv_heads, ho
     """handheld's own update_cache / custom_sdpa kernels, on the paths the demo's short prompts do not reach:
     head size 64 with the group's heads side by side, and decode over several chunks of slots merged by their
     peaks (prompt 300, chunks of 128), against the eager indexed cache, to float32 rounding of the logits."""
-    from handheld.core.config import ModelArgs
-    from handheld.core.model import Transformer
+    from handheld.core.llama.config import ModelArgs
+    from handheld.core.llama.model import Transformer
     from handheld.export.backends import get_backend
     from handheld.export.metadata import program_metadata
     from handheld.export.program import lower, register_llm_ops, write_program
@@ -230,7 +230,7 @@ def test_eval_on_the_aarch64_target_agrees_with_the_host(demo_report, capsys):
     import json
 
     from handheld.cli import main
-    from handheld.core.catalog import proxy_dir
+    from handheld.core.fetch.catalog import proxy_dir
 
     out, _ = demo_report
     window = ["--text", str(proxy_dir() / "test.txt"), "--tokenizer", str(proxy_dir() / "tokenizer.model"),
@@ -268,7 +268,7 @@ def test_smollm2_eval_on_the_aarch64_target_agrees_with_the_host(smollm2_8da4w_p
 
     from handheld import api
     from handheld.cli import main
-    from handheld.core.catalog import fetch, proxy_dir
+    from handheld.core.fetch.catalog import fetch, proxy_dir
 
     smol, text = fetch("smollm2-135m-instruct"), proxy_dir() / "test.txt"
     window = dict(context=64, stride=32, max_tokens=96)

@@ -15,7 +15,7 @@ from conftest import BYTE_ARGS, ODD_ARGS, odd_state
 from handheld.cli import main
 from handheld.core.checkpoints import read_checkpoint
 from handheld.core.errors import HandheldError
-from handheld.core.model import Transformer
+from handheld.core.llama.model import Transformer
 from handheld.export.backends import get_backend
 from handheld.export.npu import NpuOptions, load_quantized, npu_backend, quantize_checkpoint, quantize_model, save_quantized
 

@@ -72,7 +72,7 @@ def test_the_wheel_carries_its_data(wheel_venv, tmp_path):
                           capture_output=True, text=True, cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     check = ("from handheld.runtime_bindings.native.build import SOURCES, SOURCE_FILES; "
-             "from handheld.core.catalog import proxy_dir; "
+             "from handheld.core.fetch.catalog import proxy_dir; "
              "assert all((SOURCES / f).is_file() for f in SOURCE_FILES); assert (proxy_dir() / 'params.json').is_file()")
     subprocess.run([wheel_venv / "bin" / "python", "-c", check], check=True, cwd=tmp_path)
 

@@ -12,12 +12,12 @@ from handheld.quant.schemes import checkpoint_model
 from handheld.core.checkpoints import random_state, read_checkpoint
 from handheld.core.checkpoints.meta import write_meta
 from handheld.quant.prequantized import write_prequantized
-from handheld.core.config import LoraArgs, ModelArgs, QuantizationArgs
+from handheld.core.llama.config import LoraArgs, ModelArgs, QuantizationArgs
 from handheld.core.errors import HandheldError
 from handheld.export.program import export_checkpoint
-from handheld.core.model import Transformer
+from handheld.core.llama.model import Transformer
 from handheld.quant.spinquant_r4 import fold_r4
-from handheld.runtime_bindings.generation import EagerRunner
+from handheld.decoding.generation import EagerRunner
 from handheld.runtime_bindings.python.program import PteProgram
 
 # FFN width 128 (a power of two, for the Hadamard); head_dim 24; vocab 300.

@@ -7,10 +7,10 @@ import pytest
 from handheld.core.checkpoints import TOKENIZER, load_model, read_checkpoint
 from handheld.cli import main
 from handheld.cli.demo_job import CONTEXT, DEMO_MODELS, DEMO_SCHEMES, STRIDE, build_programs
-from handheld.core.catalog import proxy_dir
+from handheld.core.fetch.catalog import proxy_dir
 from handheld.measure.quality import eager_logits_fn, evaluate
 from handheld.quant.schemes import apply_scheme
-from handheld.core.tokenizer import load_tokenizer
+from handheld.core.tokenizers.tokenizer import load_tokenizer
 
 
 @pytest.fixture(scope="module")

@@ -19,8 +19,8 @@ from handheld.core.errors import HandheldError
 from handheld.training.finetune_data import load_examples, render_dialog
 from handheld.quant.mobile_8da4w import quantize_8da4w
 from handheld.training.qat import QatOptions, _float_model, _prepare, _quantized_args, convert, run_qat
-from handheld.core.chat_template import Message
-from handheld.core.tokenizer import load_tokenizer
+from handheld.core.tokenizers.chat_template import Message
+from handheld.core.tokenizers.tokenizer import load_tokenizer
 from handheld.training.loop import TrainConfig
 
 TOKENS = torch.randint(0, BYTE_ARGS.vocab_size, (2, 20), generator=torch.Generator().manual_seed(0))

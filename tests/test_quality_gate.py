@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from test_cli import assert_clean_error, run_cli
-from handheld.core.catalog import fetch, proxy_dir
+from handheld.core.fetch.catalog import fetch, proxy_dir
 from handheld.core.errors import HandheldError
 from handheld.measure.quality_gate import check_quality
 

@@ -5,7 +5,7 @@ import torch
 
 from conftest import ODD_ARGS, PARITY_MAX_SEQ_LEN, odd_state
 from handheld.core.errors import HandheldError
-from handheld.core.model import Transformer
+from handheld.core.llama.model import Transformer
 from handheld.quant.linears import input_importance
 from handheld.quant.mobile_8da4w import quantize_8da4w
 from handheld.quant.scale_rules import SCALE_RULES, check_scale_rule, quantize_groups

@@ -13,9 +13,9 @@ import torch
 from conftest import ODD_ARGS, PARITY_MAX_SEQ_LEN, odd_state
 from handheld.core.checkpoints import write_checkpoint
 from handheld.core.errors import HandheldError
-from handheld.core.model import Transformer
-from handheld.runtime_bindings.generation import EagerRunner, generate, synthetic_prompt
-from handheld.runtime_bindings.speculative import speculative_generate
+from handheld.core.llama.model import Transformer
+from handheld.decoding.generation import EagerRunner, generate, synthetic_prompt
+from handheld.decoding.speculative import speculative_generate
 
 PROMPT = synthetic_prompt(7)
 
@@ -148,7 +148,7 @@ def test_generate_with_a_draft_prints_the_target_text_and_the_acceptance(spec_pr
 
 def test_a_draft_with_another_vocabulary_is_refused():
     from handheld.core.pte_metadata import ProgramMetadata
-    from handheld.runtime_bindings.speculative import check_compatible
+    from handheld.decoding.speculative import check_compatible
 
     target = ProgramMetadata(max_seq_len=64, vocab_size=300, n_layers=2, bos_id=44, eos_ids=(45, 53), full_logits=True)
     check_compatible(target, ProgramMetadata(max_seq_len=32, vocab_size=300, n_layers=1, bos_id=44, eos_ids=(53, 45)))

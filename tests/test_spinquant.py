@@ -13,8 +13,8 @@ from conftest import BYTE_ARGS, ODD_ARGS, PARITY_MAX_SEQ_LEN, assert_pte_matches
 from handheld.core.checkpoints import read_checkpoint, write_checkpoint
 from handheld.training.distributed import Group
 from handheld.core.errors import HandheldError
-from handheld.core.hadamard import hadamard_matrix
-from handheld.core.model import Transformer
+from handheld.core.llama.hadamard import hadamard_matrix
+from handheld.core.llama.model import Transformer
 from handheld.quant.fake_quant import prepare_fake_quant
 from handheld.quant.gptq import HessianCollector, gptq_quantize, sequential_gptq
 from handheld.quant.scale_rules import SCALE_RULES, quantize_groups

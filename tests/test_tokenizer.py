@@ -4,9 +4,9 @@ import codecs
 
 import pytest
 
-from handheld.core.chat_template import Message
+from handheld.core.tokenizers.chat_template import Message
 from handheld.core.errors import HandheldError
-from handheld.core.tokenizer import Llama3Tokenizer as Tokenizer, write_byte_tokenizer
+from handheld.core.tokenizers.tokenizer import Llama3Tokenizer as Tokenizer, write_byte_tokenizer
 
 GOLDEN = {
     "Hello, world!": [128000, 9906, 11, 1917, 0],
@@ -128,7 +128,7 @@ def test_bytes_without_a_rank_and_ids_past_the_vocabulary_fail_cleanly(tmp_path)
     import pytest
 
     from handheld.core.errors import HandheldError
-    from handheld.core.tokenizer import load_tokenizer
+    from handheld.core.tokenizers.tokenizer import load_tokenizer
 
     path = tmp_path / "letters.model"
     path.write_text("".join(f"{base64.b64encode(bytes([97 + i])).decode()} {i}\n" for i in range(26)))

@@ -3,7 +3,7 @@
 ExecuTorch's C++ `TextLLMRunner` (the runner behind the Android library's `LlmModule`, reached through the
 executorch wheel's Python binding) loads each `.pte` with the tokenizer.json that `handheld fetch` writes beside
 the GGUF, and generates greedily on a few prompts, one of them a ChatML chat. Compared with handheld's greedy
-loop on the same program (`handheld.runtime_bindings.llm_runner.check_parity`): the prompt ids (ExecuTorch's
+loop on the same program (`handheld.measure.runner_parity.check_parity`): the prompt ids (ExecuTorch's
 C++ tokenizer and the runner's own count) and the generated ids (recovered one-to-one from the runner's
 pieces). With `--cli`, the text `handheld generate` itself prints is compared too (one process per prompt).
 
@@ -25,9 +25,9 @@ import sys
 import time
 from pathlib import Path
 
-from handheld.core.catalog import fetch, sha256_file
+from handheld.core.fetch.catalog import fetch, sha256_file
 from handheld.export.provenance import export_provenance, package_version
-from handheld.runtime_bindings.llm_runner import check_parity
+from handheld.measure.runner_parity import check_parity
 from handheld.runtime_bindings.pte_file import read_pte_structure
 from handheld.core.pte_metadata import ProgramMetadata
 

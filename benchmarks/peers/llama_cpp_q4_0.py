@@ -32,7 +32,7 @@ import numpy as np
 FTYPE_F16, FTYPE_Q4_0 = 1, 2
 def byte_symbols() -> list[str]:
     """GPT-2's printable stand-in for each byte (llama.cpp's BPE vocabularies look bytes up by these)."""
-    from handheld.core.hf_tokenizer import byte_decoder
+    from handheld.core.tokenizers.hf_tokenizer import byte_decoder
 
     symbol = {b: c for c, b in byte_decoder().items()}
     return [symbol[b] for b in range(256)]
@@ -119,8 +119,8 @@ def measure_once(path: str, prompt_len: int, gen_len: int, threads: int) -> dict
     """One run, in this (fresh) process."""
     import llama_cpp
 
-    from handheld.runtime_bindings.generation import synthetic_prompt
-    from handheld.runtime_bindings.python.measure import current_rss_bytes, peak_rss_bytes
+    from handheld.decoding.generation import synthetic_prompt
+    from handheld.measure.run_once import current_rss_bytes, peak_rss_bytes
 
     rss_before = current_rss_bytes()
     start = time.perf_counter()

@@ -25,11 +25,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from handheld.core.catalog import fetch
-from handheld.core.chat_template import Message
+from handheld.core.fetch.catalog import fetch
+from handheld.core.tokenizers.chat_template import Message
 from handheld.core.checkpoints import build_model, read_checkpoint
 from handheld.core.checkpoints.gguf import write_gguf
-from handheld.core.tokenizer import load_tokenizer
+from handheld.core.tokenizers.tokenizer import load_tokenizer
 
 PROMPTS = ("The capital of France is", "def fibonacci(n):\n    ", "Once upon a time, in a small village,")
 CHAT = "What is the capital of France?"
@@ -55,7 +55,7 @@ def llama_cpp_run(path: Path, ids: list[int], new_tokens: int):
 
 
 def handheld_greedy(step, ids: list[int], new_tokens: int) -> list[int]:
-    from handheld.runtime_bindings.generation import generate
+    from handheld.decoding.generation import generate
 
     generated, _ = generate(step, ids, new_tokens, stop_ids=[])
     return generated
@@ -73,7 +73,7 @@ def matching_prefix(a: list[int], b: list[int]) -> int:
 
 
 def run(pte: Path | None, work: Path) -> dict:
-    from handheld.runtime_bindings.generation import EagerRunner
+    from handheld.decoding.generation import EagerRunner
 
     source = fetch("smollm2-135m-instruct")
     checkpoint = read_checkpoint(source)

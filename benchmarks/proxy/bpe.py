@@ -7,13 +7,13 @@ from __future__ import annotations
 import base64
 from pathlib import Path
 
-from handheld.core.hf_tokenizer import byte_decoder
+from handheld.core.tokenizers.hf_tokenizer import byte_decoder
 
 
 def train_bpe(text: str, n_ranks: int) -> list[bytes]:
     from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
 
-    from handheld.core.tokenizer import PATTERN
+    from handheld.core.tokenizers.tokenizer import PATTERN
 
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.Sequence(

@@ -24,10 +24,10 @@ import bpe  # noqa: E402
 import corpus  # noqa: E402
 
 from handheld.core.checkpoints import TOKENIZER, write_checkpoint  # noqa: E402
-from handheld.core.config import ModelArgs  # noqa: E402
+from handheld.core.llama.config import ModelArgs  # noqa: E402
 from handheld.measure.quality import eager_logits_fn, evaluate  # noqa: E402
-from handheld.core.model import Transformer, parameter_count  # noqa: E402
-from handheld.core.tokenizer import NUM_SPECIAL, load_tokenizer  # noqa: E402
+from handheld.core.llama.model import Transformer, parameter_count  # noqa: E402
+from handheld.core.tokenizers.tokenizer import NUM_SPECIAL, load_tokenizer  # noqa: E402
 
 N_RANKS = 4096
 # GQA, tied embeddings, every width a multiple of 32 (4-bit groups), FFN 512 (a power of two, for R4).

@@ -35,13 +35,13 @@ MODELS = {"smollm2-135m-instruct": 4096, "proxy": 4096}  # model -> evaluation t
 
 
 def checkpoint_of(model: str) -> Path:
-    from handheld.core.catalog import fetch, proxy_dir
+    from handheld.core.fetch.catalog import fetch, proxy_dir
 
     return proxy_dir() if model == "proxy" else fetch(model)
 
 
 def spinquant_checkpoint(source: Path, work: Path) -> Path:
-    from handheld.core.catalog import proxy_dir
+    from handheld.core.fetch.catalog import proxy_dir
     from handheld.training.distributed import process_group
     from handheld.training.options import SpinQuantOptions
     from handheld.training.spinquant import run_spinquant
@@ -59,9 +59,9 @@ def score(job: tuple[str, str, str, bool, str, int]) -> dict:
     """One row, in a worker process with one thread."""
     import torch
 
-    from handheld.core.catalog import proxy_dir
+    from handheld.core.fetch.catalog import proxy_dir
     from handheld.core.checkpoints import load_model, own_tokenizer_path
-    from handheld.core.tokenizer import load_tokenizer
+    from handheld.core.tokenizers.tokenizer import load_tokenizer
     from handheld.measure.quality import eager_logits_fn, evaluate
 
     torch.set_num_threads(1)
@@ -80,7 +80,7 @@ def score(job: tuple[str, str, str, bool, str, int]) -> dict:
 
 
 def _logits_fn(backend: str, scheme: str, checkpoint: Path, tokenizer):
-    from handheld.core.catalog import proxy_dir
+    from handheld.core.fetch.catalog import proxy_dir
     from handheld.core.checkpoints import read_checkpoint
     from handheld.export.npu import NpuOptions, quantize_checkpoint
     from handheld.measure.quality import eager_logits_fn

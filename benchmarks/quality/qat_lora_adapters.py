@@ -50,7 +50,7 @@ def main() -> None:
     from recipes_smollm2 import EVAL_TOKENS, perplexity, smollm2
 
     from handheld.core.checkpoints import read_checkpoint
-    from handheld.core.tokenizer import load_tokenizer
+    from handheld.core.tokenizers.tokenizer import load_tokenizer
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--work", type=Path, nargs="+", required=True, help="the recipe benchmark's work folder(s)")

@@ -62,11 +62,11 @@ def main() -> None:
     args = parser.parse_args()
 
     from corpus import load_splits
-    from handheld.core.catalog import proxy_dir
+    from handheld.core.fetch.catalog import proxy_dir
     from handheld.training.distributed import Group
     from handheld.training.qat import QatOptions, run_qat
     from handheld.training.spinquant import SpinQuantOptions, run_spinquant
-    from handheld.core.tokenizer import load_tokenizer
+    from handheld.core.tokenizers.tokenizer import load_tokenizer
     from handheld.training.loop import TrainConfig
 
     work = args.work

@@ -43,7 +43,7 @@ class Budget:
 
 
 def smollm2() -> tuple[Path, Path, Path]:
-    from handheld.core.catalog import cached_path, fetch, get_pretrained, proxy_dir
+    from handheld.core.fetch.catalog import cached_path, fetch, get_pretrained, proxy_dir
 
     entry = get_pretrained("smollm2-135m-instruct")
     path = cached_path(entry) if cached_path(entry).is_file() else fetch("smollm2-135m-instruct")
@@ -184,7 +184,7 @@ def main() -> None:
     parser.add_argument("--pte", action="store_true", help="also score each recipe's first seed through its .pte")
     args = parser.parse_args()
     budget = Budget(args.ft_steps, args.sq_steps, args.sq_batch, args.sq_seq_len, args.sq_samples)
-    from handheld.core.tokenizer import load_tokenizer
+    from handheld.core.tokenizers.tokenizer import load_tokenizer
     from handheld.export.provenance import export_provenance
     from handheld.measure.host import host_info
 

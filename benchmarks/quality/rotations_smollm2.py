@@ -37,10 +37,10 @@ sys.path.insert(0, str(ROOT / "benchmarks" / "quality"))
 
 from table import CALIB, CONTEXT, TEXTS, TOKENS, Table, commit, scores  # noqa: E402
 
-from handheld.core.catalog import cached_path, get_pretrained  # noqa: E402
+from handheld.core.fetch.catalog import cached_path, get_pretrained  # noqa: E402
 from handheld.core.checkpoints import build_model, read_checkpoint  # noqa: E402
 from handheld.core.defaults import GPTQ_CALIB_TOKENS  # noqa: E402
-from handheld.core.tokenizer import load_tokenizer  # noqa: E402
+from handheld.core.tokenizers.tokenizer import load_tokenizer  # noqa: E402
 from handheld.measure.quality import eager_logits_fn  # noqa: E402
 from handheld.quant.mobile_8da4w import quantize_8da4w  # noqa: E402
 from handheld.quant.schemes import SchemeOptions, apply_scheme, prepare_model, read_calibration  # noqa: E402

@@ -34,9 +34,9 @@ from pathlib import Path
 
 import torch
 
-from handheld.core.catalog import cached_path, get_pretrained, proxy_dir
+from handheld.core.fetch.catalog import cached_path, get_pretrained, proxy_dir
 from handheld.core.checkpoints import build_model, read_checkpoint
-from handheld.core.tokenizer import load_tokenizer
+from handheld.core.tokenizers.tokenizer import load_tokenizer
 from handheld.measure.host import host_info
 from handheld.measure.quality import eager_logits_fn, evaluate
 from handheld.quant.gptq import dequantized, sequential_gptq

@@ -16,7 +16,7 @@ import sys
 import time
 from pathlib import Path
 
-from handheld.core.catalog import cached_path, get_pretrained, proxy_dir
+from handheld.core.fetch.catalog import cached_path, get_pretrained, proxy_dir
 from handheld.measure.host import host_info
 
 ROOT = Path(__file__).resolve().parents[2]

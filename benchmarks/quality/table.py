@@ -40,10 +40,10 @@ import torch
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from handheld.core.catalog import cached_path, get_pretrained, proxy_dir  # noqa: E402
+from handheld.core.fetch.catalog import cached_path, get_pretrained, proxy_dir  # noqa: E402
 from handheld.core.checkpoints import build_model, read_checkpoint  # noqa: E402
 from handheld.core.pte_metadata import ProgramMetadata  # noqa: E402
-from handheld.core.tokenizer import load_tokenizer  # noqa: E402
+from handheld.core.tokenizers.tokenizer import load_tokenizer  # noqa: E402
 from handheld.export.weight_bytes import weight_bytes_by_kind  # noqa: E402
 from handheld.measure.host import host_info  # noqa: E402
 from handheld.measure.quality import eager_logits_fn, evaluate  # noqa: E402

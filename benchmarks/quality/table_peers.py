@@ -10,7 +10,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-from handheld.core.catalog import cached_path, get_pretrained
+from handheld.core.fetch.catalog import cached_path, get_pretrained
 from handheld.core.checkpoints import read_checkpoint
 from handheld.core.checkpoints.gguf import write_gguf
 from peers.llama_cpp_q4_0 import gguf_bytes_per_token

@@ -128,7 +128,7 @@ def is_npu_artefact(path: str) -> bool:
 def npu_quantized(args: argparse.Namespace, checkpoint: Path, options):
     """`options`' scheme applied to a float checkpoint, calibrated on --calib: a `QuantizedProgram` in memory."""
     from handheld.core.checkpoints import own_tokenizer_path
-    from handheld.core.tokenizer import load_tokenizer
+    from handheld.core.tokenizers.tokenizer import load_tokenizer
     from handheld.export.npu import quantize_checkpoint
     from handheld.quant.calibration import choose_samples, text_sequences
 

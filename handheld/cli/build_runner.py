@@ -19,7 +19,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> None:
     from handheld.runtime_bindings.native.build import build_runner
-    from handheld.measure.device import REMOTE_DIR
+    from handheld.runtime_bindings.native.adb_device import REMOTE_DIR
     from handheld.runtime_bindings.native.targets import bundle_command, get_target, runner_command
 
     target = get_target(args.target)

@@ -23,16 +23,16 @@ from pathlib import Path
 
 from handheld.cli.children import end_with_parent, exits_when_terminated
 from handheld.core.atomic import atomic_path
-from handheld.core.catalog import fetch, proxy_dir
-from handheld.core.chat_template import Message
+from handheld.core.fetch.catalog import fetch, proxy_dir
+from handheld.core.tokenizers.chat_template import Message
 from handheld.core.checkpoints import load_model, read_checkpoint
 from handheld.core.errors import HandheldError
-from handheld.core.tokenizer import load_tokenizer
+from handheld.core.tokenizers.tokenizer import load_tokenizer
 from handheld.measure.bench import BenchConfig, run_bench
 from handheld.measure.host import measure_bandwidth_gbs
 from handheld.measure.quality import eager_logits_fn, evaluate, pte_logits_fn
 from handheld.measure.report import write_report
-from handheld.runtime_bindings.generation import generate
+from handheld.decoding.generation import generate
 from handheld.runtime_bindings.python.program import PteProgram
 
 DEMO_SCHEMES = ("fp32", "bf16", "8da4w", "spinquant", "qat-lora")

@@ -105,7 +105,7 @@ def _native_logits_fn(args: argparse.Namespace, program):
 
 
 def _text_ids(args: argparse.Namespace) -> list[int]:
-    from handheld.core.tokenizer import load_tokenizer
+    from handheld.core.tokenizers.tokenizer import load_tokenizer
 
     text_path = Path(args.text)
     if not text_path.is_file():

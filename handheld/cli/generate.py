@@ -35,7 +35,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> None:
-    from handheld.core.tokenizer import load_tokenizer, prompt_ids
+    from handheld.core.tokenizers.tokenizer import load_tokenizer, prompt_ids
 
     _check_flags(args)
     tokenizer = load_tokenizer(_tokenizer_path(args))  # before the model: a bad tokenizer fails at once
@@ -84,12 +84,12 @@ def _show_guarded(guard, prompt: str, answer: str) -> None:
 
 def _decode(args: argparse.Namespace, runner, prompt: list[int], stops: list[int], show):
     """Plain greedy decoding, or speculative with --draft (the same tokens, fewer target calls)."""
-    from handheld.runtime_bindings.generation import generate
+    from handheld.decoding.generation import generate
 
     if not args.draft:
         return generate(runner, prompt, args.max_new_tokens, stops, on_token=show)[1]
     from handheld.runtime_bindings.python.program import PteProgram
-    from handheld.runtime_bindings.speculative import check_compatible, speculative_generate
+    from handheld.decoding.speculative import check_compatible, speculative_generate
 
     draft = PteProgram(args.draft, quiet=not args.verbose)
     check_compatible(runner.metadata, draft.metadata)
@@ -109,7 +109,7 @@ def _tokenizer_path(args: argparse.Namespace) -> str:
 
 def _step_model(args: argparse.Namespace):
     """A `.pte` through ExecuTorch, or a checkpoint in eager PyTorch under a scheme."""
-    from handheld.runtime_bindings.generation import EagerRunner
+    from handheld.decoding.generation import EagerRunner
 
     if not is_checkpoint_path(args.model):
         from handheld.runtime_bindings.python.program import PteProgram

@@ -17,8 +17,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def load_guard(program_path: str, tokenizer_path: str):
     """A `Guard` over a `.pte`, its tokenizer checked against the program's vocabulary."""
     from handheld.core.errors import HandheldError
-    from handheld.core.tokenizer import load_tokenizer
-    from handheld.runtime_bindings.guard import Guard
+    from handheld.core.tokenizers.tokenizer import load_tokenizer
+    from handheld.decoding.guard import Guard
     from handheld.runtime_bindings.python.program import PteProgram
 
     tokenizer = load_tokenizer(tokenizer_path)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from handheld.core.config import known_model_names
+from handheld.core.llama.config import known_model_names
 
 HELP = "write a checkpoint with random weights (for benchmarks and tests)"
 
@@ -19,9 +19,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> None:
     from handheld.core.atomic import atomic_dir
     from handheld.core.checkpoints import FORMATS, TOKENIZER, random_state, write_checkpoint
-    from handheld.core.config import named_model_args
+    from handheld.core.llama.config import named_model_args
     from handheld.core.errors import HandheldError
-    from handheld.core.tokenizer import write_byte_tokenizer
+    from handheld.core.tokenizers.tokenizer import write_byte_tokenizer
 
     if args.format not in FORMATS:
         raise HandheldError(f"unknown format {args.format!r}; known formats: {', '.join(FORMATS)}")

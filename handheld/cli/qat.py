@@ -38,7 +38,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> None:
     from handheld.core.checkpoints.prequantized import executorch_loader_notes
-    from handheld.core.config import read_params_json
+    from handheld.core.llama.config import read_params_json
     from handheld.training.distributed import process_group
     from handheld.training.qat import run_qat
 

@@ -23,13 +23,13 @@ from handheld.measure.host import host_info, usable_cores
 from handheld.runtime_bindings.native.targets import get_target, toolchain
 
 if TYPE_CHECKING:
-    from handheld.measure.device import Device
+    from handheld.runtime_bindings.native.adb_device import Device
 
 SCHEMA = "handheld-bench/1"
 # The figures each run reports; "higher is better" for rates, lower for the rest.
 METRICS = ("load_s", "ttft_s", "prefill_tok_s", "decode_tok_s", "peak_rss_bytes", "program_rss_bytes")
 RUNNERS = ("python", "native")  # ExecuTorch's Python runtime, or handheld's C++ runner
-_MEASURE_MODULE = "handheld.runtime_bindings.python.measure"
+_MEASURE_MODULE = "handheld.measure.run_once"
 
 
 @dataclass(frozen=True)
@@ -89,7 +89,7 @@ def run_child(pte: Path, config: BenchConfig, native_binary: Path | None = None,
     """One run in a fresh process: the Python runtime's measuring module, or the native runner (here or on a
     device)."""
     if config.runner == "native":
-        from handheld.runtime_bindings.generation import synthetic_prompt
+        from handheld.decoding.generation import synthetic_prompt
         from handheld.runtime_bindings.native.run import run_native
 
         prompt = synthetic_prompt(config.prompt_len)
@@ -139,7 +139,7 @@ def bench_program(pte: Path, config: BenchConfig, progress: Callable[[str], None
             samples.append(result)
     work = None
     if config.count_work:
-        from handheld.runtime_bindings.generation import synthetic_prompt
+        from handheld.decoding.generation import synthetic_prompt
         from handheld.runtime_bindings.native.run import count_work
 
         work = count_work(native_binary, config.target, pte, synthetic_prompt(config.prompt_len), config.gen_len)
@@ -191,7 +191,7 @@ def connect_device(target: str) -> Device | None:
     """The device a device target names (checked attached, its facts read), or None for this machine's targets."""
     if get_target(target).device is None:
         return None
-    from handheld.measure.device import Device
+    from handheld.runtime_bindings.native.adb_device import Device
 
     return Device.connect(target)
 

@@ -8,12 +8,7 @@ import time
 from functools import lru_cache
 from importlib import metadata
 
-# CPU features that decide which kernels run (x86 SIMD/AMX, Arm dot-product/matmul/SVE).
-RELEVANT_FLAGS = (
-    "avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512_vnni", "avx512_bf16", "avx_vnni", "amx_tile", "amx_int8",
-    "amx_bf16", "asimd", "asimddp", "i8mm", "bf16", "sve", "sve2",
-)
-
+from handheld.runtime_bindings.native.targets import RELEVANT_FLAGS
 
 def _cpuinfo_field(*names: str) -> str | None:
     try:

@@ -11,9 +11,9 @@ from tqdm import tqdm
 
 from handheld.core.atomic import atomic_dir
 from handheld.core.checkpoints import TOKENIZER, Checkpoint, write_checkpoint
-from handheld.core.config import ModelArgs
+from handheld.core.llama.config import ModelArgs
 from handheld.core.errors import HandheldError
-from handheld.core.tokenizer import Tokenizer, load_tokenizer
+from handheld.core.tokenizers.tokenizer import Tokenizer, load_tokenizer
 from handheld.quant.prequantized import write_prequantized
 
 
@@ -62,7 +62,7 @@ def write_float_output(output: Path, args: ModelArgs, model: nn.Module, tokenize
 def write_tokenizer(tokenizer: Path, folder: Path) -> None:
     """The job's tokenizer beside its output, in its own format: tiktoken as tokenizer.model; tokenizer.json or a
     GGUF's vocabulary as tokenizer.json with tokenizer_config.json (BOS/EOS and the chat template)."""
-    from handheld.core.hf_tokenizer import HFTokenizer, write_tokenizer_files
+    from handheld.core.tokenizers.hf_tokenizer import HFTokenizer, write_tokenizer_files
 
     loaded = load_tokenizer(tokenizer)
     if isinstance(loaded, HFTokenizer):

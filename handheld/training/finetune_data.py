@@ -19,8 +19,8 @@ import torch
 
 from handheld.quant.calibration import text_sequences
 from handheld.core.errors import HandheldError
-from handheld.core.chat_template import Message
-from handheld.core.tokenizer import Tokenizer
+from handheld.core.tokenizers.chat_template import Message
+from handheld.core.tokenizers.tokenizer import Tokenizer
 
 ROLES = ("system", "user", "assistant", "ipython")
 

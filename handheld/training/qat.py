@@ -25,7 +25,7 @@ from torch import nn
 
 from handheld.core.atomic import atomic_dir
 from handheld.core.checkpoints import TOKENIZER, Checkpoint, build_model, read_checkpoint, write_checkpoint
-from handheld.core.config import LoraArgs, QuantizationArgs
+from handheld.core.llama.config import LoraArgs, QuantizationArgs
 from handheld.core.errors import HandheldError
 from handheld.export.memory_check import check_memory, checkpoint_parameters
 from handheld.quant.fake_quant import prepare_fake_quant

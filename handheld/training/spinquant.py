@@ -17,7 +17,7 @@ from torch import nn
 
 from handheld.core.checkpoints import Checkpoint, build_model, read_checkpoint
 from handheld.export.memory_check import check_memory, checkpoint_parameters
-from handheld.core.config import QuantizationArgs
+from handheld.core.llama.config import QuantizationArgs
 from handheld.core.defaults import SCALE_RULE
 from handheld.quant.fake_quant import prepare_activation_fake_quant, prepare_fake_quant
 from handheld.quant.gptq import sequential_gptq

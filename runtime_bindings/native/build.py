@@ -20,7 +20,7 @@ from importlib import metadata
 from pathlib import Path
 
 from handheld.core.atomic import atomic_dir, atomic_path
-from handheld.core.cache import cache_root
+from handheld.core.fetch.cache import cache_root
 from handheld.core.errors import HandheldError
 from handheld.runtime_bindings.native.targets import (
     AARCH64_SYSROOT, BUNDLE_LIBRARIES, BUNDLE_LOADER, Target, get_target, require_tool,

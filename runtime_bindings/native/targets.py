@@ -5,7 +5,7 @@
 (the executorch wheel ships shared libraries only, so a fully static link is impossible); started through the
 bundled loader it needs nothing from the system but a Linux kernel, so it runs in an Android shell. Here it
 runs under qemu without a sysroot, which proves the bundle complete. `adb[:SERIAL]` runs the same bundle on a
-device over adb (handheld/measure/device.py).
+device over adb (runtime_bindings/native/adb_device.py).
 """
 
 from __future__ import annotations
@@ -15,6 +15,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from handheld.core.errors import HandheldError
+
+# CPU features that decide which kernels run (x86 SIMD/AMX, Arm dot-product/matmul/SVE).
+RELEVANT_FLAGS = (
+    "avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512_vnni", "avx512_bf16", "avx_vnni", "amx_tile", "amx_int8",
+    "amx_bf16", "asimd", "asimddp", "i8mm", "bf16", "sve", "sve2",
+)
+
 
 AARCH64_SYSROOT = Path("/usr/aarch64-linux-gnu")
 

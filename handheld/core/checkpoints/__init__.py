@@ -13,11 +13,11 @@ from pathlib import Path
 
 import torch
 
-from handheld.core.config import ModelArgs
+from handheld.core.llama.config import ModelArgs
 from handheld.core.defaults import MAX_SEQ_LEN
 from handheld.core.errors import HandheldError
 from handheld.core.checkpoints import gguf, hf, meta, prequantized
-from handheld.core.model import Transformer
+from handheld.core.llama.model import Transformer
 
 FORMATS = ("meta", "hf")  # writable formats; GGUF is read only
 TOKENIZER = "tokenizer.model"

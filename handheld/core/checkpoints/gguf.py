@@ -17,9 +17,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from handheld.core.config import ModelArgs
+from handheld.core.llama.config import ModelArgs
 from handheld.core.errors import HandheldError, first_line
-from handheld.core.model import rope_frequencies
+from handheld.core.llama.model import rope_frequencies
 
 MAGIC = b"GGUF"
 ARCHITECTURE = "llama"

@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
-from handheld.core.config import ModelArgs, read_json_object
+from handheld.core.llama.config import ModelArgs, read_json_object
 from handheld.core.errors import HandheldError
 
 CONFIG = "config.json"

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import torch
 
-from handheld.core.config import ModelArgs, read_params_json
+from handheld.core.llama.config import ModelArgs, read_params_json
 from handheld.core.errors import HandheldError
 
 WEIGHTS = "consolidated.00.pth"

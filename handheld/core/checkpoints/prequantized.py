@@ -21,9 +21,9 @@ import dataclasses
 import torch
 from torch import nn
 
-from handheld.core.config import ModelArgs
+from handheld.core.llama.config import ModelArgs
 from handheld.core.errors import HandheldError
-from handheld.core.model import Transformer
+from handheld.core.llama.model import Transformer
 
 PER_ROW = ("tok_embeddings", "output")
 

@@ -14,8 +14,8 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any, Iterable
 
-from handheld.core.chat_template import ChatTemplate, Message
-from handheld.core.config import read_json_object
+from handheld.core.tokenizers.chat_template import ChatTemplate, Message
+from handheld.core.llama.config import read_json_object
 from handheld.core.errors import HandheldError, first_line
 
 # Tokens that end a turn or a document in the vocabularies handheld meets; any present counts as a stop.

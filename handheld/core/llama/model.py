@@ -27,9 +27,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from handheld.core.config import ModelArgs
+from handheld.core.llama.config import ModelArgs
 from handheld.core.defaults import MAX_SEQ_LEN
-from handheld.core.hadamard import apply_hadamard, hadamard_factors
+from handheld.core.llama.hadamard import apply_hadamard, hadamard_factors
 
 NPU_MASK_VALUE = -255.0  # exp(-255) is 0 in float32, and 16-bit activations hold it
 

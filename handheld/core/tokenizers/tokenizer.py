@@ -3,7 +3,7 @@
 - tiktoken `tokenizer.model` (Llama 3): BPE ranks + 256 special tokens after them, Llama 3's chat format.
   The file (one `base64(token) rank` per line) is parsed here: tiktoken's own loader caches files by path
   in a shared temporary folder and never rechecks them, so a rewritten or planted file would load stale.
-- Hugging Face `tokenizer.json`, and a GGUF file's own vocabulary: `handheld.core.hf_tokenizer`.
+- Hugging Face `tokenizer.json`, and a GGUF file's own vocabulary: `handheld.core.tokenizers.hf_tokenizer`.
 Reading any of them executes nothing. Also writes small byte-level tokenizers in tiktoken's format.
 """
 
@@ -15,9 +15,9 @@ from typing import Iterable
 
 import tiktoken
 
-from handheld.core.chat_template import Message
+from handheld.core.tokenizers.chat_template import Message
 from handheld.core.errors import HandheldError
-from handheld.core.hf_tokenizer import HFTokenizer, from_gguf, from_tokenizer_json
+from handheld.core.tokenizers.hf_tokenizer import HFTokenizer, from_gguf, from_tokenizer_json
 
 # Llama 3's pre-tokenizer split pattern.
 PATTERN = (

@@ -15,11 +15,11 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
-from handheld.core.catalog import sha256_file
+from handheld.core.fetch.catalog import sha256_file
 from handheld.core.errors import HandheldError
-from handheld.measure.host import RELEVANT_FLAGS
 from handheld.runtime_bindings.native.run import runner_arguments, runner_result, score_arguments, scored_rows
-from handheld.runtime_bindings.native.targets import BUNDLE_LIBRARIES, BUNDLE_LOADER, bundle_command, device_serial
+from handheld.runtime_bindings.native.targets import (BUNDLE_LIBRARIES, BUNDLE_LOADER, RELEVANT_FLAGS, bundle_command,
+                                                      device_serial)
 
 REMOTE_DIR = "/data/local/tmp/handheld"  # writable and executable for adb's shell user on every Android
 # getprop key -> field of the row's device facts.

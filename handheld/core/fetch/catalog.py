@@ -17,7 +17,7 @@ from importlib import resources
 from pathlib import Path
 
 from handheld.core.atomic import atomic_path
-from handheld.core.cache import cache_root
+from handheld.core.fetch.cache import cache_root
 from handheld.core.errors import HandheldError
 
 

@@ -8,9 +8,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable
 
-from handheld.core.chat_template import Message
+from handheld.core.tokenizers.chat_template import Message
 from handheld.core.errors import HandheldError
-from handheld.runtime_bindings.generation import StepModel
+from handheld.decoding.generation import StepModel
 
 
 @dataclass(frozen=True)

@@ -8,9 +8,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from handheld.core.chat_template import Message
-from handheld.core.guard import Verdict, guard_prompt, parse_verdict
-from handheld.runtime_bindings.generation import StepModel, generate
+from handheld.core.tokenizers.chat_template import Message
+from handheld.core.tokenizers.guard_prompt import Verdict, guard_prompt, parse_verdict
+from handheld.decoding.generation import StepModel, generate
 
 # "unsafe", a newline and a few categories: the reference generates at most 20 tokens.
 MAX_VERDICT_TOKENS = 20
@@ -19,7 +19,7 @@ MAX_VERDICT_TOKENS = 20
 @dataclass
 class Guard:
     model: StepModel
-    tokenizer: object  # handheld.core.tokenizer.Tokenizer
+    tokenizer: object  # handheld.core.tokenizers.tokenizer.Tokenizer
     stop_ids: list[int]
 
     def check(self, prompt: str, response: str | None = None) -> Verdict:

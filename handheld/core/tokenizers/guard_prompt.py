@@ -1,5 +1,5 @@
 """Llama Guard 3's prompt format and its verdict, as Meta publishes them (text only; running a guard
-program is `handheld.runtime_bindings.guard`).
+program is `handheld.decoding.guard`).
 
 The guard reads one user turn (rendered with the tokenizer's chat format) that lists the hazard
 categories and the conversation, and answers with text: first line `safe` or `unsafe`, and when unsafe a

@@ -22,7 +22,7 @@ import torch
 from handheld.core.defaults import DRAFT_TOKENS
 from handheld.core.errors import HandheldError
 from handheld.core.pte_metadata import ProgramMetadata
-from handheld.runtime_bindings.generation import StepModel
+from handheld.decoding.generation import StepModel
 
 @dataclass(frozen=True)
 class SpeculativeStats:

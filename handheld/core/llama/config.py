@@ -241,7 +241,7 @@ def _check_type(name: str, value: Any, hint: Any) -> None:
 
 
 def known_model_names() -> list[str]:
-    files = resources.files("handheld.core") / "params"
+    files = resources.files("handheld.core.llama") / "params"
     return sorted(p.name[: -len(".json")] for p in files.iterdir() if p.name.endswith(".json"))
 
 
@@ -249,7 +249,7 @@ def named_model_args(name: str) -> ModelArgs:
     names = known_model_names()
     if name not in names:
         raise HandheldError(f"unknown model {name!r}; known models: {', '.join(names)}")
-    text = (resources.files("handheld.core") / "params" / f"{name}.json").read_text()
+    text = (resources.files("handheld.core.llama") / "params" / f"{name}.json").read_text()
     return ModelArgs.from_dict(json.loads(text), source=f"{name}.json")
 
 

@@ -3,7 +3,7 @@
 `handheld bench` starts this module in a fresh child process per run, so the peak RSS it reports is
 that program's own (plus the interpreter and runtime, which `rss_before_load_bytes` shows):
 
-    python -m handheld.runtime_bindings.python.measure MODEL.pte --prompt-len 64 --gen-len 128 --threads 2
+    python -m handheld.measure.run_once MODEL.pte --prompt-len 64 --gen-len 128 --threads 2
 
 Prints one JSON object on stdout.
 """
@@ -40,7 +40,7 @@ def set_threads(threads: int) -> None:
 
 def measure_once(path: str, prompt_len: int, gen_len: int, threads: int) -> dict:
     from handheld.core.errors import HandheldError
-    from handheld.runtime_bindings.generation import generate, synthetic_prompt
+    from handheld.decoding.generation import generate, synthetic_prompt
     from handheld.runtime_bindings.pte_file import read_pte_structure
     from handheld.runtime_bindings.python.program import PteProgram, load_runtime_kernels
 

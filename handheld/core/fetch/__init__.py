@@ -1,0 +1,1 @@
+"""Where pretrained files come from: the catalog of PyPI wheels that carry them, and the local cache."""
