@@ -4,10 +4,11 @@ With row-vector activations and weights W[out, in]:
 - `fold_norms`: every RMSNorm gain moves into the linears that read the norm's output (W <- W diag(g)),
   so the norms become weightless and commute with a rotation of the residual stream;
 - massive channels (`massive_channels`: the few residual channels that hold most of the normalized stream's
-  energy, up to ~all of a token's in SmolLM2, where a later norm's gain nearly zeroes them) are left out: their
-  gains stay in the norms and R1 is the identity on them. Rotated with the rest, their energy (which the gain
-  discards) would multiply every rotated weight's rounding error: measured on SmolLM2, that made a random R1
-  worse than no rotation at all (BENCHMARKS.md, "Why rotations hurt SmolLM2");
+  energy, up to ~all of a token's in SmolLM2, where a later norm's gain nearly zeroes them) can be left out: their
+  gains stay in the norms and R1 is the identity on them. Folded and rotated with the rest, their energy (which the
+  gain discarded) multiplies every rotated weight's rounding error: on SmolLM2 that made RTN after a random R1
+  worse than RTN without one; GPTQ, which sees that energy in its Hessians, does better with them rotated
+  (benchmarks/results/rotations_smollm2.json);
 - R1 (dim x dim) rotates the residual stream h -> h R1: the embedding E <- E R1, every reader of the
   stream (wq, wk, wv, w1, w3, output) W <- W R1, every writer (wo, w2) W <- R1^T W;
 - R2 (head_dim x head_dim, one per layer) rotates each head's values: wv's head rows Wv_h <- R2^T Wv_h,

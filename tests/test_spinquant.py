@@ -5,6 +5,7 @@ import copy
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -91,6 +92,16 @@ def test_rotations_that_keep_massive_channels_preserve_the_function_and_leave_th
     eye = torch.eye(ODD_ARGS.dim, dtype=torch.float64)
     torch.testing.assert_close(rotations.r1 @ rotations.r1.T, eye, atol=1e-12, rtol=0)
     assert torch.equal(rotations.r1[5], eye[5]) and torch.equal(rotations.r1[:, 5], eye[:, 5])
+
+
+def test_massive_channels_are_kept_by_default_with_rtn_only():
+    from handheld.training.options import SpinQuantOptions
+
+    def keeps(**fields):
+        return SpinQuantOptions(checkpoint=Path("c"), calib=Path("t"), output=Path("-"), **fields).keeps_massive_channels
+
+    assert keeps(weight_quant="rtn") and not keeps(weight_quant="gptq") and not keeps(weight_quant="float")
+    assert keeps(weight_quant="gptq", massive_channels="keep") and not keeps(massive_channels="rotate")
 
 
 def test_learning_keeps_r1_the_identity_on_the_kept_channels():
@@ -306,6 +317,8 @@ def test_clear_errors(byte_checkpoint, calib_text, spinquant_rtn, tmp_path):
         run_spinquant(options(spinquant_rtn[0], calib_text, tmp_path / "b"), Group(), progress=False)
     with pytest.raises(HandheldError, match="unknown --weight-quant"):
         options(byte_checkpoint, calib_text, tmp_path / "c", weight_quant="awq")
+    with pytest.raises(HandheldError, match="unknown --massive-channels 'drop'; known: auto, keep, rotate"):
+        options(byte_checkpoint, calib_text, tmp_path / "c", massive_channels="drop")
     import dataclasses
     from handheld.core.checkpoints import random_state
 

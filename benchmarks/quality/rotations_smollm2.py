@@ -7,8 +7,8 @@ uses), scored in eager PyTorch on the exact quantized model `handheld export` lo
 - `folded norms, rtn absmax`: no rotation, only the norm gains folded into the linears (what every rotation needs
   first), to separate the fold from the rotation;
 - `quarot-*`: `handheld spinquant --steps 0` (QuaRot: random R1/R2 and the Hadamard R4, nothing learned), with
-  `--rotate-massive-channels` (the paper's way: R1 over every channel) or without (the default: the massive
-  channels found on --calib keep their gains and are not rotated), RTN or GPTQ;
+  `--massive-channels rotate` (the paper's way: R1 over every channel) or `keep` (the massive channels found
+  on --calib keep their gains and are not rotated), RTN or GPTQ;
 - `spinquant-*`: the same with `--steps` of Cayley SGD (learned R1/R2).
 GPTQ reads as many calibration tokens in every row (64 windows of 256 from calib.txt, held out from both texts).
 
@@ -84,7 +84,7 @@ def spinquant_checkpoint(source: Path, out: Path, seed: int, steps: int, weight_
     if not out.exists():
         run_spinquant(SpinQuantOptions(checkpoint=source, calib=CALIB, output=out, steps=steps, lr=SQ_LR,
                                        seq_len=SQ_SEQ_LEN, samples=SQ_SAMPLES, batch_size=SQ_BATCH,
-                                       weight_quant=weight_quant, rotate_massive=rotate_massive, seed=seed),
+                                       weight_quant=weight_quant, massive_channels="rotate" if rotate_massive else "keep", seed=seed),
                       Group(), progress=False)
     return out
 

@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 
 from handheld.cli._shared import add_job_arguments, optional_path
-from handheld.training.options import WEIGHT_QUANT, SpinQuantOptions as Defaults
+from handheld.training.options import MASSIVE_CHANNELS, WEIGHT_QUANT, SpinQuantOptions as Defaults
 
 HELP = "learn SpinQuant rotations on calibration text and write Meta's SpinQuant checkpoint"
 DESCRIPTION = ("Fold norms, learn R1/R2 by Cayley SGD on the 8da4w fake-quantized loss, fold R4 (online Hadamard), "
@@ -28,9 +28,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    "float weights (a float Meta checkpoint) for NPU schemes (`handheld quantize`)")
     p.add_argument("--no-rotations", action="store_true",
                    help="quantize the unrotated model (RTN or GPTQ alone): the baseline that shows what the rotations add")
-    p.add_argument("--rotate-massive-channels", action="store_true",
-                   help="let R1 rotate the few residual channels with massive activations too, folding their norm "
-                   "gains (the paper's way; by default they are found on --calib and left alone: see BENCHMARKS.md)")
+    p.add_argument("--massive-channels", default=Defaults.massive_channels, choices=MASSIVE_CHANNELS,
+                   help="the few residual channels with massive activations (found on --calib): keep (out of R1, their "
+                   "norm gains unfolded), rotate (with the rest, the paper's way), auto (default: keep with RTN, "
+                   "rotate with GPTQ, what measured best on SmolLM2: BENCHMARKS.md)")
     p.add_argument("--seed", type=int, default=Defaults.seed, help="seeds the initial random Hadamards and the sample order")
     p.add_argument("--save-every", type=int, default=Defaults.save_every, help="save resumable state every N steps")
 
@@ -42,7 +43,7 @@ def run(args: argparse.Namespace) -> None:
     options = Defaults(
         checkpoint=Path(args.checkpoint), calib=Path(args.calib), output=Path(args.output), steps=args.steps, lr=args.lr,
         seq_len=args.seq_len, samples=args.samples, batch_size=args.batch_size, weight_quant=args.weight_quant,
-        rotations=not args.no_rotations, rotate_massive=args.rotate_massive_channels, group_size=args.group_size, seed=args.seed, resume=args.resume, save_every=args.save_every,
+        rotations=not args.no_rotations, massive_channels=args.massive_channels, group_size=args.group_size, seed=args.seed, resume=args.resume, save_every=args.save_every,
         tokenizer=optional_path(args.tokenizer), skip_memory_check=args.skip_memory_check,
     )
     with process_group(args.device) as group:

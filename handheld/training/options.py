@@ -70,6 +70,9 @@ class QatOptions:
 
 # "float": the rotated float weights (R1, R2 folded; R4 unfolded), the input of NPU schemes.
 WEIGHT_QUANT = ("rtn", "gptq", "float")
+# keep: left out of R1, their norm gains unfolded; rotate: rotated with the rest (the paper's way); auto: keep for RTN,
+# rotate otherwise (on SmolLM2 keeping wins with RTN, rotating with GPTQ: benchmarks/results/rotations_smollm2.json).
+MASSIVE_CHANNELS = ("auto", "keep", "rotate")
 
 
 @dataclass(frozen=True)
@@ -84,7 +87,7 @@ class SpinQuantOptions:
     batch_size: int = 4
     weight_quant: str = "rtn"
     rotations: bool = True  # False: the same RTN/GPTQ on the unrotated model, the baseline that credits R1/R2/R4
-    rotate_massive: bool = False  # True: R1 rotates the massive channels too (the paper's way; worse on SmolLM2)
+    massive_channels: str = "auto"  # MASSIVE_CHANNELS: what R1 does with the residual stream's massive channels
     group_size: int = GROUP_SIZE
     seed: int = 0
     resume: bool = False
@@ -92,9 +95,15 @@ class SpinQuantOptions:
     tokenizer: Path | None = None
     skip_memory_check: bool = False
 
+    @property
+    def keeps_massive_channels(self) -> bool:
+        return self.massive_channels == "keep" or (self.massive_channels == "auto" and self.weight_quant == "rtn")
+
     def __post_init__(self) -> None:
         if self.weight_quant not in WEIGHT_QUANT:
             raise HandheldError(f"unknown --weight-quant {self.weight_quant!r}; known: {', '.join(WEIGHT_QUANT)}")
+        if self.massive_channels not in MASSIVE_CHANNELS:
+            raise HandheldError(f"unknown --massive-channels {self.massive_channels!r}; known: {', '.join(MASSIVE_CHANNELS)}")
         if self.steps < 0 or self.batch_size < 1 or self.seq_len < 2 or self.save_every < 1:
             raise HandheldError("--steps must be >= 0, --batch-size >= 1, --seq-len >= 2, --save-every >= 1")
         if self.output != Path("-"):

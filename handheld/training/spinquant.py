@@ -87,7 +87,7 @@ def _rotation_ready_model(checkpoint: Checkpoint, options: SpinQuantOptions,
     classifier untied and R4 folded: what R1/R2 act on."""
     model = build_model(checkpoint, max_seq_len=options.seq_len, full_logits=True).float().eval()
     check_group_size(model, options.group_size)
-    kept = () if options.rotate_massive else massive_channels(model, sequences[:MASSIVE_ROWS])
+    kept = massive_channels(model, sequences[:MASSIVE_ROWS]) if options.keeps_massive_channels else ()
     return fold_r4(fold_norms(model, kept)).eval(), kept
 
 
