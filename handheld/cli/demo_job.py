@@ -166,9 +166,10 @@ def _recipe_checkpoint(recipe: str, checkpoint: Path, model: DemoModel, out: Pat
     if recipe == "spinquant":
         from handheld.training.spinquant import run_spinquant
 
-        log(f"spinquant: learning R1/R2 for {steps} steps on {calib.name}")
-        run_spinquant(SpinQuantOptions(checkpoint=checkpoint, calib=calib, output=target, steps=steps,
-                                       samples=128, batch_size=batch, seq_len=seq_len), Group(), progress=False)
+        log(f"spinquant: learning R1/R2 for {steps} steps on {calib.name}, then GPTQ")
+        # GPTQ: after a rotation RTN loses to the unrotated default on SmolLM2 (benchmarks/results/rotations_smollm2.json)
+        run_spinquant(SpinQuantOptions(checkpoint=checkpoint, calib=calib, output=target, steps=steps, samples=128,
+                                       batch_size=batch, seq_len=seq_len, weight_quant="gptq"), Group(), progress=False)
     else:
         from handheld.training.qat import run_qat
 
@@ -193,7 +194,7 @@ def _write(out: Path, model: DemoModel, bench: dict, rows: list[dict], wall: flo
     evals = [{"name": f"{row['scheme']}", "perplexity": row["perplexity"]} for row in rows]
     notes = [f"Model: {model.description}; perplexity on {rows[0]['tokens_scored']} tokens of held-out text "
              f"(handheld/proxy/test.txt, context {CONTEXT}, stride {STRIDE}) through each `.pte`",
-             f"spinquant: {model.recipe_steps} rotation-learning steps; qat-lora: {model.recipe_steps} QAT + "
+             f"spinquant: {model.recipe_steps} rotation-learning steps, then GPTQ; qat-lora: {model.recipe_steps} QAT + "
              f"{model.recipe_steps} LoRA steps, both on handheld/proxy/calib.txt (short runs: the full recipe "
              "figures come from benchmarks/quality/)",
              "Every program here is exported with --full-logits (so that eval can score each position): its prefill "
