@@ -67,9 +67,9 @@ def _orthogonal_except(n: int, kept: tuple[int, ...], gen: torch.Generator) -> t
 
 
 @torch.no_grad()
-def massive_channels(model: nn.Module, sequences: torch.Tensor, share: float = MASSIVE_SHARE) -> tuple[int, ...]:
-    """Residual channels holding over `share` times their even share of the normalized stream's energy, summed at
-    every RMSNorm's input over the calibration rows `sequences` [N, T] (the float model, before any folding)."""
+def channel_energy(model: nn.Module, sequences: torch.Tensor) -> torch.Tensor:
+    """[dim] energy of each residual channel in the normalized stream (each token's squares over their mean), summed
+    at every RMSNorm's input over the rows `sequences` [N, T] of the float model, before any folding."""
     energy = torch.zeros(model.args.dim, dtype=torch.float64)
 
     def add(_module, inputs):
@@ -83,8 +83,13 @@ def massive_channels(model: nn.Module, sequences: torch.Tensor, share: float = M
     finally:
         for hook in hooks:
             hook.remove()
-    ratio = energy / energy.mean()
-    return tuple(sorted(int(c) for c in torch.nonzero(ratio > share).flatten()))
+    return energy
+
+
+def massive_channels(model: nn.Module, sequences: torch.Tensor, share: float = MASSIVE_SHARE) -> tuple[int, ...]:
+    """Residual channels holding over `share` times their even share of the normalized stream's energy."""
+    energy = channel_energy(model, sequences)
+    return tuple(sorted(int(c) for c in torch.nonzero(energy / energy.mean() > share).flatten()))
 
 
 def _norms(model: nn.Module) -> list[nn.Module]:
