@@ -101,7 +101,7 @@ def channel_facts(model: torch.nn.Module, tokenizer) -> dict:
     share = energy / energy.sum()
     top = share.argsort(descending=True)[:8].tolist()
     kept = [c for c in top if share[c] * len(share) > MASSIVE_SHARE]
-    gains = {str(c): {name: [round(float(getattr(layer, name).weight[c]), 4) for layer in model.layers]
+    gains = {str(c): {name: [round(float(getattr(layer, name).weight.detach()[c]), 4) for layer in model.layers]
                       for name in ("attention_norm", "ffn_norm")} for c in kept}
     return {"kept": kept, "energy_share": {str(c): round(float(share[c]), 4) for c in top}, "gains_on_kept": gains}
 
@@ -141,10 +141,13 @@ def render(report: dict) -> str:
         cells = []
         for t in texts:
             s, f = r["scores"][t], floats[r["checkpoint"]][t]
-            cells += [f"{s['perplexity']:.3f}", f"{100 * (s['perplexity'] / f['perplexity'] - 1):+.1f}%", f"{s['mean_kl']:.4f}"]
+            kl = f"{s['mean_kl']:.4f}" if s["mean_kl"] or r["row"] == "float" else "–"  # scored without --kl
+            cells += [f"{s['perplexity']:.3f}", f"{100 * (s['perplexity'] / f['perplexity'] - 1):+.1f}%", kl]
         lines.append(f"| {r['checkpoint']} | {r['row']} | {r['seed']} | " + " | ".join(cells) + " |")
-    lines.append(f"\nMade by `{report['command']}` at commit {report['commit']} on {report['host']['cpu']} "
-                 f"({report['host']['cores']} cores).")
+    commits = sorted({r["commit"] for r in rows})
+    lines.append(f"\nMade by `{report['producer']}` (last run: `{report['command']}`) on {report['host']['cpu']} "
+                 f"({report['host']['cores']} cores); rows by commits {', '.join(commits)} (each row's in the JSON). "
+                 "KL: – where scored without --kl.")
     return "\n".join(lines) + "\n"
 
 
@@ -169,6 +172,9 @@ def main() -> None:
     for which in args.checkpoints:
         path = gguf if which == "shipped" else finetuned_checkpoint(gguf, args.work / "smollm2-finetuned")
         run_checkpoint(which, path, table, args, tokenizer, texts)
+    partial = RESULTS.with_suffix(".partial")  # the channel facts, also when no row was added
+    partial.write_text(json.dumps(table.report, indent=1) + "\n")
+    partial.replace(RESULTS)
     RESULTS.with_suffix(".md").write_text(render(table.report))
     print(f"wrote {RESULTS} and {RESULTS.with_suffix('.md')} (commit {commit()})")
 
