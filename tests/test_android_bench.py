@@ -16,7 +16,7 @@ import pytest
 
 from handheld.cli import main
 from handheld.core.errors import HandheldError
-from handheld.measure import device as adb
+from handheld.runtime_bindings.native import adb_device as adb
 from handheld.measure.bench import load_results
 from handheld.decoding.generation import synthetic_prompt
 from handheld.runtime_bindings.native import build
