@@ -112,6 +112,24 @@ def quantize_checkpoint(path: Path, options: NpuOptions, calibration: torch.Tens
                                                           "tokens": calibration.numel()})
 
 
+def calibrate_checkpoint(path: Path, options: NpuOptions, calib: Path | None, tokenizer_path: Path | None,
+                         sequences: int, log: Callable[[str], None] = print) -> QuantizedProgram:
+    """`options`' scheme on a float checkpoint, its activation ranges set on `sequences` windows of `options.seq_len`
+    tokens drawn from the text `calib` (tokenized with `tokenizer_path`, else the checkpoint's own tokenizer)."""
+    from handheld.core.checkpoints import own_tokenizer_path
+    from handheld.core.tokenizers.tokenizer import load_tokenizer
+    from handheld.quant.calibration import choose_samples, text_sequences
+
+    if calib is None:
+        raise HandheldError("--calib is needed: an NPU scheme sets its activation ranges on calibration text")
+    tokenizer_path = tokenizer_path or own_tokenizer_path(path)
+    if tokenizer_path is None:
+        raise HandheldError(f"{path} has no tokenizer to read --calib with: pass --tokenizer")
+    tokenizer = load_tokenizer(tokenizer_path)
+    windows = choose_samples(text_sequences(calib, tokenizer, options.seq_len), sequences, seed=0)
+    return quantize_checkpoint(path, options, windows, tokenizer.bos_id, tokenizer.stop_ids, log=log)
+
+
 def quantize_model(model: torch.nn.Module, quantizer, calibration: torch.Tensor) -> torch.export.ExportedProgram:
     """PT2E on the static graph: annotate, observe ranges on the calibration rows, convert to q/dq pairs."""
     from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e

@@ -66,10 +66,11 @@ def score(job: tuple[str, str, str, bool, str, int]) -> dict:
 
     torch.set_num_threads(1)
     backend, scheme, checkpoint, spinquant, reference, tokens = job
-    tokenizer = load_tokenizer(own_tokenizer_path(Path(reference)))
+    tokenizer_path = own_tokenizer_path(Path(reference))
+    tokenizer = load_tokenizer(tokenizer_path)
     ids = tokenizer.encode((proxy_dir() / "test.txt").read_text(encoding="utf-8"), bos=False)[:tokens]
     started = time.perf_counter()
-    logits_fn = _logits_fn(backend, scheme, Path(checkpoint), tokenizer)
+    logits_fn = _logits_fn(backend, scheme, Path(checkpoint), tokenizer_path)
     reference_fn = eager_logits_fn(load_model(reference, max_seq_len=CONTEXT))
     result = evaluate(logits_fn, ids, CONTEXT, STRIDE, reference_fn=reference_fn, progress=False)
     row = {"backend": backend, "scheme": scheme, "spinquant": spinquant, **result.as_dict(),
@@ -79,20 +80,18 @@ def score(job: tuple[str, str, str, bool, str, int]) -> dict:
     return row
 
 
-def _logits_fn(backend: str, scheme: str, checkpoint: Path, tokenizer):
+def _logits_fn(backend: str, scheme: str, checkpoint: Path, tokenizer_path: Path):
     from handheld.core.fetch.catalog import proxy_dir
     from handheld.core.checkpoints import read_checkpoint
-    from handheld.export.npu import NpuOptions, quantize_checkpoint
+    from handheld.export.npu import NpuOptions, calibrate_checkpoint
     from handheld.measure.quality import eager_logits_fn
     from handheld.quant.schemes import prepare_model
-    from handheld.quant.calibration import choose_samples, text_sequences
 
     if backend in ("float", "xnnpack"):
         prepared = prepare_model(read_checkpoint(checkpoint), scheme, max_seq_len=CONTEXT, full_logits=True)
         return eager_logits_fn(prepared.model)
-    calibration = choose_samples(text_sequences(proxy_dir() / "calib.txt", tokenizer, CONTEXT), CALIB_SEQUENCES, seed=0)
-    quantized = quantize_checkpoint(checkpoint, NpuOptions(backend, scheme, seq_len=CONTEXT), calibration,
-                                    tokenizer.bos_id, tokenizer.stop_ids, log=lambda _: None)
+    quantized = calibrate_checkpoint(checkpoint, NpuOptions(backend, scheme, seq_len=CONTEXT), proxy_dir() / "calib.txt",
+                                     tokenizer_path, CALIB_SEQUENCES, log=lambda _: None)
     return quantized.logits
 
 

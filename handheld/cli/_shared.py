@@ -127,21 +127,10 @@ def is_npu_artefact(path: str) -> bool:
 
 def npu_quantized(args: argparse.Namespace, checkpoint: Path, options):
     """`options`' scheme applied to a float checkpoint, calibrated on --calib: a `QuantizedProgram` in memory."""
-    from handheld.core.checkpoints import own_tokenizer_path
-    from handheld.core.tokenizers.tokenizer import load_tokenizer
-    from handheld.export.npu import quantize_checkpoint
-    from handheld.quant.calibration import choose_samples, text_sequences
+    from handheld.export.npu import calibrate_checkpoint
 
-    if not args.calib:
-        raise HandheldError("--calib is needed: an NPU scheme sets its activation ranges on calibration text")
-    tokenizer_path = optional_path(getattr(args, "tokenizer", None)) or own_tokenizer_path(checkpoint)
-    if tokenizer_path is None:
-        raise HandheldError(f"{checkpoint} has no tokenizer to read --calib with: pass --tokenizer")
-    tokenizer = load_tokenizer(tokenizer_path)
-    sequences = text_sequences(Path(args.calib), tokenizer, options.seq_len)
-    sequences = choose_samples(sequences, args.calib_sequences, seed=0)
-    return quantize_checkpoint(checkpoint, options, sequences, tokenizer.bos_id, tokenizer.stop_ids,
-                               log=lambda msg: print(f"[quantize] {msg}", flush=True))
+    return calibrate_checkpoint(checkpoint, options, optional_path(args.calib), optional_path(getattr(args, "tokenizer", None)),
+                                args.calib_sequences, log=lambda msg: print(f"[quantize] {msg}", flush=True))
 
 
 def quiet_library_noise() -> None:
