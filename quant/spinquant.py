@@ -88,7 +88,11 @@ def channel_energy(model: nn.Module, sequences: torch.Tensor) -> torch.Tensor:
 
 def massive_channels(model: nn.Module, sequences: torch.Tensor, share: float = MASSIVE_SHARE) -> tuple[int, ...]:
     """Residual channels holding over `share` times their even share of the normalized stream's energy."""
-    energy = channel_energy(model, sequences)
+    return channels_over(channel_energy(model, sequences), share)
+
+
+def channels_over(energy: torch.Tensor, share: float = MASSIVE_SHARE) -> tuple[int, ...]:
+    """The channels of `channel_energy`'s result holding over `share` times their even share."""
     return tuple(sorted(int(c) for c in torch.nonzero(energy / energy.mean() > share).flatten()))
 
 

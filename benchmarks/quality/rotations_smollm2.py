@@ -93,14 +93,14 @@ def channel_facts(model: torch.nn.Module, tokenizer) -> dict:
     """The residual channels with the largest share of the normalized stream's energy (on the spinquant job's
     calibration rows, as it measures them), the ones it keeps, and the norms' gains on those."""
     from handheld.quant.calibration import choose_samples, text_sequences
-    from handheld.quant.spinquant import MASSIVE_SHARE, channel_energy
+    from handheld.quant.spinquant import channel_energy, channels_over
     from handheld.training.spinquant import MASSIVE_ROWS
 
     rows = choose_samples(text_sequences(CALIB, tokenizer, SQ_SEQ_LEN), SQ_SAMPLES, 0)[:MASSIVE_ROWS]
     energy = channel_energy(model, rows)
     share = energy / energy.sum()
     top = share.argsort(descending=True)[:8].tolist()
-    kept = [c for c in top if share[c] * len(share) > MASSIVE_SHARE]
+    kept = list(channels_over(energy))  # what the spinquant job keeps
     gains = {str(c): {name: [round(float(getattr(layer, name).weight.detach()[c]), 4) for layer in model.layers]
                       for name in ("attention_norm", "ffn_norm")} for c in kept}
     return {"kept": kept, "energy_share": {str(c): round(float(share[c]), 4) for c in top}, "gains_on_kept": gains}
