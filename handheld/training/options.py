@@ -50,6 +50,7 @@ class QatOptions:
     phase: str = "both"
     train: TrainConfig = TrainConfig(steps=100, lr=2e-4)
     lora_lr: float = 1e-3
+    lora_steps: int | None = None  # steps of the lora phase; None: train.steps, as the qat phase
     seq_len: int = 256
     lora_rank: int = LORA_RANK
     lora_alpha: float = LORA_ALPHA
@@ -58,12 +59,16 @@ class QatOptions:
     tokenizer: Path | None = None
     skip_memory_check: bool = False  # run even when the estimated peak exceeds the memory available
 
+    @property
+    def lora_steps_or_default(self) -> int:
+        return self.train.steps if self.lora_steps is None else self.lora_steps
+
     def __post_init__(self) -> None:
         if self.phase not in PHASES:
             raise HandheldError(f"unknown --phase {self.phase!r}; known phases: {', '.join(PHASES)}")
         t = self.train
-        if t.steps < 1 or t.batch_size < 1 or t.grad_accum < 1 or self.seq_len < 2:
-            raise HandheldError("--steps, --batch-size and --grad-accum must be >= 1 and --seq-len >= 2")
+        if t.steps < 1 or t.batch_size < 1 or t.grad_accum < 1 or self.seq_len < 2 or self.lora_steps_or_default < 1:
+            raise HandheldError("--steps, --lora-steps, --batch-size and --grad-accum must be >= 1 and --seq-len >= 2")
         if self.output != Path("-"):  # "-": the run's fingerprint, which names no output
             check_job_output(self.output, [self.checkpoint, self.data, self.tokenizer])
 

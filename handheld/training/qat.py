@@ -5,7 +5,7 @@ Phases (`--phase`):
   linears with 8-bit per-token activations, 8-bit classifier and embedding);
 - `lora`: the backbone frozen (still fake-quantized) and LoRA adapters trained on every block linear,
   unquantized;
-- `both`: `qat`, then `lora` on its result (Meta's recipe);
+- `both`: `qat`, then `lora` on its result (Meta's recipe); `--lora-steps` sets the lora phase's length;
 - `float`: the same fine-tuning without quantization, the baseline; `both` trains `steps` twice (QAT, then
   LoRA), so a fair float baseline runs twice the steps on the same data.
 Then convert: the backbone to the real quantized scheme with the adapters unmerged, written in Meta's
@@ -108,7 +108,7 @@ def _is_fake_quantized(model: nn.Module) -> bool:
 def _train_phase(model, phase, train_set, val_set, options, group, run_identity, saved, progress) -> PhaseResult:
     if phase == "lora":
         params = freeze_all_but_adapters(model)
-        config = dataclasses.replace(options.train, lr=options.lora_lr)
+        config = dataclasses.replace(options.train, lr=options.lora_lr, steps=options.lora_steps_or_default)
     else:
         params = list(model.parameters())
         for param in params:
