@@ -21,7 +21,8 @@ import torch
 
 from handheld.core.checkpoints import random_state, write_checkpoint
 from handheld.core.llama.config import ModelArgs
-from handheld.export.program import export_checkpoint
+from handheld.export.options import ExportOptions
+from handheld.export.program import export_program
 from handheld.measure.host import host_info
 
 HERE = Path(__file__).resolve().parent
@@ -48,8 +49,8 @@ def run(args: argparse.Namespace) -> dict:
         profiler = cProfile.Profile() if args.profile else None
         if profiler:
             profiler.enable()
-        result = export_checkpoint(checkpoint, Path(tmp) / "m.pte", scheme_name=args.scheme, backend_name="xnnpack",
-                                   max_seq_len=args.max_seq_len, log=log)
+        options = ExportOptions(scheme=args.scheme, max_seq_len=args.max_seq_len)
+        result = export_program(checkpoint, Path(tmp) / "m.pte", options, log=log)
         if profiler:
             profiler.disable()
             profiler.dump_stats(args.profile)

@@ -44,11 +44,12 @@ def write_layout_checkpoint(checkpoint: Path, out: Path, layout: str) -> None:
 
 
 def export(checkpoint: Path, pte: Path, scheme: str | None, max_seq_len: int) -> None:
-    from handheld.export.program import export_checkpoint
+    from handheld.export.options import ExportOptions
+    from handheld.export.program import export_program
 
     if not pte.exists():
-        export_checkpoint(checkpoint, pte, scheme_name=scheme, backend_name="xnnpack", max_seq_len=max_seq_len,
-                          log=lambda m: print(f"[export {pte.name}] {m}", flush=True))
+        options = ExportOptions(scheme=scheme, max_seq_len=max_seq_len)
+        export_program(checkpoint, pte, options, log=lambda m: print(f"[export {pte.name}] {m}", flush=True))
 
 
 def measure(ptes: dict[str, Path], prompt_len: int, gen_len: int, runs: int) -> dict:

@@ -15,13 +15,14 @@ import json
 import os
 import shutil
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
 import torch
 
-from handheld.core.atomic import atomic_path
+from handheld.core.atomic import atomic_path, refuse_overwriting_inputs
 from handheld.core.checkpoints import build_model, read_checkpoint
 from handheld.core.defaults import NPU_SEQ_LEN
 from handheld.core.errors import HandheldError
@@ -29,9 +30,10 @@ from handheld.core.pte_metadata import ProgramMetadata
 from handheld.export.backends import BACKENDS, Backend, get_backend
 from handheld.export.backends.npu import NpuScheme
 from handheld.export.metadata import program_metadata
+from handheld.export.options import NPU_ARTEFACT_SUFFIX as ARTEFACT_SUFFIX
+from handheld.export.options import ExportOptions, is_npu_artefact
 from handheld.export.pt2_safety import check_pt2, weights_only_loads
-
-ARTEFACT_SUFFIX = ".pt2"
+from handheld.export.pte_writer import count_ops, write_program
 _META_FILE = "handheld.json"
 
 
@@ -177,22 +179,33 @@ def load_quantized(path: Path) -> QuantizedProgram:
 
 
 def lower_quantized(quantized: QuantizedProgram, output: Path, log: Callable[[str], None] = print) -> dict:
-    """The `.pte` with the NPU delegate; returns its operator counts. The caller has run `require_sdk`."""
-    from executorch.exir import EdgeCompileConfig, EdgeProgramManager, ExecutorchBackendConfig
-    from executorch.exir.passes import MemoryPlanningPass
-
-    from handheld.export.program import count_ops
-
+    """The `.pte` with the NPU delegate, by the one writer; returns its operator counts. The caller has run
+    `require_sdk`."""
     backend, _, chip = quantized.options.resolve()
     # A static program: ExecuTorch's runner must feed it exactly seq_len tokens.
     methods = quantized.metadata.to_constant_methods() | {"enable_dynamic_shape": False}
     log(f"lowering to {backend.name} for {chip} (the vendor compiler runs here)")
     lowered = backend.npu.lower(quantized.program.module(), example_inputs(quantized.options.seq_len), chip, methods)
-    op_counts = count_ops(lowered.exported_program().graph_module)
-    methods = dataclasses.replace(quantized.metadata, op_counts=op_counts).to_constant_methods() | {"enable_dynamic_shape": False}
-    program = EdgeProgramManager(lowered.exported_program(), methods, EdgeCompileConfig(_check_ir_validity=False))
-    config = ExecutorchBackendConfig(extract_delegate_segments=True,
-                                     memory_planning_pass=MemoryPlanningPass(alloc_graph_input=False))
-    with atomic_path(output) as tmp, torch.no_grad(), open(tmp, "wb") as f:
-        program.to_executorch(config).write_to_file(f)
-    return op_counts
+    write_program(lowered, quantized.metadata, output, dynamic_shapes=False, log=log)
+    return count_ops(lowered.exported_program().graph_module)
+
+
+def export_npu(source: Path, output: Path, options: ExportOptions, log: Callable[[str], None] = print):
+    """`handheld export` for an NPU backend: the SDK checked before any work, then a `.pt2` artefact loaded (or
+    the checkpoint calibrated on `options.calib`) and lowered. Returns an `ExportResult`."""
+    from handheld.export.program import ExportResult
+
+    backend = npu_backend(options.backend)
+    npu = None
+    if not is_npu_artefact(source):
+        npu = NpuOptions(backend.name, options.scheme, options.soc, options.seq_len)
+        npu.resolve()  # bad scheme or chip names fail before anything else
+    require_sdk(backend)  # before any work: one line saying what is missing
+    refuse_overwriting_inputs(output, [source, options.calib, options.tokenizer])
+    started = time.perf_counter()
+    quantized = load_quantized(source) if npu is None else calibrate_checkpoint(
+        source, npu, options.calib, options.tokenizer, options.calib_sequences, log=log)
+    if quantized.options.backend != backend.name:
+        raise HandheldError(f"{source} was quantized for {quantized.options.backend}, not {backend.name}")
+    op_counts = lower_quantized(quantized, output, log=log)
+    return ExportResult(output, output.stat().st_size, time.perf_counter() - started, op_counts)

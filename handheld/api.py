@@ -19,13 +19,17 @@ from __future__ import annotations
 import codecs
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import TYPE_CHECKING, Iterator
 
-from handheld.core.defaults import MAX_SEQ_LEN
+from handheld.core.defaults import MAX_SEQ_LEN, NPU_CALIB_SEQUENCES, NPU_SEQ_LEN
 from handheld.core.errors import HandheldError
 from handheld.core.pte_metadata import ProgramMetadata
 
-__all__ = ["HandheldError", "ExportedProgram", "Generation", "fetch", "load", "quantize", "export", "spinquant", "qat",
+if TYPE_CHECKING:
+    from handheld.export.options import ExportOptions
+
+__all__ = ["HandheldError", "ExportedProgram", "NpuArtefact", "Generation", "fetch", "load", "quantize", "export",
+           "program_metadata", "quantize_npu", "spinquant", "qat",
            "evaluate", "bench", "generate", "stream", "chat"]
 
 
@@ -35,6 +39,16 @@ class ExportedProgram:
     file_bytes: int
     seconds: float
     metadata: ProgramMetadata  # what the .pte says about itself (scheme, quantization, provenance, ...)
+
+
+@dataclass(frozen=True)
+class NpuArtefact:
+    path: Path  # the calibrated .pt2, to lower where the vendor SDK is
+    backend: str
+    scheme: str
+    chip: str
+    seq_len: int  # tokens per call, also the KV cache's length
+    calibration: dict  # sequences and tokens the activation ranges were set on
 
 
 @dataclass(frozen=True)
@@ -79,22 +93,50 @@ def quantize(checkpoint: str | Path, scheme: str = "8da4w", *, max_seq_len: int 
     return prepare_model(read, scheme, options, max_seq_len=max_seq_len, full_logits=full_logits, tokenizer=reader)
 
 
-def export(checkpoint: str | Path, output: str | Path, *, scheme: str | None = None, backend: str = "xnnpack",
-           max_seq_len: int = MAX_SEQ_LEN, tokenizer: str | Path | None = None, group_size: int | None = None,
-           full_logits: bool = False, scale_rule: str | None = None, calib: str | Path | None = None,
-           calib_tokens: int | None = None, budget_mb: float | None = None, skip_memory_check: bool = False,
-           log=lambda _: None) -> ExportedProgram:
-    """A checkpoint (Meta, Hugging Face or GGUF) as a `.pte` for a CPU backend, written atomically at `output`.
-    The options are `handheld export`'s (see its --help); `scheme` None keeps a pre-quantized checkpoint's own."""
-    from handheld.export.program import export_checkpoint
-    from handheld.runtime_bindings.python.program import PteProgram
+def export(checkpoint: str | Path, output: str | Path, options: ExportOptions | None = None, *, log=lambda _: None,
+           **fields) -> ExportedProgram:
+    """A checkpoint (Meta, Hugging Face or GGUF) as a `.pte`, written atomically at `output`, for any backend: xnnpack
+    (the default), or an NPU (qnn, mediatek; also from a `.pt2` of `quantize_npu`), where the vendor SDK is installed.
+    `options`: a `handheld.export.options.ExportOptions`, or its fields as keywords, `handheld export`'s flags
+    (scheme, backend, max_seq_len, tokenizer, full_logits, group_size, scale_rule, calib, calib_tokens, budget_mb,
+    soc, calib_sequences, skip_memory_check); `scheme` None keeps a pre-quantized checkpoint's own."""
+    from handheld.export.options import ExportOptions
+    from handheld.export.program import export_program
 
-    result = export_checkpoint(Path(checkpoint), Path(output), scheme_name=scheme, backend_name=backend,
-                               max_seq_len=max_seq_len, tokenizer_path=_optional(tokenizer), group_size=group_size,
-                               full_logits=full_logits, log=log, scale_rule=scale_rule, calib=_optional(calib),
-                               calib_tokens=calib_tokens, budget_mb=budget_mb, skip_memory_check=skip_memory_check)
-    metadata = PteProgram(result.path).metadata
-    return ExportedProgram(result.path, result.file_bytes, result.seconds, metadata)
+    if options is not None and fields:
+        raise HandheldError("pass export options either as an ExportOptions or as keywords, not both")
+    paths = {k: _optional(v) for k, v in fields.items() if k in ("tokenizer", "calib")}
+    typed = options or ExportOptions.of(**(fields | paths))
+    result = export_program(Path(checkpoint), Path(output), typed, log)
+    return ExportedProgram(result.path, result.file_bytes, result.seconds, program_metadata(result.path))
+
+
+def program_metadata(program: str | Path) -> ProgramMetadata:
+    """What a `.pte` says about itself (scheme, quantization, shapes, provenance), read without running it."""
+    from handheld.runtime_bindings.pte_file import read_pte_structure
+
+    return ProgramMetadata.from_constant_methods(read_pte_structure(program).constant_methods, str(program))
+
+
+def quantize_npu(checkpoint: str | Path, calib: str | Path | None, output: str | Path, *, backend: str, scheme: str,
+                 soc: str | None = None, seq_len: int = NPU_SEQ_LEN, sequences: int = NPU_CALIB_SEQUENCES,
+                 tokenizer: str | Path | None = None, log=lambda _: None) -> NpuArtefact:
+    """`handheld quantize`: an NPU scheme (qnn 16a4w/16a8w/8a8w, mediatek a16w4/a16w8/a8w8) applied to a float
+    checkpoint and calibrated on `sequences` windows of `calib`, written as a `.pt2` at `output` on any machine:
+    `evaluate` scores it on the CPU, `export(output, ..., backend=...)` lowers it where the vendor SDK is."""
+    from handheld.core.atomic import refuse_overwriting_inputs
+    from handheld.export.npu import ARTEFACT_SUFFIX, NpuOptions, calibrate_checkpoint, save_quantized
+
+    output = Path(output)
+    if output.suffix != ARTEFACT_SUFFIX:
+        raise HandheldError(f"-o must end in {ARTEFACT_SUFFIX} (eval and export recognise the artefact by it)")
+    options = NpuOptions(backend, scheme, soc, seq_len)
+    options.resolve()  # bad names fail before any work
+    refuse_overwriting_inputs(output, [Path(checkpoint), _optional(calib), _optional(tokenizer)])
+    quantized = calibrate_checkpoint(Path(checkpoint), options, _optional(calib), _optional(tokenizer), sequences, log=log)
+    save_quantized(quantized, output)
+    done = quantized.options
+    return NpuArtefact(output, done.backend, done.scheme, done.chip, done.seq_len, quantized.calibration)
 
 
 def spinquant(checkpoint: str | Path, calib: str | Path, output: str | Path, *, device: str = "cpu",

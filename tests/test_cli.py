@@ -127,13 +127,13 @@ def test_unknown_names_list_the_known_ones(capsys, tmp_path, odd_checkpoint, arg
 
 
 def test_failed_lowering_leaves_no_file(capsys, tmp_path, odd_checkpoint, monkeypatch):
-    import handheld.export.program as program
+    import handheld.export.pte_writer as writer
 
-    def half_written(lowered, metadata, path, log):
-        path.write_bytes(b"partial program")
-        raise HandheldError("lowering failed (simulated)")
+    def half_written(program, config, file):
+        file.write(b"partial program")
+        raise HandheldError("emission failed (simulated)")
 
-    monkeypatch.setattr(program, "write_program", half_written)
+    monkeypatch.setattr(writer, "_emit", half_written)
     out = tmp_path / "m.pte"
     out_existing = tmp_path / "keep.pte"
     out_existing.write_bytes(b"an earlier good export")

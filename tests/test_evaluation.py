@@ -9,7 +9,8 @@ from conftest import PARITY_MAX_SEQ_LEN
 from handheld.core.checkpoints import build_model, read_checkpoint
 from handheld.core.errors import HandheldError
 from handheld.measure.quality import eager_logits_fn, evaluate, pte_logits_fn, windows
-from handheld.export.program import export_checkpoint
+from handheld.export.options import ExportOptions
+from handheld.export.program import export_program
 from handheld.runtime_bindings.python.program import PteProgram
 
 
@@ -45,8 +46,8 @@ def test_bad_window_arguments():
 @pytest.fixture(scope="module")
 def odd_full_logits_pte(odd_checkpoint, tmp_path_factory):
     out = tmp_path_factory.mktemp("pte") / "odd_full.pte"
-    export_checkpoint(odd_checkpoint, out, scheme_name="fp32", backend_name="xnnpack", max_seq_len=PARITY_MAX_SEQ_LEN,
-                      full_logits=True, log=lambda _: None)
+    options = ExportOptions(scheme="fp32", max_seq_len=PARITY_MAX_SEQ_LEN, full_logits=True)
+    export_program(odd_checkpoint, out, options, log=lambda _: None)
     return out
 
 

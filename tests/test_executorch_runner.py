@@ -25,7 +25,8 @@ from conftest import BYTE_ARGS, PARITY_MAX_SEQ_LEN, sample_text
 from handheld.core.checkpoints import TOKENIZER, random_state, write_checkpoint
 from handheld.core.errors import HandheldError
 from handheld.core.tokenizers.tokenizer import load_tokenizer, prompt_ids, write_byte_tokenizer
-from handheld.export.program import export_checkpoint
+from handheld.export.options import ExportOptions
+from handheld.export.program import export_program
 from handheld.measure.runner_parity import check_parity
 from handheld.runtime_bindings.llm_runner import (executorch_tokenizer, run_text_llm_runner,
                                                   runner_piece_ids, runner_prompt)
@@ -99,8 +100,7 @@ def tiny_program(scheme: str, checkpoint: Path, text: Path, folder: Path) -> tup
     elif scheme == "qlora":
         checkpoint, scheme = qlora_checkpoint(checkpoint, text, folder / "qlora"), None
     pte = folder / "tiny.pte"
-    export_checkpoint(checkpoint, pte, scheme_name=scheme, backend_name="xnnpack", max_seq_len=PARITY_MAX_SEQ_LEN,
-                      log=lambda _: None)
+    export_program(checkpoint, pte, ExportOptions(scheme=scheme, max_seq_len=PARITY_MAX_SEQ_LEN), log=lambda _: None)
     return pte, checkpoint / TOKENIZER
 
 
@@ -137,8 +137,7 @@ def test_runner_matches_handheld_on_the_tiny_model(scheme, tiny_pte):
 @pytest.mark.slow
 def test_runner_matches_handheld_on_the_proxy_model(tmp_path):
     pte = tmp_path / "proxy_8da4w.pte"
-    export_checkpoint(PROXY, pte, scheme_name="8da4w", backend_name="xnnpack", max_seq_len=PROXY_MAX_SEQ_LEN,
-                      log=lambda _: None)
+    export_program(PROXY, pte, ExportOptions(scheme="8da4w", max_seq_len=PROXY_MAX_SEQ_LEN), log=lambda _: None)
     assert_parity(pte, PROXY / TOKENIZER, PROXY_PROMPTS)
 
 

@@ -58,7 +58,8 @@ SAFE_TEXT = [b"safe"]
 
 @pytest.fixture(scope="module")
 def guards(tmp_path_factory):
-    from handheld.export.program import export_checkpoint
+    from handheld.export.options import ExportOptions
+    from handheld.export.program import export_program
 
     root = tmp_path_factory.mktemp("guard")
     write_guard_tokenizer(root / "tokenizer.model")
@@ -66,9 +67,8 @@ def guards(tmp_path_factory):
     for name, text in (("unsafe", UNSAFE_TEXT), ("safe", SAFE_TEXT)):
         (root / name).mkdir()
         write_checkpoint(root / name, GUARD_ARGS, chain_state(text), "meta")
-        programs[name] = export_checkpoint(root / name, root / f"{name}.pte", scheme_name="fp32", backend_name="xnnpack",
-                                           max_seq_len=GUARD_MAX_SEQ_LEN, tokenizer_path=root / "tokenizer.model",
-                                           log=lambda _: None).path
+        options = ExportOptions(scheme="fp32", max_seq_len=GUARD_MAX_SEQ_LEN, tokenizer=root / "tokenizer.model")
+        programs[name] = export_program(root / name, root / f"{name}.pte", options, log=lambda _: None).path
     return programs
 
 

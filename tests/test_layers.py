@@ -97,7 +97,7 @@ def test_the_check_catches_an_upward_import():
     assert upward_imports("handheld.quant.lora", "import handheld.export.program\n")
     assert upward_imports("handheld.export.program", "from handheld.runtime_bindings.python import program\n")
     assert upward_imports("handheld.core.checkpoints.meta", "from ...measure import bench\n")
-    assert not upward_imports("handheld.cli.export", "from handheld.export.program import export_checkpoint\n")
+    assert not upward_imports("handheld.cli.export", "from handheld.export.program import export_program\n")
     assert not upward_imports("handheld.quant.lora", "from handheld.core.errors import HandheldError\n")
 
 

@@ -225,13 +225,14 @@ SHARE_OF_SPREAD = 0.01
 
 @pytest.mark.parametrize("layout", list(LAYOUTS))
 def test_executorch_export_llm_reads_handheld_output_and_agrees(layout, handheld_outputs, tmp_path):
-    from handheld.export.program import export_checkpoint
+    from handheld.export.options import ExportOptions
+    from handheld.export.program import export_program
     from handheld.runtime_bindings.python.program import PteProgram
 
     checkpoint = handheld_outputs[layout]
     _executorch_export(checkpoint, layout, tmp_path / "executorch.pte")
-    export_checkpoint(checkpoint, tmp_path / "handheld.pte", scheme_name=None, backend_name="xnnpack",
-                      max_seq_len=MAX_SEQ_LEN, log=lambda _: None)
+    options = ExportOptions(scheme=None, max_seq_len=MAX_SEQ_LEN)
+    export_program(checkpoint, tmp_path / "handheld.pte", options, log=lambda _: None)
     ours, theirs = PteProgram(tmp_path / "handheld.pte"), _executorch_forward(tmp_path / "executorch.pte")
     position, tokens = 0, PROMPT
     for step in range(6):

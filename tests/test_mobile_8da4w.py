@@ -132,12 +132,13 @@ def test_export_savings_write_the_same_program(odd_checkpoint, scheme, written, 
     import dataclasses
 
     from handheld.export import backends, program
-    from handheld.export.program import export_checkpoint
+    from handheld.export.options import ExportOptions
+    from handheld.export.program import export_program
 
     every_pass = dataclasses.replace(backends.BACKENDS["xnnpack"], lowering=lambda: backends.contextlib.nullcontext())
     monkeypatch.setitem(backends.BACKENDS, "xnnpack", every_pass)
     monkeypatch.setattr(program, "release_delegated_weights", lambda lowered: None)
     out = tmp_path / "every_pass.pte"
-    export_checkpoint(odd_checkpoint, out, scheme_name=scheme, backend_name="xnnpack",
-                      max_seq_len=PARITY_MAX_SEQ_LEN, log=lambda _: None)
+    options = ExportOptions(scheme=scheme, max_seq_len=PARITY_MAX_SEQ_LEN)
+    export_program(odd_checkpoint, out, options, log=lambda _: None)
     assert out.read_bytes() == request.getfixturevalue(written).read_bytes()

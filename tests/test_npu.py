@@ -105,6 +105,37 @@ def test_the_artefact_round_trips_with_its_metadata(byte_checkpoint, calib_text,
     assert loaded.logits(window).shape == (len(window), BYTE_ARGS.vocab_size)
 
 
+def test_the_npu_path_writes_its_program_by_the_one_writer(byte_checkpoint, calib_text, tmp_path, monkeypatch):
+    """Everything but the vendor's compiler runs here: with a stand-in lowering that delegates nothing,
+    `handheld export --backend qnn` from a `.pt2` writes a static .pte by the one writer, with the artefact's
+    metadata and the operators it holds. (Not run: ExecuTorch's portable kernels do not take the undelegated
+    per-channel weight quantization the vendor's compiler consumes.)"""
+    import dataclasses
+
+    import handheld.export.backends as backends
+    from executorch.exir import EdgeCompileConfig, to_edge_transform_and_lower
+    from handheld.core.pte_metadata import ProgramMetadata
+    from handheld.runtime_bindings.pte_file import read_pte_structure
+
+    def no_delegate(module, inputs, chip, methods):
+        return to_edge_transform_and_lower(torch.export.export(module, inputs), constant_methods=methods,
+                                           compile_config=EdgeCompileConfig(_check_ir_validity=False))
+
+    qnn = backends.BACKENDS["qnn"]
+    stand_in = dataclasses.replace(qnn.npu, missing_sdk=lambda: None, lower=no_delegate)
+    monkeypatch.setitem(backends.BACKENDS, "qnn", dataclasses.replace(qnn, npu=stand_in))
+    artefact, pte = tmp_path / "m.pt2", tmp_path / "m.pte"
+    assert main(["quantize", "--checkpoint", str(byte_checkpoint), "--backend", "qnn", "--scheme", "8a8w", "--calib",
+                 str(calib_text), "--seq-len", "16", "--calib-sequences", "2", "-o", str(artefact)]) == 0
+    assert main(["export", "--checkpoint", str(artefact), "--backend", "qnn", "-o", str(pte)]) == 0
+    structure = read_pte_structure(pte)
+    written = ProgramMetadata.from_constant_methods(structure.constant_methods, str(pte))
+    quantized = load_quantized(artefact).metadata
+    assert "forward" in structure.methods and structure.constant_methods["enable_dynamic_shape"] is False
+    assert dataclasses.replace(written, op_counts={}) == dataclasses.replace(quantized, op_counts={})
+    assert written.op_counts["portable"].get("quantized_decomposed.quantize_per_tensor", 0) > 0  # the 8-bit activations
+
+
 def test_quantize_then_eval_from_the_command_line(byte_checkpoint, calib_text, tmp_path, capsys):
     out = tmp_path / "m.pt2"
     assert main(["quantize", "--checkpoint", str(byte_checkpoint), "--backend", "mediatek", "--scheme", "a16w8",

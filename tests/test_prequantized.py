@@ -14,7 +14,8 @@ from handheld.core.checkpoints.meta import write_meta
 from handheld.quant.prequantized import write_prequantized
 from handheld.core.llama.config import LoraArgs, ModelArgs, QuantizationArgs
 from handheld.core.errors import HandheldError
-from handheld.export.program import export_checkpoint
+from handheld.export.options import ExportOptions
+from handheld.export.program import export_program
 from handheld.core.llama.model import Transformer
 from handheld.quant.spinquant_r4 import fold_r4
 from handheld.decoding.generation import EagerRunner
@@ -131,7 +132,7 @@ def _compare(directory, pte):
 def test_meta_layout_exports_and_matches_eager(layout, request, tmp_path):
     directory = request.getfixturevalue(f"{layout}_dir")
     pte = tmp_path / f"{layout}.pte"
-    export_checkpoint(directory, pte, scheme_name=None, backend_name="xnnpack", max_seq_len=PARITY_MAX_SEQ_LEN, log=lambda _: None)
+    export_program(directory, pte, ExportOptions(scheme=None, max_seq_len=PARITY_MAX_SEQ_LEN), log=lambda _: None)
     _compare(directory, pte)
     program = PteProgram(pte)
     assert program.metadata.scheme == {"spinquant": "spinquant", "qlora": "qat-lora"}[layout]
@@ -215,5 +216,6 @@ def test_lora_rank_disagreeing_with_lora_args(tmp_path):
 
 def test_prequantized_checkpoint_refuses_another_scheme(spinquant_dir, tmp_path):
     with pytest.raises(HandheldError, match="is pre-quantized .* cannot be exported as --scheme bf16"):
-        export_checkpoint(spinquant_dir, tmp_path / "x.pte", scheme_name="bf16", backend_name="xnnpack", max_seq_len=16, log=lambda _: None)
+        options = ExportOptions(scheme="bf16", max_seq_len=16)
+        export_program(spinquant_dir, tmp_path / "x.pte", options, log=lambda _: None)
     assert not list(tmp_path.iterdir())

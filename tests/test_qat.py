@@ -140,11 +140,12 @@ def test_two_gloo_processes_match_one(byte_checkpoint, calib_text, tmp_path):
 
 
 def test_output_exports_and_the_pte_matches_eager(qat_both, byte_checkpoint, tmp_path):
-    from handheld.export.program import export_checkpoint
+    from handheld.export.options import ExportOptions
+    from handheld.export.program import export_program
     from handheld.runtime_bindings.python.program import PteProgram
 
     pte = tmp_path / "qat_lora.pte"
-    export_checkpoint(qat_both[0], pte, scheme_name=None, backend_name="xnnpack", max_seq_len=PARITY_MAX_SEQ_LEN, log=lambda _: None)
+    export_program(qat_both[0], pte, ExportOptions(scheme=None, max_seq_len=PARITY_MAX_SEQ_LEN), log=lambda _: None)
     program = PteProgram(pte)
     assert program.metadata.scheme == "qat-lora"
     assert_pte_matches_eager(qat_both[0], pte, prompt=[104, 101, 108, 108, 111, 32], float_checkpoint=byte_checkpoint)

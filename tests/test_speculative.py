@@ -95,15 +95,16 @@ def test_zero_draft_tokens_is_refused():
 @pytest.fixture(scope="module")
 def spec_programs(tmp_path_factory):
     """The odd model as a full-logits fp32 target, and its perturbed twin as a last-logits draft."""
-    from handheld.export.program import export_checkpoint
+    from handheld.export.options import ExportOptions
+    from handheld.export.program import export_program
 
     root = tmp_path_factory.mktemp("speculative")
     programs = {}
     for name, state, full in (("target", target_state(), True), ("draft", draft_state(), False)):
         (root / name).mkdir()
         write_checkpoint(root / name, ODD_ARGS, state, "meta")
-        programs[name] = export_checkpoint(root / name, root / f"{name}.pte", scheme_name="fp32", backend_name="xnnpack",
-                                           max_seq_len=PARITY_MAX_SEQ_LEN, full_logits=full, log=lambda _: None).path
+        options = ExportOptions(scheme="fp32", max_seq_len=PARITY_MAX_SEQ_LEN, full_logits=full)
+        programs[name] = export_program(root / name, root / f"{name}.pte", options, log=lambda _: None).path
     return programs
 
 

@@ -288,13 +288,14 @@ def test_two_gloo_processes_match_one(byte_checkpoint, calib_text, spinquant_rtn
 
 
 def test_gptq_checkpoint_exports_and_the_pte_matches_eager(byte_checkpoint, calib_text, tmp_path):
-    from handheld.export.program import export_checkpoint
+    from handheld.export.options import ExportOptions
+    from handheld.export.program import export_program
     from handheld.runtime_bindings.python.program import PteProgram
 
     out = tmp_path / "gptq"
     run_spinquant(options(byte_checkpoint, calib_text, out, weight_quant="gptq", steps=1), Group(), progress=False)
     pte = tmp_path / "gptq.pte"
-    export_checkpoint(out, pte, scheme_name=None, backend_name="xnnpack", max_seq_len=PARITY_MAX_SEQ_LEN, log=lambda _: None)
+    export_program(out, pte, ExportOptions(scheme=None, max_seq_len=PARITY_MAX_SEQ_LEN), log=lambda _: None)
     program = PteProgram(pte)
     assert program.metadata.scheme == "spinquant"
     assert_pte_matches_eager(out, pte, prompt=[104, 101, 108, 108, 111, 32], float_checkpoint=byte_checkpoint)

@@ -33,15 +33,16 @@ def log(message: str) -> None:
 
 
 def ensure_programs(gguf: Path, work: Path) -> tuple[dict[str, Path], list[dict]]:
-    from handheld.export.program import export_checkpoint
+    from handheld.export.options import ExportOptions
+    from handheld.export.program import export_program
 
     paths, exports = {}, []
     for name, (slots, llm_ops) in PROGRAMS.items():
         pte = work / (name.replace(" ", "_") + ".pte")
         if not pte.exists():
             log(f"exporting {name}")
-            result = export_checkpoint(gguf, pte, scheme_name="8da4w", backend_name="xnnpack", max_seq_len=slots,
-                                       llm_kv_ops=llm_ops, log=lambda line: None)
+            options = ExportOptions(scheme="8da4w", max_seq_len=slots, llm_kv_ops=llm_ops)
+            result = export_program(gguf, pte, options, log=lambda line: None)
             exports.append({"name": name, "seconds": round(result.seconds, 1), "file_bytes": result.file_bytes})
         paths[name] = pte
     return paths, exports

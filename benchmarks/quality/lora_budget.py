@@ -51,8 +51,7 @@ def backbone_digest(checkpoint: Path) -> str:
 
 def main() -> None:
     sys.path.insert(0, str(HERE))
-    from qat_lora_adapters import adapter_update_ratio, without_adapters
-    from recipes_smollm2 import CONTEXT, EVAL_TOKENS, STRIDE, perplexity, smollm2
+    from recipes_smollm2 import CONTEXT, EVAL_TOKENS, STRIDE, Row, adapter_update_ratio, perplexities, smollm2, without_adapters
 
     from handheld.core.checkpoints import read_checkpoint
     from handheld.core.tokenizers.tokenizer import load_tokenizer
@@ -73,6 +72,10 @@ def main() -> None:
                    "eval_tokens": len(test_ids), "context": CONTEXT, "stride": STRIDE,
                    "qat_phase": {"steps": QAT_STEPS, "lr": QAT_LR, "batch": BATCH, "seq_len": SEQ_LEN},
                    "host": host_info(), "torch_threads": torch.get_num_threads()})
+
+    def score(checkpoint: Path) -> float:
+        return perplexities(Row("qat-lora", args.seed, checkpoint), calib, {"test.txt": test_ids})["test.txt"]
+
     done = {(r["seed"], r["lora_lr"], r["lora_steps"]) for r in report["rows"]}
     without: dict[str, float] = {r["backbone"]: r["without_adapters"] for r in report["rows"]}
     for steps in args.lora_steps:
@@ -85,10 +88,11 @@ def main() -> None:
             seconds = time.perf_counter() - started
             backbone = backbone_digest(out)
             if backbone not in without:
-                without[backbone] = perplexity(without_adapters(out, out.with_name(out.name + "_no_adapters")), None, test_ids)
+                without_adapters(out)
+                without[backbone] = score(out.with_name(out.name + "_off"))
             lora = read_checkpoint(out).args.lora_args
             row = {"seed": args.seed, "lora_lr": lr, "lora_steps": steps, "backbone": backbone,
-                   "with_adapters": perplexity(out, None, test_ids), "without_adapters": without[backbone],
+                   "with_adapters": score(out), "without_adapters": without[backbone],
                    "median_update_ratio": adapter_update_ratio(out, lora.scale), "train_seconds": seconds,
                    "phases": [{"phase": p.phase, "steps": p.steps, "first_loss": p.first_loss, "last_loss": p.last_loss}
                               for p in phases], **{k: export_provenance()[k] for k in ("commit", "dirty")}}

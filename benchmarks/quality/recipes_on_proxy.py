@@ -30,15 +30,16 @@ CONTEXT, STRIDE = 256, 128
 def score(checkpoint: Path, scheme: str | None, pte: Path, test_ids: list[int]) -> dict:
     from handheld.core.checkpoints import read_checkpoint
     from handheld.measure.quality import eager_logits_fn, evaluate, pte_logits_fn
-    from handheld.export.program import export_checkpoint
+    from handheld.export.options import ExportOptions
+    from handheld.export.program import export_program
     from handheld.quant.schemes import prepare_model
     from handheld.runtime_bindings.python.program import PteProgram
 
     prepared = prepare_model(read_checkpoint(checkpoint), scheme, max_seq_len=CONTEXT, full_logits=True)
     eager = evaluate(eager_logits_fn(prepared.model), test_ids, CONTEXT, STRIDE).perplexity
     if not pte.is_file():
-        export_checkpoint(checkpoint, pte, scheme_name=scheme, backend_name="xnnpack", max_seq_len=CONTEXT,
-                          full_logits=True, log=lambda m: None)
+        options = ExportOptions(scheme=scheme, max_seq_len=CONTEXT, full_logits=True)
+        export_program(checkpoint, pte, options, log=lambda m: None)
     through_pte = evaluate(pte_logits_fn(PteProgram(pte)), test_ids, CONTEXT, STRIDE).perplexity
     print(f"  {pte.stem}: eager {eager:.3f} | .pte {through_pte:.3f}", flush=True)
     return {"eager_ppl": eager, "pte_ppl": through_pte, "file_bytes": pte.stat().st_size}

@@ -1,17 +1,26 @@
-"""The quantization recipes judged on the real model, SmolLM2-135M-Instruct, with fair baselines and seeds.
+"""The training recipes judged on the real model, SmolLM2-135M-Instruct, against the best exports that need no
+training, with equal budgets and several seeds (issue 28, item 3).
 
-Rows (`recipe`): float, rtn (8da4w round-to-nearest), gptq (GPTQ alone, no rotations), spinquant-rtn,
-spinquant-gptq, float-ft (float fine-tuned for as many optimizer steps, tokens and data as QAT+LoRA's two
-phases together: the fair baseline), float-ft-rtn (its RTN), qat (QAT alone, the same total steps), qat-lora
-(QAT then LoRA, half the steps each). Trained rows run once per seed (data order, LoRA init, initial
-Hadamards, calibration samples). Calibration and fine-tuning read the proxy's calib.txt (Debian's Python
-docs); every row is scored on its test.txt (held out by file), the same tokens, context and stride.
+Rows (`recipe`):
+- `float`; `default` (`handheld export --scheme 8da4w`, data-free); `calibrated` (`--calib calib.txt`: GPTQ);
+  these three are deterministic and run once;
+- `quarot`: `handheld spinquant --steps 0 --weight-quant gptq` (random R1/R2 and the Hadamard R4, then GPTQ);
+- `spinquant`: the same with `--sq-steps` of learned rotations (its best quantizer, GPTQ);
+- `float-ft`: the float model fine-tuned for QAT+LoRA's total steps on the same data (the fair baseline), and
+  `float-ft + default` / `float-ft + calibrated`: that fine-tune exported by the two no-training exports;
+- `qat`: QAT alone for the same total steps; `qat-lora`: QAT then LoRA (Meta's recipe), and `qat-lora, adapters
+  off`: the same checkpoint with every adapter's B zeroed (exactly its QAT backbone: LoRA freezes it).
+Seeded rows run once per seed (rotations, data order, LoRA init). Calibration and fine-tuning read the proxy's
+calib.txt (Debian's Python docs); every row is scored on the quality table's two texts (test.txt, held out from
+calib.txt by file, and GPL-3, another genre), their first `EVAL_TOKENS` tokens, context 256, stride 128.
 
-Scored in eager PyTorch on the exact quantized model each recipe exports (its `.pte`'s oracle: the
-parity tests hold every recipe's program within 0.25x of its quantization error from it); `--pte` also
-exports and scores each recipe's first seed through its XNNPACK `.pte` (~2-4 min per export here).
+Goals, per text: spinquant recovers >= 67% of `calibrated`'s gap to `float`; qat-lora >= 90% of
+`float-ft + calibrated`'s gap to `float-ft`.
 
-    python benchmarks/quality/recipes_smollm2.py --work /tmp/recipes [--seeds 0 1 2] [--pte]
+Scored in eager PyTorch on the exact quantized model each recipe exports (its `.pte`'s oracle; the parity tests
+hold every recipe's program to it within a fraction of its quantization error).
+
+    python benchmarks/quality/recipes_smollm2.py --work /tmp/recipes [--seeds 0 1 2]
 
 Rows are appended to benchmarks/results/recipes_smollm2.json as they finish (a rerun skips finished rows).
 """
@@ -20,26 +29,44 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import statistics
+import sys
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Callable
 
 import torch
 
 ROOT = Path(__file__).resolve().parents[2]
 RESULTS = ROOT / "benchmarks" / "results" / "recipes_smollm2.json"
 CONTEXT, STRIDE, EVAL_TOKENS = 256, 128, 2048
-SEQ_LEN, BATCH = 128, 4
+SEQ_LEN, BATCH, FT_LR = 128, 4, 2e-4
+SQ_SEQ_LEN, SQ_BATCH, SQ_LR = 256, 4, 1.5
+GPL3 = ROOT / "benchmarks" / "quality" / "texts" / "GPL-3.txt"
 
 
 @dataclass(frozen=True)
 class Budget:
-    ft_steps: int  # per fine-tuning phase of QAT+LoRA; the single-phase rows get twice as many
+    qat_steps: int  # QAT+LoRA's QAT phase; float-ft and qat train qat_steps + lora_steps
+    lora_steps: int
+    lora_lr: float
     sq_steps: int
-    sq_batch: int
-    sq_seq_len: int
-    sq_samples: int
+
+    @property
+    def total_steps(self) -> int:
+        return self.qat_steps + self.lora_steps
+
+
+@dataclass(frozen=True)
+class Row:
+    recipe: str
+    seed: int | None  # None: deterministic, run once
+    checkpoint: Path
+    job: Callable[[], None] | None = None  # makes `checkpoint` (None: it exists)
+    scheme: str | None = None  # None: the checkpoint's own (pre-quantized) scheme
+    calibrated: bool = False
 
 
 def smollm2() -> tuple[Path, Path, Path]:
@@ -50,20 +77,30 @@ def smollm2() -> tuple[Path, Path, Path]:
     return path, proxy_dir() / "calib.txt", proxy_dir() / "test.txt"
 
 
-def perplexity(checkpoint: Path, scheme: str | None, test_ids: list[int]) -> float:
+def eval_texts(tokenizer_source: Path, test: Path) -> dict[str, list[int]]:
+    from handheld.core.tokenizers.tokenizer import load_tokenizer
+
+    tokenizer = load_tokenizer(tokenizer_source)
+    return {label: tokenizer.encode(path.read_text(encoding="utf-8"), bos=False)[:EVAL_TOKENS]
+            for label, path in (("test.txt", test), ("GPL-3", GPL3))}
+
+
+def perplexities(row: Row, calib: Path, texts: dict[str, list[int]]) -> dict[str, float]:
     from handheld.core.checkpoints import read_checkpoint
+    from handheld.core.tokenizers.tokenizer import load_tokenizer
     from handheld.measure.quality import eager_logits_fn, evaluate
-    from handheld.quant.schemes import prepare_model
+    from handheld.quant.schemes import SchemeOptions, prepare_model
 
-    def model():
-        return prepare_model(read_checkpoint(checkpoint), scheme, max_seq_len=CONTEXT, full_logits=True).model.eval()
-
+    checkpoint = read_checkpoint(row.checkpoint)
+    options = SchemeOptions(calib=calib) if row.calibrated else SchemeOptions()
+    model = prepare_model(checkpoint, row.scheme, options, max_seq_len=CONTEXT, full_logits=True,
+                          tokenizer=load_tokenizer(row.checkpoint) if row.calibrated else None).model.eval()
     try:
-        fast = float_equivalent(model(), check_ids=test_ids[:CONTEXT])
+        model = float_equivalent(model, check_ids=next(iter(texts.values()))[:CONTEXT])
     except RuntimeError as e:  # not close enough on the check window: score with torchao's own eager model
         print(f"{e}: scoring with torchao's eager model instead", flush=True)
-        fast = model()
-    return evaluate(eager_logits_fn(fast), test_ids, CONTEXT, STRIDE, progress=False).perplexity
+    return {label: evaluate(eager_logits_fn(model), ids, CONTEXT, STRIDE, progress=False).perplexity
+            for label, ids in texts.items()}
 
 
 @torch.no_grad()
@@ -78,159 +115,170 @@ def float_equivalent(model: torch.nn.Module, check_ids: list[int]) -> torch.nn.M
     from handheld.quant.fake_quant import fake_quantize_tokens_int8
 
     reference = model.forward_batch(torch.tensor([check_ids]))[0]
+    hooks, replaced = [], {}
     for module in list(model.modules()):
         weight = getattr(module, "weight", None)
         if not isinstance(weight, IntxUnpackedToInt8Tensor):
             continue
+        replaced[module] = weight
         module.weight = torch.nn.Parameter(weight.dequantize().float(), requires_grad=False)
         if weight.activation_quantization is not None:
-            module.register_forward_pre_hook(lambda _, args: (fake_quantize_tokens_int8(args[0]), *args[1:]))
+            hooks.append(module.register_forward_pre_hook(lambda _, args: (fake_quantize_tokens_int8(args[0]), *args[1:])))
     fast = model.forward_batch(torch.tensor([check_ids]))[0]
     off = float((fast - reference).abs().mean() / reference.std())
     targets = torch.tensor(check_ids[1:])
     nll = [float(torch.nn.functional.cross_entropy(x[:-1].float(), targets)) for x in (reference, fast)]
     print(f"float equivalent: mean |diff| {off:.2e} of the spread, window NLL {nll[0]:.5f} vs {nll[1]:.5f}", flush=True)
     if off > 0.1 or abs(nll[0] - nll[1]) > 2e-3 * nll[0]:
+        for hook in hooks:
+            hook.remove()
+        for module, weight in replaced.items():
+            module.weight = weight
         raise RuntimeError(f"the float equivalent is off by {off:.2e} of the logits' spread")
     return model
 
 
-def pte_perplexity(checkpoint: Path, scheme: str | None, test_ids: list[int], pte: Path) -> float:
-    from handheld.export.program import export_checkpoint
-    from handheld.measure.quality import evaluate, pte_logits_fn
-    from handheld.runtime_bindings.python.program import PteProgram
+def spinquant_job(model: Path, calib: Path, out: Path, seed: int, steps: int) -> Callable[[], None]:
+    from handheld.core.defaults import GPTQ_CALIB_TOKENS
 
-    if not pte.is_file():
-        export_checkpoint(checkpoint, pte, scheme_name=scheme, backend_name="xnnpack", max_seq_len=CONTEXT,
-                          full_logits=True, log=lambda m: None)
-    return evaluate(pte_logits_fn(PteProgram(pte)), test_ids, CONTEXT, STRIDE, progress=False).perplexity
+    def run() -> None:
+        from handheld.training.distributed import Group
+        from handheld.training.options import SpinQuantOptions
+        from handheld.training.spinquant import run_spinquant
 
-
-def spinquant_job(model: Path, calib: Path, out: Path, seed: int, budget: Budget, weight_quant: str, rotations: bool):
-    from handheld.training.distributed import Group
-    from handheld.training.options import SpinQuantOptions
-    from handheld.training.spinquant import run_spinquant
-
-    options = SpinQuantOptions(checkpoint=model, calib=calib, output=out, steps=budget.sq_steps if rotations else 0,
-                               seq_len=budget.sq_seq_len, samples=budget.sq_samples, batch_size=budget.sq_batch,
-                               weight_quant=weight_quant, rotations=rotations, seed=seed)
-    run_spinquant(options, Group(), progress=False)
-    steps = options.steps
-    return steps, steps * budget.sq_batch * budget.sq_seq_len
+        run_spinquant(SpinQuantOptions(checkpoint=model, calib=calib, output=out, steps=steps, lr=SQ_LR,
+                                       seq_len=SQ_SEQ_LEN, samples=GPTQ_CALIB_TOKENS // SQ_SEQ_LEN, batch_size=SQ_BATCH,
+                                       weight_quant="gptq", seed=seed), Group(), progress=False)
+    return run
 
 
-def finetune_job(model: Path, data: Path, out: Path, seed: int, budget: Budget, phase: str):
-    from handheld.training.distributed import Group
-    from handheld.training.options import QatOptions, TrainConfig
+def finetune_job(model: Path, data: Path, out: Path, seed: int, budget: Budget, phase: str) -> Callable[[], None]:
+    def run() -> None:
+        from handheld.training.distributed import Group
+        from handheld.training.options import QatOptions, TrainConfig
+        from handheld.training.qat import run_qat
 
-    per_phase = budget.ft_steps if phase == "both" else 2 * budget.ft_steps  # equal totals
-    train = TrainConfig(steps=per_phase, lr=2e-4, batch_size=BATCH, warmup=max(1, per_phase // 10),
-                        eval_every=10**6, save_every=10**6, seed=seed)
-    from handheld.training.qat import run_qat
-
-    run_qat(QatOptions(checkpoint=model, data=data, output=out, phase=phase, train=train, seq_len=SEQ_LEN), Group(),
-            progress=False)
-    steps = 2 * budget.ft_steps
-    return steps, steps * BATCH * SEQ_LEN
+        steps = budget.qat_steps if phase == "both" else budget.total_steps  # equal totals
+        train = TrainConfig(steps=steps, lr=FT_LR, batch_size=BATCH, warmup=max(1, steps // 10), eval_every=10**6,
+                            save_every=10**6, seed=seed)
+        run_qat(QatOptions(checkpoint=model, data=data, output=out, phase=phase, train=train, seq_len=SEQ_LEN,
+                           lora_steps=budget.lora_steps, lora_lr=budget.lora_lr), Group(), progress=False)
+    return run
 
 
-def plan(seeds: list[int], budget: Budget, model: Path, calib: Path, work: Path):
-    """(recipe, seed, job producing a checkpoint or None, checkpoint to score, scheme to score it under)."""
-    rows = [("float", 0, None, model, "fp32"), ("rtn", 0, None, model, "8da4w")]
+def plan(seeds: list[int], budget: Budget, model: Path, calib: Path, work: Path) -> list[Row]:
+    rows = [Row("float", None, model, scheme="fp32"), Row("default", None, model, scheme="8da4w"),
+            Row("calibrated", None, model, scheme="8da4w", calibrated=True)]
     for seed in seeds:  # every recipe for one seed before the next seed: a cut-short run still compares them all
-        sq = lambda wq, rot, out, s=seed: (lambda: spinquant_job(model, calib, out, s, budget, wq, rot))  # noqa: E731
-        ft = lambda phase, out, s=seed: (lambda: finetune_job(model, calib, out, s, budget, phase))  # noqa: E731
+        ft, qat_lora = work / f"ft_{seed}", work / f"qat_lora_{seed}"
         rows += [
-            ("float-ft", seed, ft("float", work / f"ft_{seed}"), work / f"ft_{seed}", "fp32"),
-            ("float-ft-rtn", seed, ft("float", work / f"ft_{seed}"), work / f"ft_{seed}", "8da4w"),
-            ("qat-lora", seed, ft("both", work / f"qat_lora_{seed}"), work / f"qat_lora_{seed}", None),
-            ("gptq", seed, sq("gptq", False, work / f"gptq_{seed}"), work / f"gptq_{seed}", None),
-            ("spinquant-rtn", seed, sq("rtn", True, work / f"sq_rtn_{seed}"), work / f"sq_rtn_{seed}", None),
-            ("spinquant-gptq", seed, sq("gptq", True, work / f"sq_gptq_{seed}"), work / f"sq_gptq_{seed}", None),
-            ("qat", seed, ft("qat", work / f"qat_{seed}"), work / f"qat_{seed}", None),
+            Row("quarot", seed, work / f"quarot_{seed}", spinquant_job(model, calib, work / f"quarot_{seed}", seed, 0)),
+            Row("spinquant", seed, work / f"sq_{seed}",
+                spinquant_job(model, calib, work / f"sq_{seed}", seed, budget.sq_steps)),
+            Row("float-ft", seed, ft, finetune_job(model, calib, ft, seed, budget, "float"), scheme="fp32"),
+            Row("float-ft + default", seed, ft, scheme="8da4w"),
+            Row("float-ft + calibrated", seed, ft, scheme="8da4w", calibrated=True),
+            Row("qat", seed, work / f"qat_{seed}", finetune_job(model, calib, work / f"qat_{seed}", seed, budget, "qat")),
+            Row("qat-lora", seed, qat_lora, finetune_job(model, calib, qat_lora, seed, budget, "both")),
+            Row("qat-lora, adapters off", seed, work / f"qat_lora_{seed}_off", lambda q=qat_lora: without_adapters(q)),
         ]
     return rows
 
 
+def without_adapters(checkpoint: Path) -> None:
+    """A copy of a QAT+LoRA checkpoint with every adapter's B zeroed: the adapters then add nothing."""
+    out = checkpoint.with_name(checkpoint.name + "_off")
+    shutil.copytree(checkpoint, out, dirs_exist_ok=True)
+    state = torch.load(checkpoint / "consolidated.00.pth", weights_only=True)
+    state = {k: torch.zeros_like(v) if k.endswith(".adaptor.B.weight") else v for k, v in state.items()}
+    torch.save(state, out / "consolidated.00.pth")
+
+
+def adapter_update_ratio(checkpoint: Path, scale: float) -> float:
+    """Median over linears of ||scale * B @ A|| / ||dequantized W||: how far LoRA moved each linear."""
+    state = torch.load(checkpoint / "consolidated.00.pth", weights_only=True)
+    ratios = []
+    for name in (k[: -len(".adaptor.A.weight")] for k in state if k.endswith(".adaptor.A.weight")):
+        update = scale * state[f"{name}.adaptor.B.weight"].float() @ state[f"{name}.adaptor.A.weight"].float()
+        weight, scales = state[f"{name}.weight"].float(), state[f"{name}.scales"].float()
+        ratios.append(float(update.norm() / (weight * scales.repeat_interleave(weight.shape[1] // scales.shape[1], 1)).norm()))
+    return float(torch.tensor(ratios).median())
+
+
+GOALS = {  # method: (the no-training export it is judged against, the float it should approach, goal)
+    "quarot": ("calibrated", "float", 0.67), "spinquant": ("calibrated", "float", 0.67),
+    "qat": ("float-ft + calibrated", "float-ft", 0.90), "qat-lora": ("float-ft + calibrated", "float-ft", 0.90),
+}
+
+
 def summary(rows: list[dict]) -> dict:
-    """Mean and spread per recipe, and the recovery goals: SpinQuant of RTN's gap to float, QAT+LoRA of the
-    fair baseline's RTN gap to the fine-tuned float."""
-    by_recipe: dict[str, list[float]] = {}
+    """Mean and spread per recipe and text, and each method's recovery of its baseline's gap (of the means)."""
+    values: dict[str, dict[str, list[float]]] = {}
     for row in rows:
-        by_recipe.setdefault(row["recipe"], []).append(row["perplexity"])
-    stats = {name: {"mean": statistics.fmean(v), "stdev": statistics.stdev(v) if len(v) > 1 else 0.0, "n": len(v)}
-             for name, v in by_recipe.items()}
-    mean = {name: s["mean"] for name, s in stats.items()}
-
-    def recovered(base: str, rtn: str, method: str) -> float | None:
-        if not {base, rtn, method} <= set(mean) or mean[rtn] == mean[base]:
-            return None
-        return (mean[rtn] - mean[method]) / (mean[rtn] - mean[base])
-
-    recovery = {m: recovered("float", "rtn", m) for m in ("gptq", "spinquant-rtn", "spinquant-gptq")}
-    recovery.update({m: recovered("float-ft", "float-ft-rtn", m) for m in ("qat", "qat-lora")})
+        for text, ppl in row["perplexity"].items():
+            values.setdefault(row["recipe"], {}).setdefault(text, []).append(ppl)
+    stats = {recipe: {text: {"mean": statistics.fmean(v), "stdev": statistics.stdev(v) if len(v) > 1 else 0.0,
+                             "n": len(v)} for text, v in texts.items()} for recipe, texts in values.items()}
+    recovery = {}
+    for method, (base, best, goal) in GOALS.items():
+        if {method, base, best} <= set(stats):
+            recovery[method] = {"of": f"{base} -> {best}", "goal": goal, **{
+                text: (stats[base][text]["mean"] - stats[method][text]["mean"])
+                / (stats[base][text]["mean"] - stats[best][text]["mean"]) for text in stats[method]}}
     return {"stats": stats, "recovery": recovery}
+
+
+def score_row(row: Row, calib: Path, texts: dict, provenance: dict) -> dict:
+    started = time.perf_counter()
+    if row.job is not None and not row.checkpoint.exists():
+        row.job()
+    trained = time.perf_counter() - started
+    record = {"recipe": row.recipe, "seed": row.seed, "perplexity": perplexities(row, calib, texts),
+              "train_seconds": trained, "eval_seconds": time.perf_counter() - started - trained,
+              "commit": provenance["commit"], "dirty": provenance["dirty"]}
+    if row.recipe == "qat-lora":
+        from handheld.core.checkpoints import read_checkpoint
+
+        record["median_adapter_update"] = adapter_update_ratio(row.checkpoint, read_checkpoint(row.checkpoint).args.lora_args.scale)
+    return record
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--work", type=Path, required=True)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--ft-steps", type=int, default=10, help="steps per QAT+LoRA phase (others: twice this)")
-    parser.add_argument("--sq-steps", type=int, default=4)
-    parser.add_argument("--sq-batch", type=int, default=1)
-    parser.add_argument("--sq-seq-len", type=int, default=128)
-    parser.add_argument("--sq-samples", type=int, default=32)
-    parser.add_argument("--pte", action="store_true", help="also score each recipe's first seed through its .pte")
+    parser.add_argument("--qat-steps", type=int, default=10, help="QAT+LoRA's QAT phase (float-ft, qat: qat + lora steps)")
+    parser.add_argument("--lora-steps", type=int, default=10)
+    parser.add_argument("--lora-lr", type=float, default=1e-3)
+    parser.add_argument("--sq-steps", type=int, default=8)
     args = parser.parse_args()
-    budget = Budget(args.ft_steps, args.sq_steps, args.sq_batch, args.sq_seq_len, args.sq_samples)
-    from handheld.core.tokenizers.tokenizer import load_tokenizer
+    budget = Budget(args.qat_steps, args.lora_steps, args.lora_lr, args.sq_steps)
     from handheld.export.provenance import export_provenance
     from handheld.measure.host import host_info
 
     model, calib, test = smollm2()
-    test_ids = load_tokenizer(model).encode(test.read_text(encoding="utf-8"), bos=False)[:EVAL_TOKENS]
+    texts = eval_texts(model, test)
     args.work.mkdir(parents=True, exist_ok=True)
     report = json.loads(RESULTS.read_text()) if RESULTS.is_file() else {"rows": []}
-    report.pop("commit", None)  # recorded per row
-    report.update({"model": model.name, "eval_text": "handheld/proxy/test.txt", "eval_tokens": len(test_ids),
-                   "context": CONTEXT, "stride": STRIDE, "train_text": "handheld/proxy/calib.txt",
-                   "budget": budget.__dict__, "ft_batch": BATCH, "ft_seq_len": SEQ_LEN, "host": host_info(),
-                   "torch_threads": torch.get_num_threads()})
+    if report.get("budget", asdict(budget)) != asdict(budget):
+        sys.exit(f"{RESULTS} holds rows of another budget ({report['budget']}): move it aside to start anew")
+    report.update({"script": "benchmarks/quality/recipes_smollm2.py", "arguments": sys.argv[1:], "model": model.name,
+                   "texts": {k: len(v) for k, v in texts.items()}, "context": CONTEXT, "stride": STRIDE,
+                   "train_text": "handheld/proxy/calib.txt", "budget": asdict(budget),
+                   "fine_tuning": {"batch": BATCH, "seq_len": SEQ_LEN, "lr": FT_LR},
+                   "spinquant": {"batch": SQ_BATCH, "seq_len": SQ_SEQ_LEN, "lr": SQ_LR},
+                   "host": host_info(), "torch_threads": torch.get_num_threads()})
     provenance = export_provenance()  # per row: a table resumed across commits says so row by row
-    rows = {(r["recipe"], r["seed"]): r for r in report["rows"]}
-    for recipe, seed, job, checkpoint, scheme in plan(args.seeds, budget, model, calib, args.work):
-        row = rows.get((recipe, seed))
-        fresh = row is None
-        if fresh:
-            seconds, steps, tokens = run_job(job, checkpoint) if job is not None else (0.0, 0, 0)
-            started = time.perf_counter()
-            row = {"recipe": recipe, "seed": seed, "perplexity": perplexity(checkpoint, scheme, test_ids),
-                   "steps": steps, "tokens": tokens, "seconds": seconds, "eval_seconds": time.perf_counter() - started,
-                   "commit": provenance["commit"], "dirty": provenance["dirty"]}
-            report["rows"].append(row)
-        # The .pte's own figure, also for rows scored earlier whose checkpoint is still in --work.
-        wants_pte = args.pte and seed == args.seeds[0] and "pte_perplexity" not in row and checkpoint.exists()
-        if not (fresh or wants_pte):
+    done = {(r["recipe"], r["seed"]) for r in report["rows"]}
+    for row in plan(args.seeds, budget, model, calib, args.work):
+        if (row.recipe, row.seed) in done:
             continue
-        if wants_pte:
-            row["pte_perplexity"] = pte_perplexity(checkpoint, scheme, test_ids, args.work / f"{recipe}.pte")
-            row["pte_commit"] = provenance["commit"]
-        print(json.dumps(row), flush=True)
+        record = score_row(row, calib, texts, provenance)
+        print(json.dumps(record), flush=True)
+        report["rows"].append(record)
         report["summary"] = summary(report["rows"])
         _write(report)
-    print(json.dumps(report["summary"], indent=1))
-
-
-def run_job(job, checkpoint: Path) -> tuple[float, int, int]:
-    """Train once per output folder; its cost is kept beside it for rows that score it again."""
-    record = checkpoint.with_name(checkpoint.name + ".job.json")
-    if not (checkpoint.exists() and record.is_file()):
-        started = time.perf_counter()
-        steps, tokens = job()
-        record.write_text(json.dumps([time.perf_counter() - started, steps, tokens]))
-    seconds, steps, tokens = json.loads(record.read_text())
-    return seconds, steps, tokens
+    print(json.dumps(report.get("summary"), indent=1))
 
 
 def _write(report: dict) -> None:

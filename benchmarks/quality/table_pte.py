@@ -5,7 +5,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from handheld.export.program import export_checkpoint
+from handheld.export.options import ExportOptions
+from handheld.export.program import export_program
 from handheld.measure.quality import pte_logits_fn
 from handheld.runtime_bindings.python.program import PteProgram
 from table import CONTEXT, scores
@@ -18,10 +19,10 @@ def run_pte_rows(which: str, checkpoint: Path, work: Path, table, texts: dict, r
             continue
         out = work / f"{which}-{name.replace(' ', '').replace('-', '_').replace('@', '')}.pte"
         o = row.options
-        exported = export_checkpoint(checkpoint, out, scheme_name=row.scheme, backend_name="xnnpack",
-                                     max_seq_len=CONTEXT, full_logits=True, log=lambda _: None,
-                                     scale_rule=o.scale_rule, calib=o.calib, calib_tokens=o.calib_tokens if o.calib else None,
-                                     budget_mb=o.budget_mb)
+        options = ExportOptions(scheme=row.scheme, max_seq_len=CONTEXT, full_logits=True, scale_rule=o.scale_rule,
+                                calib=o.calib, calib_tokens=o.calib_tokens if o.calib else None,
+                                budget_mb=o.budget_mb)
+        exported = export_program(checkpoint, out, options, log=lambda _: None)
         program = PteProgram(out)
         table.add(key, {"checkpoint": which, "kind": "handheld .pte", "row": name,
                         "scores": scores(pte_logits_fn(program), reference, texts),

@@ -120,11 +120,6 @@ def add_npu_arguments(p: argparse.ArgumentParser) -> None:
                    help=f"NPU schemes: calibration sequences drawn from --calib (default {NPU_CALIB_SEQUENCES})")
 
 
-def is_npu_artefact(path: str) -> bool:
-    """A calibrated NPU program written by `handheld quantize` (torch.export's .pt2)."""
-    return Path(path).suffix == ".pt2"
-
-
 def npu_quantized(args: argparse.Namespace, checkpoint: Path, options):
     """`options`' scheme applied to a float checkpoint, calibrated on --calib: a `QuantizedProgram` in memory."""
     from handheld.export.npu import calibrate_checkpoint

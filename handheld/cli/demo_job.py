@@ -109,12 +109,13 @@ def _export_one(job: tuple[str, str, str, int]) -> tuple[str, float]:
     quiet_library_noise()  # before torch and torchao are imported here: their import-time warnings go too
     import torch
 
-    from handheld.export.program import export_checkpoint
+    from handheld.export.options import ExportOptions
+    from handheld.export.program import export_program
 
     torch.set_num_threads(1)
     scheme, source, pte, context = job
-    result = export_checkpoint(Path(source), Path(pte), scheme_name=None if scheme in RECIPES else scheme,
-                               backend_name="xnnpack", max_seq_len=context, full_logits=True, log=lambda _: None)
+    options = ExportOptions(scheme=None if scheme in RECIPES else scheme, max_seq_len=context, full_logits=True)
+    result = export_program(Path(source), Path(pte), options, log=lambda _: None)
     return scheme, result.seconds
 
 

@@ -8,9 +8,10 @@ import json
 import sys
 from pathlib import Path
 
-from handheld.cli._shared import (add_group_size, add_npu_arguments, eager_model, is_checkpoint_path, is_npu_artefact,
-                                  npu_quantized, refuse_checkpoint_flags)
+from handheld.cli._shared import (add_group_size, add_npu_arguments, eager_model, is_checkpoint_path, npu_quantized,
+                                  refuse_checkpoint_flags)
 from handheld.core.errors import HandheldError
+from handheld.export.options import is_npu_artefact
 
 HELP = "perplexity of a .pte or a checkpoint on a text, and agreement with a float reference"
 

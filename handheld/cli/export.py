@@ -8,11 +8,9 @@ from a `.pt2` that `handheld quantize` wrote; the vendor SDK must be installed, 
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
-from handheld.cli._shared import add_group_size, add_memory_check_argument, add_npu_arguments, is_npu_artefact, npu_quantized, optional_path
+from handheld.cli._shared import add_group_size, add_memory_check_argument, add_npu_arguments
 from handheld.core.defaults import GPTQ_CALIB_TOKENS, MAX_SEQ_LEN, NPU_SEQ_LEN, SCALE_RULE
-from handheld.core.errors import HandheldError
 
 HELP = "lower a checkpoint to an ExecuTorch .pte"
 
@@ -44,44 +42,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> None:
     from handheld import api
-    from handheld.export.backends import get_backend
 
-    if get_backend(args.backend).npu is not None:
-        _run_npu(args)
-        return
+    log = lambda msg: print(f"[export] {msg}", flush=True)  # noqa: E731
     result = api.export(
-        args.checkpoint, args.output, scheme=args.scheme, backend=args.backend, max_seq_len=args.max_seq_len or MAX_SEQ_LEN,
-        tokenizer=args.tokenizer, group_size=args.group_size, full_logits=args.full_logits, scale_rule=args.scale_rule,
-        calib=args.calib, calib_tokens=args.calib_tokens, budget_mb=args.budget_mb,
-        skip_memory_check=args.skip_memory_check, log=lambda msg: print(f"[export] {msg}", flush=True),
+        args.checkpoint, args.output, log=log, scheme=args.scheme, backend=args.backend, max_seq_len=args.max_seq_len,
+        tokenizer=args.tokenizer, full_logits=args.full_logits, group_size=args.group_size, scale_rule=args.scale_rule,
+        calib=args.calib, calib_tokens=args.calib_tokens, budget_mb=args.budget_mb, soc=args.soc,
+        calib_sequences=args.calib_sequences, skip_memory_check=args.skip_memory_check,
     )
-    print(f"wrote {result.path} ({result.file_bytes / 2**20:.1f} MiB) in {result.seconds:.0f} s")
-
-
-def _run_npu(args: argparse.Namespace) -> None:
-    from handheld.core.atomic import refuse_overwriting_inputs
-    from handheld.export.npu import NpuOptions, load_quantized, lower_quantized, npu_backend, require_sdk
-
-    backend, source, output = npu_backend(args.backend), Path(args.checkpoint), Path(args.output)
-    for flag, value in (("--group-size", args.group_size), ("--scale-rule", args.scale_rule),
-                        ("--calib-tokens", args.calib_tokens), ("--budget-mb", args.budget_mb)):
-        if value is not None:
-            raise HandheldError(f"{flag} applies to xnnpack's 4-bit schemes; {backend.name}'s schemes fix their own")
-    if is_npu_artefact(args.checkpoint):  # its scheme, chip and length were fixed when it was quantized
-        given = [flag for flag, value in (("--scheme", args.scheme), ("--soc", args.soc), ("--max-seq-len", args.max_seq_len),
-                                          ("--calib", args.calib)) if value is not None]
-        if given:
-            raise HandheldError(f"{source} was quantized by `handheld quantize` with its own scheme, chip and length; "
-                                f"{', '.join(given)} cannot change them (quantize again instead)")
-    options = None
-    if not is_npu_artefact(args.checkpoint):
-        options = NpuOptions(backend.name, args.scheme, args.soc, args.max_seq_len or NPU_SEQ_LEN)
-        options.resolve()  # bad scheme or chip names fail before anything else
-    require_sdk(backend)  # before any work: one line saying what is missing
-    refuse_overwriting_inputs(output, [source, optional_path(args.calib), optional_path(args.tokenizer)])
-    quantized = load_quantized(source) if options is None else npu_quantized(args, source, options)
-    if quantized.options.backend != backend.name:
-        raise HandheldError(f"{source} was quantized for {quantized.options.backend}, not {backend.name}")
-    lower_quantized(quantized, output, log=lambda msg: print(f"[export] {msg}", flush=True))
-    print(f"wrote {output} ({output.stat().st_size / 2**20:.1f} MiB): {backend.name} {quantized.options.scheme} "
-          f"for {quantized.options.chip}")
+    meta = result.metadata
+    print(f"wrote {result.path} ({result.file_bytes / 2**20:.1f} MiB) in {result.seconds:.0f} s: {meta.backend} "
+          f"{meta.scheme}")

@@ -7,11 +7,9 @@ Writes a `.pt2` (the converted program, `torch.export.save`, with handheld's met
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
-from handheld.cli._shared import add_npu_arguments, npu_quantized, optional_path
+from handheld.cli._shared import add_npu_arguments
 from handheld.core.defaults import NPU_SEQ_LEN
-from handheld.core.errors import HandheldError
 
 HELP = "calibrate an NPU scheme (qnn, mediatek) on text and write a .pt2 to lower where the vendor SDK is"
 
@@ -28,17 +26,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> None:
-    from handheld.core.atomic import refuse_overwriting_inputs
-    from handheld.export.npu import ARTEFACT_SUFFIX, NpuOptions, save_quantized
+    from handheld import api
 
-    output = Path(args.output)
-    if output.suffix != ARTEFACT_SUFFIX:
-        raise HandheldError(f"-o must end in {ARTEFACT_SUFFIX} (eval and export recognise the artefact by it)")
-    options = NpuOptions(args.backend, args.scheme, args.soc, args.seq_len)
-    options.resolve()
-    refuse_overwriting_inputs(output, [Path(args.checkpoint), optional_path(args.calib), optional_path(args.tokenizer)])
-    quantized = npu_quantized(args, Path(args.checkpoint), options)
-    save_quantized(quantized, output)
-    print(f"wrote {output} ({output.stat().st_size / 2**20:.1f} MiB): {quantized.options.backend} "
-          f"{quantized.options.scheme} for {quantized.options.chip}, {options.seq_len} tokens per call; score it with "
-          f"`handheld eval {output}`, lower it with `handheld export --checkpoint {output} --backend {options.backend}`")
+    made = api.quantize_npu(args.checkpoint, args.calib, args.output, backend=args.backend, scheme=args.scheme,
+                              soc=args.soc, seq_len=args.seq_len, sequences=args.calib_sequences, tokenizer=args.tokenizer,
+                              log=lambda msg: print(f"[quantize] {msg}", flush=True))
+    print(f"wrote {made.path} ({made.path.stat().st_size / 2**20:.1f} MiB): {made.backend} {made.scheme} for {made.chip}, "
+          f"{made.seq_len} tokens per call; score it with `handheld eval {made.path}`, lower it with "
+          f"`handheld export --checkpoint {made.path} --backend {made.backend}`")
