@@ -30,7 +30,7 @@ if TYPE_CHECKING:
 
 __all__ = ["HandheldError", "ExportedProgram", "NpuArtefact", "Generation", "fetch", "load", "quantize", "export",
            "program_metadata", "quantize_npu", "spinquant", "qat",
-           "evaluate", "bench", "generate", "stream", "chat"]
+           "evaluate", "bench", "bench_report", "generate", "stream", "chat"]
 
 
 @dataclass(frozen=True)
@@ -186,40 +186,38 @@ def _options(kind, **fields):
     return kind(**fields)
 
 
-def evaluate(model: str | Path, text: str | Path, *, tokenizer: str | Path, scheme: str | None = None,
-             context: int = 256, stride: int = 128, max_tokens: int | None = None):
-    """Perplexity of a `.pte` (exported with full_logits) or of a checkpoint in eager PyTorch under `scheme`, on a
-    UTF-8 text: a `handheld.measure.quality.EvalResult` (perplexity, tokens_scored, context, stride)."""
-    from handheld.core.tokenizers.tokenizer import load_tokenizer
-    from handheld.measure.quality import eager_logits_fn, evaluate as score, pte_logits_fn
+def evaluate(model: str | Path, text: str | Path, *, tokenizer: str | Path, log=lambda _: None, **options):
+    """`handheld eval`: perplexity of a `.pte` (exported with full_logits; on handheld's native runner with `target`),
+    of a checkpoint in eager PyTorch under `scheme`, or of an NPU scheme simulated on the CPU (a `.pt2`, or a
+    checkpoint with `backend` and `calib`), on a UTF-8 text. `options`: the fields of
+    `handheld.measure.evaluation.EvalOptions` (context, stride, max_tokens, reference, scheme, group_size, backend,
+    soc, calib, calib_sequences, target). Returns an `Evaluation` (perplexity, tokens_scored, top1_agreement and
+    mean_kl against `reference`, host_perplexity with `target`, ...; `.as_dict()` is `handheld eval --json`)."""
+    from handheld.measure.evaluation import EvalOptions, evaluate_model
 
-    text_path = Path(text)
-    if not text_path.is_file():
-        raise HandheldError(f"text file {text_path} not found")
-    ids = load_tokenizer(str(tokenizer)).encode(text_path.read_text(encoding="utf-8"), bos=False)[:max_tokens]
-    if Path(model).suffix == ".pte":
-        if scheme is not None:
-            raise HandheldError(f"scheme applies to checkpoints; {model} already has its scheme")
-        from handheld.runtime_bindings.python.program import PteProgram
-
-        return score(pte_logits_fn(PteProgram(model)), ids, context, stride)
-    from handheld.core.checkpoints import build_model, read_checkpoint
-    from handheld.quant.schemes import prepare_model
-
-    checkpoint = read_checkpoint(Path(model))
-    prepared = prepare_model(checkpoint, scheme, max_seq_len=context, full_logits=True) if scheme else None
-    eager = prepared.model if prepared else build_model(checkpoint, max_seq_len=context, full_logits=True)
-    return score(eager_logits_fn(eager.eval()), ids, context, stride)
+    paths = {k: _optional(v) for k, v in options.items() if k in ("reference", "calib")}
+    typed = _options(EvalOptions, **(options | paths))
+    return evaluate_model(Path(model), Path(text), Path(tokenizer), typed, log)
 
 
-def bench(programs: list[str | Path], *, prompt_len: int = 64, gen_len: int = 128, runs: int = 5, warmup: int = 1,
-          threads: int | None = None, runner: str = "python", target: str = "host", log=lambda _: None) -> list[dict]:
-    """`handheld bench`'s rows (one per program: samples, stats with medians, load, TTFT, tok/s, peak RSS)."""
-    from handheld.measure.bench import BenchConfig, run_bench
+def bench(programs: list[str | Path], **options) -> list[dict]:
+    """`handheld bench`'s rows (one per program: samples, stats with medians, load, TTFT, tok/s, peak RSS); the
+    options are `bench_report`'s."""
+    return bench_report(programs, **options)["rows"]
 
-    config = BenchConfig(prompt_len=prompt_len, gen_len=gen_len, runs=runs, warmup=warmup, runner=runner, target=target,
-                         **({"threads": threads} if threads else {}))
-    return run_bench([Path(p) for p in programs], config, progress=log)["rows"]
+
+def bench_report(programs: list[str | Path], *, prompt_len: int = 64, gen_len: int = 128, runs: int = 5,
+                 warmup: int = 1, threads: int | None = None, runner: str | None = None, target: str = "host",
+                 count_work: bool = False, cool_down_s: float = 0.0, bandwidth: bool = False,
+                 log=lambda _: None) -> dict:
+    """`handheld bench --json`'s whole report: the host, the memory bandwidth (with `bandwidth`, the roofline's) and
+    the rows. `runner` None: python on the host, native elsewhere; `target` host, qemu-aarch64, android-arm64 or
+    adb[:SERIAL]; `threads` None: the usable cores (a phone's big cores)."""
+    from handheld.measure.bench import bench_programs
+
+    return bench_programs([Path(p) for p in programs], threads=threads, runner=runner, bandwidth=bandwidth,
+                          progress=log, prompt_len=prompt_len, gen_len=gen_len, runs=runs, warmup=warmup,
+                          target=target, count_work=count_work, cool_down_s=cool_down_s)
 
 
 def generate(program: str | Path, tokenizer: str | Path, prompt: str, *, max_new_tokens: int = 64, chat: bool = False,

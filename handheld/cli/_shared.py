@@ -62,11 +62,6 @@ def guard_from_args(args: argparse.Namespace):
     return load_guard(args.guard, tokenizer)
 
 
-def is_checkpoint_path(path: str) -> bool:
-    """A checkpoint directory or GGUF file (run in eager PyTorch), as opposed to a `.pte` program."""
-    return Path(path).is_dir() or Path(path).suffix == ".gguf"
-
-
 def optional_path(value: str | None) -> Path | None:
     return Path(value) if value else None
 
@@ -118,14 +113,6 @@ def add_npu_arguments(p: argparse.ArgumentParser) -> None:
                    "schemes set their activation ranges from it")
     p.add_argument("--calib-sequences", type=int, default=NPU_CALIB_SEQUENCES,
                    help=f"NPU schemes: calibration sequences drawn from --calib (default {NPU_CALIB_SEQUENCES})")
-
-
-def npu_quantized(args: argparse.Namespace, checkpoint: Path, options):
-    """`options`' scheme applied to a float checkpoint, calibrated on --calib: a `QuantizedProgram` in memory."""
-    from handheld.export.npu import calibrate_checkpoint
-
-    return calibrate_checkpoint(checkpoint, options, optional_path(args.calib), optional_path(getattr(args, "tokenizer", None)),
-                                args.calib_sequences, log=lambda msg: print(f"[quantize] {msg}", flush=True))
 
 
 def quiet_library_noise() -> None:

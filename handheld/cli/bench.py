@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 
 from handheld.cli._shared import add_gate_arguments, apply_gate, read_baseline
-from handheld.measure.bench import RUNNERS, BenchConfig, default_runner
+from handheld.measure.bench import RUNNERS, BenchConfig
 
 HELP = "measure .pte programs: load, TTFT, prefill and decode tok/s, peak RSS, file size"
 DESCRIPTION = ("Runs each program --warmup + --runs times, each run in a fresh process (so peak RSS is that program's "
@@ -43,26 +43,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> None:
+    from handheld import api
     from handheld.core.atomic import atomic_path, refuse_overwriting_inputs
-    from handheld.measure.bench import connect_device, run_bench
-    from handheld.measure.host import measure_bandwidth_gbs
 
     if args.json:  # before any work: --json must not overwrite the baseline or a program it measures
         refuse_overwriting_inputs(args.json, [args.baseline, *args.models])
-
-    options = dict(prompt_len=args.prompt_len, gen_len=args.gen_len, runs=args.runs, warmup=args.warmup,
-                   runner=args.runner or default_runner(args.target), target=args.target, count_work=args.count_work,
-                   cool_down_s=args.cool_down)
-    config = BenchConfig(**options, **({} if args.threads is None else {"threads": args.threads}))
-    device = connect_device(config.target)  # a missing adb or device fails here, before any work
-    if device is not None and args.threads is None:
-        config = BenchConfig(**options, threads=len(device.big_cores))
     baseline = read_baseline(args)
-    # The host's bandwidth is no roofline for a device's rows.
-    bandwidth = None if args.no_bandwidth or device is not None else measure_bandwidth_gbs(config.threads)
-    if bandwidth:
-        print(f"memory bandwidth (triad, {config.threads} threads): {bandwidth:.1f} GB/s")
-    results = run_bench([Path(p) for p in args.models], config, bandwidth_gbs=bandwidth, device=device)
+    results = api.bench_report(args.models, prompt_len=args.prompt_len, gen_len=args.gen_len, runs=args.runs,
+                               warmup=args.warmup, threads=args.threads, runner=args.runner, target=args.target,
+                               count_work=args.count_work, cool_down_s=args.cool_down, bandwidth=not args.no_bandwidth,
+                               log=print)
     print(summary_lines(results))
     if args.json:
         with atomic_path(args.json) as tmp:

@@ -7,7 +7,9 @@ import codecs
 import sys
 from pathlib import Path
 
-from handheld.cli._shared import add_group_size, add_guard_and_verbose_arguments, eager_model, guard_from_args, is_checkpoint_path, refuse_checkpoint_flags
+from handheld.cli._shared import (add_group_size, add_guard_and_verbose_arguments, eager_model, guard_from_args,
+                                  refuse_checkpoint_flags)
+from handheld.measure.evaluation import is_checkpoint_path
 from handheld.core.defaults import DRAFT_TOKENS, MAX_SEQ_LEN
 from handheld.core.errors import HandheldError
 

@@ -187,6 +187,24 @@ def run_bench(ptes: list[Path], config: BenchConfig, progress: Callable[[str], N
             "bandwidth_threads": config.threads, "rows": rows}
 
 
+def bench_programs(ptes: list[Path], *, threads: int | None = None, runner: str | None = None, bandwidth: bool = True,
+                   progress: Callable[[str], None] = print, **fields) -> dict:
+    """`handheld bench`: the device (a device target) connected before any work, threads defaulting to its big
+    cores (or this machine's usable ones), the runner to the target's default, the host's memory bandwidth measured
+    for the roofline (not for a device's rows); then `run_bench`. `fields`: the rest of `BenchConfig`."""
+    from handheld.measure.host import measure_bandwidth_gbs
+
+    target = fields.get("target", BenchConfig.target)
+    device = connect_device(target)  # a missing adb or device fails here, before any work
+    if threads is None and device is not None:
+        threads = len(device.big_cores)
+    config = BenchConfig(runner=runner or default_runner(target), **fields, **({} if threads is None else {"threads": threads}))
+    measured = None if not bandwidth or device is not None else measure_bandwidth_gbs(config.threads)
+    if measured:
+        progress(f"memory bandwidth (triad, {config.threads} threads): {measured:.1f} GB/s")
+    return run_bench(ptes, config, progress, bandwidth_gbs=measured, device=device)
+
+
 def connect_device(target: str) -> Device | None:
     """The device a device target names (checked attached, its facts read), or None for this machine's targets."""
     if get_target(target).device is None:
