@@ -220,24 +220,35 @@ def bench_report(programs: list[str | Path], *, prompt_len: int = 64, gen_len: i
                           target=target, count_work=count_work, cool_down_s=cool_down_s)
 
 
-def generate(program: str | Path, tokenizer: str | Path, prompt: str, *, max_new_tokens: int = 64, chat: bool = False,
-             system: str | None = None) -> Generation:
-    """Greedy text from a `.pte` (ExecuTorch's runtime) for `prompt`, as `handheld generate` makes it."""
-    from handheld.decoding.generation import generate as greedy
+def generate(model: str | Path, tokenizer: str | Path | None, prompt: str, *, on_token=lambda _: None,
+             **options) -> Generation:
+    """`handheld generate`: greedy text for `prompt` from a `.pte` (ExecuTorch's runtime) or a checkpoint (eager
+    PyTorch), speculative with `draft`; `on_token` sees each token id as it is chosen. `tokenizer` None: a
+    checkpoint's own. `options`: the fields of `handheld.decoding.text.GenerateOptions` (max_new_tokens, chat, system,
+    scheme, group_size, max_seq_len, draft, draft_tokens, verbose)."""
+    from handheld.decoding.text import GenerateOptions, generate_text, open_model
 
-    model, tok, ids, stops = _prompted(program, tokenizer, prompt, chat, system)
-    tokens, stats = greedy(model, ids, max_new_tokens, stops)
+    typed = _options(GenerateOptions, **(options | {k: _optional(v) for k, v in options.items() if k == "draft"}))
+    tok, ids = _prompted(model, tokenizer, prompt, typed)
+    tokens, stats = generate_text(open_model(Path(model), typed), tok, ids, typed, on_token)
     return Generation(tok.decode(tokens), tokens, stats)
 
 
-def stream(program: str | Path, tokenizer: str | Path, prompt: str, *, max_new_tokens: int = 64, chat: bool = False,
-           system: str | None = None) -> Iterator[str]:
-    """The same text as `generate`, yielded as the tokens are chosen (whole UTF-8 characters only)."""
+def stream(model: str | Path, tokenizer: str | Path | None, prompt: str, **options) -> Iterator[str]:
+    """The same text as `generate` (greedy; no draft), yielded as the tokens are chosen (whole UTF-8 characters)."""
     from handheld.decoding.generation import GreedySteps
+    from handheld.decoding.text import GenerateOptions, open_model
 
-    model, tok, ids, stops = _prompted(program, tokenizer, prompt, chat, system)
+    typed = _options(GenerateOptions, **options)
+    if typed.draft is not None:
+        raise HandheldError("stream decodes greedily; speculative decoding (draft) is generate's")
+    tok, ids = _prompted(model, tokenizer, prompt, typed)
+    opened = open_model(Path(model), typed)
+    if tok.vocab_size > opened.vocab_size:
+        raise HandheldError(f"tokenizer has {tok.vocab_size} ids but {model} only {opened.vocab_size}")
     decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
-    for token in GreedySteps(model, ids, max_new_tokens, stops):
+    stops = sorted(set(opened.stop_ids) | set(tok.stop_ids))
+    for token in GreedySteps(opened.runner, ids, typed.max_new_tokens, stops):
         piece = decoder.decode(tok.decode_bytes([token]))
         if piece:
             yield piece
@@ -246,14 +257,13 @@ def stream(program: str | Path, tokenizer: str | Path, prompt: str, *, max_new_t
         yield tail
 
 
-def _prompted(program, tokenizer, prompt: str, chat: bool, system: str | None):
-    """The program, its tokenizer, the prompt's ids (in the chat template with `chat`) and the stop ids."""
-    from handheld.core.tokenizers.tokenizer import prompt_ids
+def _prompted(model, tokenizer, prompt: str, options):
+    """The tokenizer (read first: a bad one fails at once) and the prompt's ids (in the chat template with chat)."""
+    from handheld.core.tokenizers.tokenizer import load_tokenizer, prompt_ids
+    from handheld.decoding.text import tokenizer_for
 
-    if system is not None and not chat:
-        raise HandheldError("system goes with chat")
-    model, tok = _program_and_tokenizer(program, tokenizer)
-    return model, tok, prompt_ids(tok, prompt, chat, system), sorted(set(model.eos_ids) | set(tok.stop_ids))
+    tok = load_tokenizer(tokenizer_for(Path(model), _optional(tokenizer)))
+    return tok, prompt_ids(tok, prompt, options.chat, options.system)
 
 
 def _program_and_tokenizer(program, tokenizer, quiet: bool = True):

@@ -60,7 +60,7 @@ def test_load_and_quantize_give_the_eager_models_export_lowers(odd_checkpoint, o
 @pytest.mark.parametrize("call, message", [
     (lambda: api.evaluate("nowhere.pte", "nowhere.txt", tokenizer="t"), "text file nowhere.txt not found"),
     (lambda: api.export("no-such-checkpoint", "out.pte", scheme="8da4w", backend="nope"), "unknown backend 'nope'"),
-    (lambda: api.generate("x.pte", str(proxy_dir() / "tokenizer.model"), "hi", system="be brief"), "system goes with chat"),
+    (lambda: api.generate("x.pte", str(proxy_dir() / "tokenizer.model"), "hi", system="be brief"), "--system goes with --chat"),
     (lambda: api.spinquant("c", "t.txt", "out", step=3), "unknown option step for SpinQuantOptions; known: checkpoint"),
     (lambda: api.qat("c", "t.txt", "out", rank=4), "unknown option rank for QatOptions"),
     (lambda: api.qat("c", "t.txt", "out", phase="warm"), "unknown --phase 'warm'"),

@@ -89,23 +89,6 @@ def apply_gate(results: dict, baseline: dict | None, max_regression: float | Non
     print(f"regression gate passed: {checked} moved more than {max_regression:g}% the wrong way")
 
 
-def eager_model(args: argparse.Namespace, max_seq_len: int, full_logits: bool):
-    """A checkpoint's model under `--scheme` / `--group-size`, in eager PyTorch, and the checkpoint."""
-    from handheld.core.checkpoints import read_checkpoint
-    from handheld.quant.schemes import prepare_model, scheme_options
-
-    checkpoint = read_checkpoint(args.model)
-    options = scheme_options(args.scheme, args.group_size, checkpoint)
-    return prepare_model(checkpoint, args.scheme, options, max_seq_len=max_seq_len, full_logits=full_logits), checkpoint
-
-
-def refuse_checkpoint_flags(args: argparse.Namespace, what: str) -> None:
-    """--scheme and --group-size shape an eager model; a `.pte` already has both."""
-    for flag in ("scheme", "group_size"):
-        if getattr(args, flag, None) is not None:
-            raise HandheldError(f"--{flag.replace('_', '-')} applies to checkpoints; {what} already has its scheme")
-
-
 def add_npu_arguments(p: argparse.ArgumentParser) -> None:
     """What an NPU scheme takes besides --backend and --scheme: the chip and the calibration text."""
     p.add_argument("--soc", help="NPU chip: qnn SM8550, SM8650 (default), SM8750; mediatek mt6989 (default), mt6991, mt6993")

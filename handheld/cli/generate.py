@@ -7,9 +7,7 @@ import codecs
 import sys
 from pathlib import Path
 
-from handheld.cli._shared import (add_group_size, add_guard_and_verbose_arguments, eager_model, guard_from_args,
-                                  refuse_checkpoint_flags)
-from handheld.measure.evaluation import is_checkpoint_path
+from handheld.cli._shared import add_group_size, add_guard_and_verbose_arguments, guard_from_args, optional_path
 from handheld.core.defaults import DRAFT_TOKENS, MAX_SEQ_LEN
 from handheld.core.errors import HandheldError
 
@@ -38,9 +36,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> None:
     from handheld.core.tokenizers.tokenizer import load_tokenizer, prompt_ids
+    from handheld.decoding.text import GenerateOptions, generate_text, open_model, tokenizer_for
 
-    _check_flags(args)
-    tokenizer = load_tokenizer(_tokenizer_path(args))  # before the model: a bad tokenizer fails at once
+    if args.guard and not args.chat:
+        raise HandheldError("--guard goes with --chat: the guard reads a user's message and the model's answer")
+    options = GenerateOptions(max_new_tokens=args.max_new_tokens, chat=args.chat, system=args.system,
+                              scheme=args.scheme, group_size=args.group_size, max_seq_len=args.max_seq_len,
+                              draft=optional_path(args.draft), draft_tokens=args.draft_tokens, verbose=args.verbose)
+    # The tokenizer before the model: a bad one fails at once.
+    tokenizer = load_tokenizer(tokenizer_for(Path(args.model), optional_path(args.tokenizer)))
     prompt = prompt_ids(tokenizer, args.prompt, args.chat, args.system)
     guard = guard_from_args(args)
     if guard is not None:
@@ -48,9 +52,7 @@ def run(args: argparse.Namespace) -> None:
         if not verdict.safe:
             print(f"[guard] prompt withheld: {verdict.summary()}")
             return
-    runner, stop_ids, vocab_size, label = _step_model(args)
-    if tokenizer.vocab_size > vocab_size:
-        raise HandheldError(f"tokenizer has {tokenizer.vocab_size} ids but {args.model} only {vocab_size}")
+    model = open_model(Path(args.model), options)
     # Byte-level BPE splits multi-byte characters across tokens: decode bytes incrementally.
     decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
     shown: list[int] = []
@@ -61,63 +63,10 @@ def run(args: argparse.Namespace) -> None:
             sys.stdout.write(decoder.decode(tokenizer.decode_bytes([token])))
             sys.stdout.flush()
 
-    stops = sorted(set(stop_ids) | set(tokenizer.stop_ids))
-    stats = _decode(args, runner, prompt, stops, show)
+    _, stats = generate_text(model, tokenizer, prompt, options, on_token=show)
     if guard is not None:
-        _show_guarded(guard, args.prompt, tokenizer.decode(shown))
+        verdict = guard.check(args.prompt, tokenizer.decode(shown))
+        print(tokenizer.decode(shown) if verdict.safe else f"[guard] answer withheld: {verdict.summary()}")
     else:
         sys.stdout.write(decoder.decode(b"", final=True) + "\n")
-    print(f"{stats.line()} | {label}")
-
-
-def _check_flags(args: argparse.Namespace) -> None:
-    if args.system is not None and not args.chat:
-        raise HandheldError("--system goes with --chat")
-    if args.guard and not args.chat:
-        raise HandheldError("--guard goes with --chat: the guard reads a user's message and the model's answer")
-    if args.draft and (is_checkpoint_path(args.model) or is_checkpoint_path(args.draft)):
-        raise HandheldError("--draft takes .pte programs: export the target (with --full-logits) and the draft first")
-
-
-def _show_guarded(guard, prompt: str, answer: str) -> None:
-    verdict = guard.check(prompt, answer)
-    print(answer if verdict.safe else f"[guard] answer withheld: {verdict.summary()}")
-
-
-def _decode(args: argparse.Namespace, runner, prompt: list[int], stops: list[int], show):
-    """Plain greedy decoding, or speculative with --draft (the same tokens, fewer target calls)."""
-    from handheld.decoding.generation import generate
-
-    if not args.draft:
-        return generate(runner, prompt, args.max_new_tokens, stops, on_token=show)[1]
-    from handheld.runtime_bindings.python.program import PteProgram
-    from handheld.decoding.speculative import check_compatible, speculative_generate
-
-    draft = PteProgram(args.draft, quiet=not args.verbose)
-    check_compatible(runner.metadata, draft.metadata)
-    return speculative_generate(runner, draft, prompt, args.max_new_tokens, stops, args.draft_tokens, on_token=show)[1]
-
-
-def _tokenizer_path(args: argparse.Namespace) -> str:
-    from handheld.core.checkpoints import own_tokenizer_path
-
-    if args.tokenizer:
-        return args.tokenizer
-    own = own_tokenizer_path(Path(args.model)) if is_checkpoint_path(args.model) else None
-    if own is None:
-        raise HandheldError(f"{args.model} carries no tokenizer: pass --tokenizer")
-    return str(own)
-
-
-def _step_model(args: argparse.Namespace):
-    """A `.pte` through ExecuTorch, or a checkpoint in eager PyTorch under a scheme."""
-    from handheld.decoding.generation import EagerRunner
-
-    if not is_checkpoint_path(args.model):
-        from handheld.runtime_bindings.python.program import PteProgram
-
-        refuse_checkpoint_flags(args, "a .pte")
-        program = PteProgram(args.model, quiet=not args.verbose)
-        return program, program.eos_ids, program.vocab_size, f"ExecuTorch, {program.metadata.scheme}"
-    prepared, _ = eager_model(args, max_seq_len=args.max_seq_len, full_logits=False)
-    return EagerRunner(prepared.model), [], prepared.model.args.vocab_size, f"eager PyTorch, {prepared.label}"
+    print(f"{stats.line()} | {model.label}")

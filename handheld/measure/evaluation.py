@@ -15,6 +15,7 @@ from typing import Callable
 
 from handheld.core.defaults import NPU_CALIB_SEQUENCES
 from handheld.core.errors import HandheldError
+from handheld.decoding.text import is_checkpoint_path
 from handheld.export.options import is_npu_artefact
 
 
@@ -60,11 +61,6 @@ class Evaluation:
             for key in ("target", "host_perplexity", "difference_from_host_pct"):
                 record.pop(key)
         return record
-
-
-def is_checkpoint_path(path: str | Path) -> bool:
-    """A checkpoint directory or GGUF file (run in eager PyTorch), as opposed to a `.pte` program."""
-    return Path(path).is_dir() or Path(path).suffix == ".gguf"
 
 
 def evaluate_model(model: Path, text: Path, tokenizer: Path, options: EvalOptions = EvalOptions(),
