@@ -1,4 +1,4 @@
-"""A stand-in for `adb` (tests/test_android_bench.py puts a shim named `adb` first on PATH that runs this).
+"""A stand-in for `adb` (tests/test_adb_device.py puts a shim named `adb` first on PATH that runs this).
 
 It records every call, one JSON list per line, in $FAKE_ADB_STATE/calls.jsonl and answers like one phone: an
 8-core SoC with three clusters, whose files live under $FAKE_ADB_STATE/device/ (push writes there, sha256sum

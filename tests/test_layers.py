@@ -114,3 +114,22 @@ def test_no_function_is_longer_than_sixty_lines():
             if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.end_lineno - node.lineno + 1 > 60:
                 long.append(f"{name}.{node.name}: {node.end_lineno - node.lineno + 1} lines")
     assert not long, "\n".join(long)
+
+
+def test_every_module_has_a_test_a_newcomer_can_find():
+    """tests/test_<module>.py, or a row of tests/README.md naming the module and test files that exist."""
+    index = (ROOT / "tests" / "README.md").read_text()
+    missing, dangling = [], []
+    for module, path in sorted(modules().items()):
+        if path.name in ("__init__.py", "__main__.py"):
+            continue
+        if (ROOT / "tests" / f"test_{path.stem}.py").is_file():
+            continue
+        row = next((line for line in index.splitlines() if f"`{module}`" in line), None)
+        if row is None:
+            missing.append(module)
+            continue
+        named = [word.strip(" ,()") for word in row.split("|")[2].split() if word.strip(" ,()").endswith(".py")]
+        dangling += [f"{module}: {name}" for name in named if not (ROOT / "tests" / name).is_file()]
+    assert not missing, f"modules with no test_<name>.py and no row in tests/README.md: {missing}"
+    assert not dangling, f"tests/README.md names test files that do not exist: {dangling}"

@@ -4,7 +4,7 @@ process pinned to the big cores, score windows there (the logits come back with 
 device (model, SoC, Android version, ABI, CPU features, governor, temperatures).
 
 Every adb command line and every parse of what the device prints is a pure function here, so the tests check
-them against a fake `adb` (tests/test_android_bench.py). The adb path has not run against a phone yet.
+them against a fake `adb` (tests/test_adb_device.py). The adb path has not run against a phone yet.
 """
 
 from __future__ import annotations
