@@ -22,7 +22,8 @@ hold every recipe's program to it within a fraction of its quantization error).
 
     python benchmarks/quality/recipes_smollm2.py --work /tmp/recipes [--seeds 0 1 2]
 
-Rows are appended to benchmarks/results/recipes_smollm2.json as they finish (a rerun skips finished rows).
+Rows are appended to benchmarks/results/recipes_smollm2.json as they finish (a rerun skips finished rows);
+recipes_smollm2.md beside it is rendered from the JSON (`--render` redoes only that).
 """
 
 from __future__ import annotations
@@ -228,6 +229,34 @@ def summary(rows: list[dict]) -> dict:
     return {"stats": stats, "recovery": recovery}
 
 
+ORDER = ("float", "default", "calibrated", "quarot", "spinquant", "float-ft", "float-ft + default",
+         "float-ft + calibrated", "qat", "qat-lora", "qat-lora, adapters off")
+
+
+def render(report: dict) -> str:
+    """The summary as Markdown (recipes_smollm2.md beside the JSON): mean ± spread per recipe and text, each seed's
+    value, the training seconds, then each method's recovery of its baseline's gap against its goal."""
+    stats, texts = report["summary"]["stats"], list(report["texts"])
+    lines = ["| recipe | " + " | ".join(f"{t}: mean ± sd (n) | per seed" for t in texts) + " | train s (mean) |",
+             "|---|" + "---|---|" * len(texts) + "---:|"]
+    for recipe in (r for r in ORDER if r in stats):
+        rows = [r for r in report["rows"] if r["recipe"] == recipe]
+        cells = []
+        for t in texts:
+            s = stats[recipe][t]
+            cells += [f"{s['mean']:.3f} ± {s['stdev']:.3f} ({s['n']})",
+                      " / ".join(f"{r['perplexity'][t]:.3f}" for r in rows)]
+        lines.append(f"| {recipe} | " + " | ".join(cells) + f" | {statistics.fmean(r['train_seconds'] for r in rows):.0f} |")
+    lines += ["", "| method | recovers of | " + " | ".join(texts) + " | goal |", "|---|---|" + "---:|" * len(texts) + "---:|"]
+    for method, rec in report["summary"]["recovery"].items():
+        lines.append(f"| {method} | {rec['of']} | " + " | ".join(f"{100 * rec[t]:.0f}%" for t in texts)
+                     + f" | {100 * rec['goal']:.0f}% |")
+    commits = sorted({r["commit"][:7] + ("-dirty" if r["dirty"] else "") for r in report["rows"]})
+    lines.append(f"\nMade by `{report['script']} {' '.join(report['arguments'])}` on {report['host']['cpu']} "
+                 f"({report['torch_threads']} threads); rows by {', '.join(commits)}; budget {report['budget']}.")
+    return "\n".join(lines) + "\n"
+
+
 def score_row(row: Row, calib: Path, texts: dict, provenance: dict) -> dict:
     started = time.perf_counter()
     if row.job is not None and not row.checkpoint.exists():
@@ -251,7 +280,11 @@ def main() -> None:
     parser.add_argument("--lora-steps", type=int, default=10)
     parser.add_argument("--lora-lr", type=float, default=1e-3)
     parser.add_argument("--sq-steps", type=int, default=8)
+    parser.add_argument("--render", action="store_true", help="only rewrite recipes_smollm2.md from the JSON")
     args = parser.parse_args()
+    if args.render:
+        _write(json.loads(RESULTS.read_text()))
+        return
     budget = Budget(args.qat_steps, args.lora_steps, args.lora_lr, args.sq_steps)
     from handheld.export.provenance import export_provenance
     from handheld.measure.host import host_info
@@ -286,6 +319,8 @@ def _write(report: dict) -> None:
 
     with atomic_path(RESULTS) as tmp:
         tmp.write_text(json.dumps(report, indent=1) + "\n")
+    with atomic_path(RESULTS.with_suffix(".md")) as tmp:
+        tmp.write_text(render(report))
 
 
 if __name__ == "__main__":
