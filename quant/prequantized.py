@@ -16,19 +16,21 @@ from handheld.core.llama.config import ModelArgs
 from handheld.core.errors import HandheldError
 from handheld.core.llama.model import Transformer
 from handheld.quant.lora import add_lora
-from handheld.quant.mobile_8da4w import quantize_8da4w
+from handheld.quant.mobile_8da4w import IntWeights, quantize_8da4w
 from handheld.quant.spinquant_r4 import enable_online_hadamard
 from handheld.quant.torchao_adapter import int_weight, is_int_weight, set_int_weight
 
 
 def quantized_model(args: ModelArgs, float_state: dict[str, torch.Tensor], max_seq_len: int,
-                    full_logits: bool) -> nn.Module:
+                    full_logits: bool, int_weights: IntWeights | None = None) -> nn.Module:
     """The pre-quantized structure `args` describes, its backbone quantized from `float_state` (untied
-    names), its adapters (if any) loaded from the `.adaptor.` entries of the same state."""
+    names), its adapters (if any) loaded from the `.adaptor.` entries of the same state. `int_weights`: the
+    4-bit linears' integers and scales as training fixed them; the others round by torchao's rule (absmax)."""
     model = Transformer(float_args(args), max_seq_len=max_seq_len, full_logits=full_logits, tied=False)
     model.load_state_dict({k: v.float() for k, v in float_state.items() if ".adaptor." not in k})
-    # torchao's own rounding (absmax): the grid QAT's fake quantization trained on.
-    model = quantize_8da4w(model, group_size=args.quantization_args.group_size, scale_rule="absmax")
+    # torchao's own rounding (absmax) where no integers are given: the grid its QAT fake quantizers train on.
+    model = quantize_8da4w(model, group_size=args.quantization_args.group_size, scale_rule="absmax",
+                           int_weights=int_weights)
     return _finish(model, args, float_state)
 
 

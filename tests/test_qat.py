@@ -34,8 +34,9 @@ def options(checkpoint, data, output, phase="both", **overrides):
     return QatOptions(checkpoint=checkpoint, data=data, output=output, phase=phase, train=train, **settings)
 
 
-def test_converted_model_computes_what_fake_quantization_trained(byte_checkpoint, calib_text, tmp_path):
-    opts = options(byte_checkpoint, calib_text, tmp_path / "unused")
+@pytest.mark.parametrize("scale_rule", ["weighted", "absmax"])
+def test_converted_model_computes_what_fake_quantization_trained(byte_checkpoint, calib_text, tmp_path, scale_rule):
+    opts = options(byte_checkpoint, calib_text, tmp_path / "unused", scale_rule=scale_rule)
     model = _prepare(_prepare(_float_model(read_checkpoint(byte_checkpoint), opts), "qat", opts), "lora", opts)
     gen = torch.Generator().manual_seed(1)
     with torch.no_grad():
@@ -71,12 +72,13 @@ def test_both_phases_write_metas_qlora_layout(qat_both):
     assert checkpoint.state["layers.0.attention.wq.adaptor.A.weight"].shape == (4, BYTE_ARGS.dim)
 
 
-def test_lora_phase_moves_only_the_adapters_and_they_change_the_output(byte_checkpoint, calib_text, tmp_path):
+@pytest.mark.parametrize("scale_rule", ["weighted", "absmax"])
+def test_lora_phase_moves_only_the_adapters_and_they_change_the_output(byte_checkpoint, calib_text, tmp_path, scale_rule):
     out = tmp_path / "lora"
-    run_qat(options(byte_checkpoint, calib_text, out, phase="lora"), Group(), progress=False)
+    run_qat(options(byte_checkpoint, calib_text, out, phase="lora", scale_rule=scale_rule), Group(), progress=False)
     state = read_checkpoint(out).state
-    # QAT's grid is torchao's own (absmax): its fake quantization trained on it.
-    original = quantize_8da4w(build_model(read_checkpoint(byte_checkpoint), max_seq_len=8).float(), scale_rule="absmax")
+    # The backbone is the float model rounded by the rule fake quantization trained on: export's own rounding.
+    original = quantize_8da4w(build_model(read_checkpoint(byte_checkpoint), max_seq_len=8).float(), scale_rule=scale_rule)
     for name, param in original.named_parameters():
         if hasattr(param, "qdata"):
             assert torch.equal(state[name], param.qdata), f"backbone {name} moved"

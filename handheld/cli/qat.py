@@ -23,6 +23,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--phase", default=QatOptions.phase, help=f"{', '.join(PHASES)} (default {QatOptions.phase}: qat then lora)")
     p.add_argument("--steps", type=int, default=_TRAIN.steps, help=f"optimizer steps per phase (default {_TRAIN.steps})")
     p.add_argument("--lr", type=float, default=_TRAIN.lr, help="peak learning rate of full fine-tuning (qat, float)")
+    p.add_argument("--scale-rule", default=QatOptions.scale_rule, help="how the 4-bit groups' scales are chosen, "
+                   "as `handheld export --scale-rule`: fixed from the starting weights (weighted, the default; extreme), "
+                   "or absmax (torchao's, recomputed every step)")
     p.add_argument("--lora-steps", type=int, default=None, help="optimizer steps of the lora phase (default: --steps)")
     p.add_argument("--lora-lr", type=float, default=QatOptions.lora_lr, help="peak learning rate of the adapters (lora)")
     p.add_argument("--warmup", type=int, default=_TRAIN.warmup, help="linear warm-up steps before the cosine decay")
@@ -47,7 +50,7 @@ def run(args: argparse.Namespace) -> None:
                         warmup=args.warmup, eval_every=args.eval_every, save_every=args.save_every, seed=args.seed)
     options = QatOptions(
         checkpoint=Path(args.checkpoint), data=Path(args.data), output=Path(args.output), phase=args.phase, train=train,
-        lora_lr=args.lora_lr, lora_steps=args.lora_steps, seq_len=args.seq_len, lora_rank=args.lora_rank, lora_alpha=args.lora_alpha,
+        lora_lr=args.lora_lr, lora_steps=args.lora_steps, scale_rule=args.scale_rule, seq_len=args.seq_len, lora_rank=args.lora_rank, lora_alpha=args.lora_alpha,
         group_size=args.group_size, resume=args.resume, tokenizer=optional_path(args.tokenizer),
         skip_memory_check=args.skip_memory_check,
     )

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from handheld.core.atomic import refuse_overwriting_inputs
-from handheld.core.defaults import GROUP_SIZE, LORA_ALPHA, LORA_RANK
+from handheld.core.defaults import GROUP_SIZE, LORA_ALPHA, LORA_RANK, SCALE_RULE
 from handheld.core.errors import HandheldError
 
 
@@ -55,6 +55,7 @@ class QatOptions:
     lora_rank: int = LORA_RANK
     lora_alpha: float = LORA_ALPHA
     group_size: int = GROUP_SIZE
+    scale_rule: str = SCALE_RULE  # the 4-bit scales QAT trains on (absmax: torchao's, recomputed every step)
     resume: bool = False
     tokenizer: Path | None = None
     skip_memory_check: bool = False  # run even when the estimated peak exceeds the memory available
@@ -66,6 +67,9 @@ class QatOptions:
     def __post_init__(self) -> None:
         if self.phase not in PHASES:
             raise HandheldError(f"unknown --phase {self.phase!r}; known phases: {', '.join(PHASES)}")
+        from handheld.quant.scale_rules import check_scale_rule  # at run time only: --help stays torch-free
+
+        check_scale_rule(self.scale_rule)
         t = self.train
         if t.steps < 1 or t.batch_size < 1 or t.grad_accum < 1 or self.seq_len < 2 or self.lora_steps_or_default < 1:
             raise HandheldError("--steps, --lora-steps, --batch-size and --grad-accum must be >= 1 and --seq-len >= 2")

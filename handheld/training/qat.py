@@ -1,8 +1,8 @@
 """`handheld qat`: Meta's QAT+LoRA recipe for the Llama 3.2 QLoRA models, done faithfully.
 
 Phases (`--phase`):
-- `qat`: full fine-tuning under torchao's fake quantization of the exact 8da4w scheme (4-bit g32
-  linears with 8-bit per-token activations, 8-bit classifier and embedding);
+- `qat`: full fine-tuning under fake quantization of the exact 8da4w scheme (4-bit g32 linears with 8-bit
+  per-token activations, 8-bit classifier and embedding; the 4-bit scales by `--scale-rule`, as export's);
 - `lora`: the backbone frozen (still fake-quantized) and LoRA adapters trained on every block linear,
   unquantized;
 - `both`: `qat`, then `lora` on its result (Meta's recipe); `--lora-steps` sets the lora phase's length;
@@ -28,7 +28,7 @@ from handheld.core.checkpoints import TOKENIZER, Checkpoint, build_model, read_c
 from handheld.core.llama.config import LoraArgs, QuantizationArgs
 from handheld.core.errors import HandheldError
 from handheld.export.memory_check import check_memory, checkpoint_parameters
-from handheld.quant.fake_quant import prepare_fake_quant
+from handheld.quant.fake_quant import prepare_fake_quant, trained_int_weights
 from handheld.quant.linears import untie_embedding
 from handheld.quant.lora import add_lora, freeze_all_but_adapters
 from handheld.quant.prequantized import quantized_model
@@ -95,7 +95,7 @@ def _float_model(checkpoint: Checkpoint, options: QatOptions) -> nn.Module:
 def _prepare(model: nn.Module, phase: str, options: QatOptions) -> nn.Module:
     """The structure a phase trains: fake quantization for qat and lora (once), adapters for lora."""
     if phase in ("qat", "lora") and not _is_fake_quantized(model):
-        model = prepare_fake_quant(model, options.group_size)
+        model = prepare_fake_quant(model, options.group_size, options.scale_rule)
     if phase == "lora":
         model = add_lora(model, options.lora_rank, options.lora_alpha / options.lora_rank, seed=options.train.seed)
     return model
@@ -148,10 +148,11 @@ def _quantized_args(checkpoint: Checkpoint, options: QatOptions):
 
 
 def convert(model: nn.Module, args) -> nn.Module:
-    """The trained model with its backbone really quantized (same configs as the fake quantization, so the
-    same integers) and any adapters kept unmerged beside it."""
+    """The trained model with its backbone really quantized (same configs and scales as the fake quantization,
+    so the same integers) and any adapters kept unmerged beside it."""
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-    return quantized_model(args, state, max_seq_len=model.max_seq_len, full_logits=model.full_logits)
+    return quantized_model(args, state, max_seq_len=model.max_seq_len, full_logits=model.full_logits,
+                           int_weights=trained_int_weights(model))
 
 
 def _write(model: nn.Module, checkpoint: Checkpoint, options: QatOptions) -> None:
