@@ -53,30 +53,12 @@ def timed(label: str, fn):
     return result, seconds
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--work", type=Path, required=True)
-    parser.add_argument("--sq-steps", type=int, default=100)
-    parser.add_argument("--sq-lr", type=float, default=1.5)
-    parser.add_argument("--qat-steps", type=int, default=150)
-    parser.add_argument("--json", type=Path, default=ROOT / "benchmarks" / "results" / "recipes_proxy.json")
-    args = parser.parse_args()
-
-    from corpus import load_splits
-    from handheld.core.fetch.catalog import proxy_dir
+def train_recipes(args: argparse.Namespace, proxy: Path, train_text: Path, work: Path) -> dict[str, float]:
+    """Each recipe's checkpoint in `work` (kept: a rerun scores without training again); its seconds by name."""
     from handheld.training.distributed import Group
+    from handheld.training.loop import TrainConfig
     from handheld.training.qat import QatOptions, run_qat
     from handheld.training.spinquant import SpinQuantOptions, run_spinquant
-    from handheld.core.tokenizers.tokenizer import load_tokenizer
-    from handheld.training.loop import TrainConfig
-
-    work = args.work
-    work.mkdir(parents=True, exist_ok=True)
-    proxy = proxy_dir()
-    train_text = work / "train.txt"
-    if not train_text.is_file():
-        train_text.write_text(load_splits()["train"], encoding="utf-8")
-    test_ids = load_tokenizer(proxy / "tokenizer.model").encode((proxy / "test.txt").read_text(encoding="utf-8"))
 
     times = {}
     for weight_quant in ("rtn", "gptq"):
@@ -94,6 +76,31 @@ def main() -> None:
             results, times[f"finetune_{phase}"] = timed(f"fine-tune {phase}", lambda: run_qat(options, Group()))
             for r in results:
                 print(f"  {r.phase}: loss {r.first_loss:.4f} -> {r.last_loss:.4f}, validation {r.validation[-1][1]:.4f}")
+    return times
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--work", type=Path, required=True)
+    parser.add_argument("--sq-steps", type=int, default=100)
+    parser.add_argument("--sq-lr", type=float, default=1.5)
+    parser.add_argument("--qat-steps", type=int, default=150)
+    parser.add_argument("--json", type=Path, default=ROOT / "benchmarks" / "results" / "recipes_proxy.json")
+    args = parser.parse_args()
+
+    from corpus import load_splits
+    from handheld.core.fetch.catalog import proxy_dir
+    from handheld.core.tokenizers.tokenizer import load_tokenizer
+
+    work = args.work
+    work.mkdir(parents=True, exist_ok=True)
+    proxy = proxy_dir()
+    train_text = work / "train.txt"
+    if not train_text.is_file():
+        train_text.write_text(load_splits()["train"], encoding="utf-8")
+    test_ids = load_tokenizer(proxy / "tokenizer.model").encode((proxy / "test.txt").read_text(encoding="utf-8"))
+
+    times = train_recipes(args, proxy, train_text, work)
 
     rows = {}
     plan = [
