@@ -68,3 +68,20 @@ def test_load_and_quantize_give_the_eager_models_export_lowers(odd_checkpoint, o
 def test_bad_input_raises_handheld_error_with_the_cli_line(call, message):
     with pytest.raises(api.HandheldError, match=message):
         call()
+
+
+def test_npu_flow_through_the_api(byte_checkpoint, calib_text, tmp_path, capsys):
+    """quantize_npu calibrates anywhere and evaluate scores the artefact as the CLI does; export to the NPU stops
+    first, in the CLI's line, where the vendor SDK is missing."""
+    made = api.quantize_npu(byte_checkpoint, calib_text, tmp_path / "m.pt2", backend="mediatek", scheme="a16w8",
+                            seq_len=16, sequences=2)
+    assert (made.backend, made.scheme, made.chip, made.seq_len) == ("mediatek", "a16w8", "mt6989", 16)
+    assert made.calibration == {"sequences": 2, "tokens": 32}
+    tokenizer = byte_checkpoint / "tokenizer.model"
+    scored = api.evaluate(made.path, calib_text, tokenizer=tokenizer, context=16, stride=8, max_tokens=64)
+    printed = json.loads(cli_json(capsys, "eval", str(made.path), "--text", str(calib_text), "--tokenizer",
+                                  str(tokenizer), "--context", "16", "--stride", "8", "--max-tokens", "64", "--json"))
+    assert scored.as_dict() == printed and scored.mode == "simulated" and scored.scheme == "mediatek a16w8"
+    with pytest.raises(api.HandheldError, match="lowering to mediatek needs"):
+        api.export(made.path, tmp_path / "m.pte", backend="mediatek")
+    assert not (tmp_path / "m.pte").exists()
