@@ -33,7 +33,7 @@ from handheld.export.metadata import program_metadata
 from handheld.export.options import NPU_ARTEFACT_SUFFIX as ARTEFACT_SUFFIX
 from handheld.export.options import ExportOptions, is_npu_artefact
 from handheld.export.pt2_safety import check_pt2, weights_only_loads
-from handheld.export.pte_writer import count_ops, write_program
+from handheld.export.pte_writer import ExportResult, count_ops, write_program
 _META_FILE = "handheld.json"
 
 
@@ -190,11 +190,9 @@ def lower_quantized(quantized: QuantizedProgram, output: Path, log: Callable[[st
     return count_ops(lowered.exported_program().graph_module)
 
 
-def export_npu(source: Path, output: Path, options: ExportOptions, log: Callable[[str], None] = print):
+def export_npu(source: Path, output: Path, options: ExportOptions, log: Callable[[str], None] = print) -> ExportResult:
     """`handheld export` for an NPU backend: the SDK checked before any work, then a `.pt2` artefact loaded (or
-    the checkpoint calibrated on `options.calib`) and lowered. Returns an `ExportResult`."""
-    from handheld.export.program import ExportResult
-
+    the checkpoint calibrated on `options.calib`) and lowered."""
     backend = npu_backend(options.backend)
     npu = None
     if not is_npu_artefact(source):

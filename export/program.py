@@ -16,8 +16,9 @@ from handheld.core.checkpoints.prequantized import executorch_loader_notes
 from handheld.core.errors import HandheldError
 from handheld.export.backends import Backend
 from handheld.export.metadata import program_metadata
+from handheld.export.npu import export_npu
 from handheld.export.options import ExportOptions
-from handheld.export.pte_writer import count_ops, write_program
+from handheld.export.pte_writer import ExportResult, count_ops, write_program
 from handheld.export.memory_check import check_memory, checkpoint_parameters
 from handheld.export.weight_bytes import weight_bytes_by_kind
 from handheld.quant.schemes import Scheme, prepare_model, scheme_options
@@ -25,14 +26,6 @@ from handheld.core.tokenizers.tokenizer import NUM_SPECIAL, load_tokenizer
 
 # Operators that only appear outside a delegate if a quantized linear was not delegated.
 _QUANTIZED_LINEAR_OPS = {"linear", "addmm", "mm", "torchao.choose_qparams_affine", "torchao.quantize_affine"}
-
-
-@dataclass(frozen=True)
-class ExportResult:
-    path: Path
-    file_bytes: int
-    seconds: float
-    op_counts: dict[str, dict[str, int]]
 
 
 def special_ids(tokenizer_path: Path | None, vocab_size: int) -> tuple[int, list[int]]:
@@ -52,8 +45,6 @@ def export_program(source: Path, output: Path, options: ExportOptions = ExportOp
     `options.backend`, written atomically at `output` by the one writer (`handheld.export.pte_writer`)."""
     options.check_source(source)
     if options.is_npu:
-        from handheld.export.npu import export_npu
-
         return export_npu(source, output, options, log)
     return _export_eager(source, output, options, log)
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
@@ -13,6 +14,16 @@ import torch
 
 from handheld.core.atomic import atomic_path
 from handheld.core.pte_metadata import ProgramMetadata
+
+@dataclass(frozen=True)
+class ExportResult:
+    """A program `handheld export` wrote: where, how large, how long the export took, what runs where."""
+
+    path: Path
+    file_bytes: int
+    seconds: float
+    op_counts: dict[str, dict[str, int]]
+
 
 # Graph plumbing, not computation: left out of operator counts.
 _PLUMBING = {"getitem", "executorch_call_delegate", "copy_", "sym_size"}
