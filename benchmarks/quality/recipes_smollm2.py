@@ -94,8 +94,9 @@ def perplexities(row: Row, calib: Path, texts: dict[str, list[int]]) -> dict[str
 
     checkpoint = read_checkpoint(row.checkpoint)
     options = SchemeOptions(calib=calib) if row.calibrated else SchemeOptions()
+    tokenizer = load_tokenizer(checkpoint.tokenizer_path) if row.calibrated else None
     model = prepare_model(checkpoint, row.scheme, options, max_seq_len=CONTEXT, full_logits=True,
-                          tokenizer=load_tokenizer(row.checkpoint) if row.calibrated else None).model.eval()
+                          tokenizer=tokenizer).model.eval()
     try:
         model = float_equivalent(model, check_ids=next(iter(texts.values()))[:CONTEXT])
     except RuntimeError as e:  # not close enough on the check window: score with torchao's own eager model
