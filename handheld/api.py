@@ -158,7 +158,8 @@ def qat(checkpoint: str | Path, data: str | Path, output: str | Path, *, device:
         **options):
     """`handheld qat`: quantization-aware fine-tuning then LoRA (phase "both", the default), or one phase, on `data`
     (plain text or .jsonl dialogs); writes Meta's QLoRA checkpoint at `output`. `options`: the fields of
-    `handheld.training.options.QatOptions` (phase, lora_lr, seq_len, lora_rank, lora_alpha, group_size, resume, ...)
+    `handheld.training.options.QatOptions` (phase, lora_lr, lora_steps, scale_rule, seq_len, lora_rank, lora_alpha,
+    group_size, resume, ...)
     and of its `TrainConfig` (steps, lr, batch_size, grad_accum, warmup, eval_every, save_every, seed).
     Returns one `PhaseResult` per phase trained (losses, validation, tok/s)."""
     import dataclasses

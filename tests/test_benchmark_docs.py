@@ -1,5 +1,6 @@
-"""Quality figures in the docs come from their results file: the rendered tables equal what the renderer makes of
-benchmarks/results/quality/table.json, and README.md / BENCHMARKS.md carry them verbatim between markers."""
+"""Quality figures in the docs come from their results files: the rendered tables equal what the renderers make of
+benchmarks/results/quality/table.json and recipes_smollm2.json, and README.md / BENCHMARKS.md carry them verbatim
+between markers."""
 
 import json
 import re
@@ -29,6 +30,14 @@ def test_docs_carry_the_rendered_tables_verbatim():
     report = json.loads((RESULTS / "table.json").read_text())
     assert _block(ROOT / "BENCHMARKS.md", "quality-table") == render_markdown(report)
     assert _block(ROOT / "README.md", "quality-summary") == render_summary(report)
+
+
+def test_the_recipes_table_is_what_its_json_renders_to():
+    from recipes_smollm2 import RESULTS as RECIPES, render
+
+    report = json.loads(RECIPES.read_text())
+    assert RECIPES.with_suffix(".md").read_text() == render(report)
+    assert _block(ROOT / "BENCHMARKS.md", "recipes-table") == render(report)
 
 
 def test_every_results_file_names_its_producer_in_the_index():
