@@ -53,10 +53,8 @@ class ExportOptions:
             if self.scheme is not None:
                 get_scheme(self.scheme)
             return
-        for flag, value in (("--group-size", self.group_size), ("--scale-rule", self.scale_rule),
-                            ("--calib-tokens", self.calib_tokens), ("--budget-mb", self.budget_mb)):
-            if value is not None:
-                raise HandheldError(f"{flag} applies to xnnpack's 4-bit schemes; {backend.name}'s schemes fix their own")
+        refuse_cpu_rounding_flags(backend.name, {"--group-size": self.group_size, "--scale-rule": self.scale_rule,
+                                                 "--calib-tokens": self.calib_tokens, "--budget-mb": self.budget_mb})
         if self.calib_sequences < 1:
             raise HandheldError(f"--calib-sequences must be at least 1, got {self.calib_sequences}")
 
@@ -100,6 +98,14 @@ class ExportOptions:
         if given:
             raise HandheldError(f"{source} was quantized by `handheld quantize` with its own scheme, chip and length; "
                                 f"{', '.join(given)} cannot change them (quantize again instead)")
+
+
+def refuse_cpu_rounding_flags(npu_backend: str, flags: dict[str, object]) -> None:
+    """How xnnpack's 4-bit groups round is not an NPU scheme's to choose: any such flag given is refused (export
+    and eval alike)."""
+    for flag, value in flags.items():
+        if value is not None:
+            raise HandheldError(f"{flag} applies to xnnpack's 4-bit schemes; {npu_backend}'s schemes fix their own")
 
 
 def is_npu_artefact(path: str | Path) -> bool:

@@ -16,7 +16,7 @@ from typing import Callable
 from handheld.core.defaults import NPU_CALIB_SEQUENCES
 from handheld.core.errors import HandheldError
 from handheld.decoding.text import is_checkpoint_path
-from handheld.export.options import is_npu_artefact
+from handheld.export.options import is_npu_artefact, refuse_cpu_rounding_flags
 
 
 @dataclass(frozen=True)
@@ -135,8 +135,7 @@ def _simulated_logits_fn(model: Path, tokenizer: Path, options: EvalOptions, log
         if options.context > quantized.options.seq_len:
             raise HandheldError(f"--context {options.context} exceeds {model}'s {quantized.options.seq_len} tokens per call")
     else:
-        if options.group_size is not None:
-            raise HandheldError(f"--group-size applies to xnnpack's 4-bit schemes, not --backend {options.backend}")
+        refuse_cpu_rounding_flags(options.backend, {"--group-size": options.group_size})
         npu = NpuOptions(options.backend, options.scheme, options.soc, seq_len=options.context)
         npu.resolve()
         quantized = calibrate_checkpoint(model, npu, options.calib, tokenizer, options.calib_sequences, log=log)
