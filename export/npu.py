@@ -33,7 +33,7 @@ from handheld.export.metadata import program_metadata
 from handheld.export.options import NPU_ARTEFACT_SUFFIX as ARTEFACT_SUFFIX
 from handheld.export.options import ExportOptions, is_npu_artefact
 from handheld.export.pt2_safety import check_pt2, weights_only_loads
-from handheld.export.pte_writer import ExportResult, count_ops, write_program
+from handheld.export.pte_writer import ExportResult, write_program
 _META_FILE = "handheld.json"
 
 
@@ -186,8 +186,7 @@ def lower_quantized(quantized: QuantizedProgram, output: Path, log: Callable[[st
     methods = quantized.metadata.to_constant_methods() | {"enable_dynamic_shape": False}
     log(f"lowering to {backend.name} for {chip} (the vendor compiler runs here)")
     lowered = backend.npu.lower(quantized.program.module(), example_inputs(quantized.options.seq_len), chip, methods)
-    write_program(lowered, quantized.metadata, output, dynamic_shapes=False, log=log)
-    return count_ops(lowered.exported_program().graph_module)
+    return write_program(lowered, quantized.metadata, output, dynamic_shapes=False, log=log)
 
 
 def export_npu(source: Path, output: Path, options: ExportOptions, log: Callable[[str], None] = print) -> ExportResult:

@@ -15,6 +15,7 @@ from handheld.core.checkpoints import read_checkpoint
 from handheld.core.checkpoints.prequantized import executorch_loader_notes
 from handheld.core.errors import HandheldError
 from handheld.export.backends import Backend
+from handheld.export.backends.executorch_patches import release_delegated_weights
 from handheld.export.metadata import program_metadata
 from handheld.export.npu import export_npu
 from handheld.export.options import ExportOptions
@@ -79,7 +80,7 @@ def _export_eager(checkpoint_dir: Path, output: Path, options: ExportOptions,
     del model, prepared  # the backend has serialized its own copy; the delegates now hold the last references
     release_delegated_weights(lowered.program)
     with backend.lowering():  # emission runs edge passes too
-        write_program(lowered.program, metadata, output, log=log)
+        write_program(lowered.program, metadata, output, op_counts=lowered.op_counts, log=log)
     return ExportResult(output, output.stat().st_size, time.perf_counter() - start, lowered.op_counts)
 
 
@@ -127,22 +128,6 @@ def lower(model: nn.Module, scheme: Scheme, backend: Backend, max_seq_len: int,
     if scheme.quantized:
         check_quantized_linears_delegated(op_counts, backend.name)
     return Lowered(lowered, op_counts)
-
-
-def release_delegated_weights(program) -> None:
-    """Swap each delegate's weights for storage-free stand-ins of the same shape and dtype. The backend has
-    already serialized its own copy, and emission only propagates shapes through the delegate's original graph,
-    so the model's weights are freed before the program is emitted (1B fp32: 5 GB emission no longer holds)."""
-    from executorch.exir.lowered_backend_module import LoweredBackendModule
-
-    for module in program.exported_program().graph_module.modules():
-        if isinstance(module, LoweredBackendModule):
-            state = module.original_module.state_dict
-            for name, tensor in state.items():
-                # A 0-d zero expanded to the shape: no storage beyond one element.
-                stand_in = torch.zeros((), dtype=tensor.dtype).expand(tensor.shape)
-                is_parameter = isinstance(tensor, nn.Parameter)  # unlifting the graph checks the kind
-                state[name] = nn.Parameter(stand_in, tensor.requires_grad) if is_parameter else stand_in
 
 
 def check_quantized_linears_delegated(op_counts: dict[str, dict[str, int]], backend: str) -> None:

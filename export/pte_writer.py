@@ -30,15 +30,19 @@ _PLUMBING = {"getitem", "executorch_call_delegate", "copy_", "sym_size"}
 
 
 def write_program(lowered: Any, metadata: ProgramMetadata, path: Path, *, dynamic_shapes: bool = True,
-                  log: Callable[[str], None] = print) -> None:
+                  op_counts: dict[str, dict[str, int]] | None = None,
+                  log: Callable[[str], None] = print) -> dict[str, dict[str, int]]:
     """`lowered` (ExecuTorch's EdgeProgramManager, delegates inside) with `metadata` and its operator counts as the
-    program's constant methods, emitted to `path` atomically. `dynamic_shapes` False: a static program (an NPU's),
-    which ExecuTorch's runner must feed its exact token count."""
+    program's constant methods, emitted to `path` atomically; returns the counts (`op_counts`: already counted by
+    the caller). `dynamic_shapes` False: a static program (an NPU's), which ExecuTorch's runner must feed its exact
+    token count."""
     from executorch.exir import EdgeCompileConfig, EdgeProgramManager, ExecutorchBackendConfig
     from executorch.exir.passes import MemoryPlanningPass
     from executorch.exir.passes.sym_shape_eval_pass import ConstraintBasedSymShapeEvalPass
 
-    metadata = dataclasses.replace(metadata, op_counts=count_ops(lowered.exported_program().graph_module))
+    if op_counts is None:
+        op_counts = count_ops(lowered.exported_program().graph_module)
+    metadata = dataclasses.replace(metadata, op_counts=op_counts)
     methods = metadata.to_constant_methods() | ({} if dynamic_shapes else {"enable_dynamic_shape": False})
     program = EdgeProgramManager(lowered.exported_program(), methods, EdgeCompileConfig(_check_ir_validity=False))
     log("emitting the ExecuTorch program")
@@ -52,6 +56,7 @@ def write_program(lowered: Any, metadata: ProgramMetadata, path: Path, *, dynami
     # No grad: constant propagation runs the in-place cache writes.
     with atomic_path(path) as tmp, torch.no_grad(), open(tmp, "wb") as f:
         _emit(program, config, f)
+    return op_counts
 
 
 def _emit(program, config, file) -> None:

@@ -81,16 +81,11 @@ def quantize(checkpoint: str | Path, scheme: str = "8da4w", *, max_seq_len: int 
     """The eager model `export` would lower for this scheme (its oracle): a `handheld.quant.schemes.PreparedModel`
     (.model, .label, .group_size, .quantization: how the 4-bit weights were rounded). The options become one typed,
     validated `SchemeOptions` (an option the scheme would ignore is refused); `calib` (a UTF-8 text) runs GPTQ."""
-    from handheld.core.checkpoints import read_checkpoint
-    from handheld.core.tokenizers.tokenizer import load_tokenizer
-    from handheld.quant.schemes import prepare_model, scheme_options
+    from handheld.quant.schemes import prepare_checkpoint
 
-    read = read_checkpoint(Path(checkpoint))
-    options = scheme_options(scheme, group_size, read, scale_rule=scale_rule, calib=_optional(calib),
-                             calib_tokens=calib_tokens, budget_mb=budget_mb)
-    tokens = tokenizer or read.tokenizer_path
-    reader = load_tokenizer(str(tokens)) if options.calib is not None and tokens is not None else None
-    return prepare_model(read, scheme, options, max_seq_len=max_seq_len, full_logits=full_logits, tokenizer=reader)
+    return prepare_checkpoint(Path(checkpoint), scheme, max_seq_len=max_seq_len, full_logits=full_logits,
+                              group_size=group_size, tokenizer=_optional(tokenizer), scale_rule=scale_rule,
+                              calib=_optional(calib), calib_tokens=calib_tokens, budget_mb=budget_mb)
 
 
 def export(checkpoint: str | Path, output: str | Path, options: ExportOptions | None = None, *, log=lambda _: None,
@@ -238,17 +233,15 @@ def generate(model: str | Path, tokenizer: str | Path | None, prompt: str, *, on
 def stream(model: str | Path, tokenizer: str | Path | None, prompt: str, **options) -> Iterator[str]:
     """The same text as `generate` (greedy; no draft), yielded as the tokens are chosen (whole UTF-8 characters)."""
     from handheld.decoding.generation import GreedySteps
-    from handheld.decoding.text import GenerateOptions, open_model
+    from handheld.decoding.text import GenerateOptions, open_model, stop_ids
 
     typed = _options(GenerateOptions, **options)
     if typed.draft is not None:
         raise HandheldError("stream decodes greedily; speculative decoding (draft) is generate's")
     tok, ids = _prompted(model, tokenizer, prompt, typed)
     opened = open_model(Path(model), typed)
-    if tok.vocab_size > opened.vocab_size:
-        raise HandheldError(f"tokenizer has {tok.vocab_size} ids but {model} only {opened.vocab_size}")
+    stops = stop_ids(opened, tok)
     decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
-    stops = sorted(set(opened.stop_ids) | set(tok.stop_ids))
     for token in GreedySteps(opened.runner, ids, typed.max_new_tokens, stops):
         piece = decoder.decode(tok.decode_bytes([token]))
         if piece:

@@ -216,6 +216,24 @@ def eight_bit_linears(model: nn.Module) -> list[str]:
     return sorted(name for name, m in block_linears(model).items() if is_int_weight(m.weight) and int_bits(m.weight) == 8)
 
 
+def prepare_checkpoint(path: Path, requested: str | None, *, max_seq_len: int, full_logits: bool,
+                       group_size: int | None = None, tokenizer: Path | None = None, **flags) -> PreparedModel:
+    """A checkpoint file's eager model under a scheme, its options validated (`flags`: scale_rule, calib,
+    calib_tokens, budget_mb); the tokenizer (given, else the checkpoint's own) is read only for `calib`."""
+    from handheld.core.checkpoints import read_checkpoint
+
+    checkpoint = read_checkpoint(path)
+    options = scheme_options(requested, group_size, checkpoint, **flags)
+    tokens = tokenizer or checkpoint.tokenizer_path
+    reader = None
+    if options.calib is not None and tokens is not None:
+        from handheld.core.tokenizers.tokenizer import load_tokenizer
+
+        reader = load_tokenizer(str(tokens))
+    return prepare_model(checkpoint, requested, options, max_seq_len=max_seq_len, full_logits=full_logits,
+                         tokenizer=reader)
+
+
 def scheme_options(requested: str | None, group_size: int | None, checkpoint: Checkpoint, *,
                    scale_rule: str | None = None, calib: Path | None = None,
                    calib_tokens: int | None = None, budget_mb: float | None = None) -> SchemeOptions:

@@ -9,8 +9,7 @@ from typing import Any, Iterator
 
 import torch
 
-from handheld.export.backends import (patch_edge_decompositions, patch_edge_passes, patch_xnnpack_copies,
-                                     patch_xnnpack_passes)
+from handheld.export.backends import executorch_patches as patches
 from handheld.quant.schemes import Scheme
 
 
@@ -29,6 +28,6 @@ def lowering() -> Iterator[None]:
     their weights (export memory)."""
     from executorch.backends.xnnpack.xnnpack_preprocess import XnnpackBackend
 
-    with patch_edge_decompositions.skipped_empty_decompositions(), patch_edge_passes.pruned_edge_passes(), \
-            patch_xnnpack_passes.pruned_passes(), patch_xnnpack_copies.weights_shared_with(XnnpackBackend):
+    with patches.skipped_empty_decompositions(), patches.pruned_edge_passes(), patches.pruned_xnnpack_passes(), \
+            patches.weights_shared_with(XnnpackBackend):
         yield

@@ -71,14 +71,20 @@ def open_model(model: Path, options: GenerateOptions) -> TextModel:
                 raise HandheldError(f"{flag} applies to checkpoints; a .pte already has its scheme")
         program = PteProgram(model, quiet=not options.verbose)
         return TextModel(program, program.eos_ids, program.vocab_size, f"ExecuTorch, {program.metadata.scheme}")
-    from handheld.core.checkpoints import read_checkpoint
     from handheld.decoding.generation import EagerRunner
-    from handheld.quant.schemes import prepare_model, scheme_options
+    from handheld.quant.schemes import prepare_checkpoint
 
-    checkpoint = read_checkpoint(model)
-    scheme_opts = scheme_options(options.scheme, options.group_size, checkpoint)
-    prepared = prepare_model(checkpoint, options.scheme, scheme_opts, max_seq_len=options.max_seq_len, full_logits=False)
+    prepared = prepare_checkpoint(model, options.scheme, group_size=options.group_size,
+                                  max_seq_len=options.max_seq_len, full_logits=False)
     return TextModel(EagerRunner(prepared.model), [], prepared.model.args.vocab_size, f"eager PyTorch, {prepared.label}")
+
+
+def stop_ids(model: TextModel, tokenizer) -> list[int]:
+    """The ids that end a reply: the model's own and the tokenizer's; a tokenizer with more ids than the model
+    has rows is refused (its ids would index past the embedding)."""
+    if tokenizer.vocab_size > model.vocab_size:
+        raise HandheldError(f"tokenizer has {tokenizer.vocab_size} ids but the model only {model.vocab_size}")
+    return sorted(set(model.stop_ids) | set(tokenizer.stop_ids))
 
 
 def generate_text(model: TextModel, tokenizer, prompt: list[int], options: GenerateOptions,
@@ -87,9 +93,7 @@ def generate_text(model: TextModel, tokenizer, prompt: list[int], options: Gener
     calls); stops at the model's or the tokenizer's stop ids."""
     from handheld.decoding.generation import generate
 
-    if tokenizer.vocab_size > model.vocab_size:
-        raise HandheldError(f"tokenizer has {tokenizer.vocab_size} ids but the model only {model.vocab_size}")
-    stops = sorted(set(model.stop_ids) | set(tokenizer.stop_ids))
+    stops = stop_ids(model, tokenizer)
     if not options.draft:
         return generate(model.runner, prompt, options.max_new_tokens, stops, on_token=on_token)
     from handheld.decoding.speculative import check_compatible, speculative_generate

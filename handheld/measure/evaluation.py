@@ -113,12 +113,10 @@ def _logits_fn(model: Path, tokenizer: Path, options: EvalOptions, log):
 
 
 def _eager(model: Path, options: EvalOptions):
-    from handheld.core.checkpoints import read_checkpoint
-    from handheld.quant.schemes import prepare_model, scheme_options
+    from handheld.quant.schemes import prepare_checkpoint
 
-    checkpoint = read_checkpoint(model)
-    scheme_opts = scheme_options(options.scheme, options.group_size, checkpoint)
-    return prepare_model(checkpoint, options.scheme, scheme_opts, max_seq_len=options.context, full_logits=True)
+    return prepare_checkpoint(model, options.scheme, group_size=options.group_size, max_seq_len=options.context,
+                              full_logits=True)
 
 
 def _simulated_logits_fn(model: Path, tokenizer: Path, options: EvalOptions, log):
