@@ -42,7 +42,7 @@ class ExportOptions:
     llm_kv_ops: bool = True  # False keeps the plain indexed cache (benchmarks compare)
 
     def __post_init__(self) -> None:
-        from handheld.quant.schemes import get_scheme
+        from handheld.quant.schemes import get_scheme, refuse_rounding_flags
 
         backend = self.target  # an unknown name fails listing the known ones
         if self.max_seq_len is not None and self.max_seq_len < 2:
@@ -53,8 +53,9 @@ class ExportOptions:
             if self.scheme is not None:
                 get_scheme(self.scheme)
             return
-        refuse_cpu_rounding_flags(backend.name, {"--group-size": self.group_size, "--scale-rule": self.scale_rule,
-                                                 "--calib-tokens": self.calib_tokens, "--budget-mb": self.budget_mb})
+        refuse_rounding_flags({"--group-size": self.group_size, "--scale-rule": self.scale_rule,
+                               "--calib-tokens": self.calib_tokens, "--budget-mb": self.budget_mb},
+                              f"{backend.name}'s schemes fix their own")
         if self.calib_sequences < 1:
             raise HandheldError(f"--calib-sequences must be at least 1, got {self.calib_sequences}")
 
@@ -98,14 +99,6 @@ class ExportOptions:
         if given:
             raise HandheldError(f"{source} was quantized by `handheld quantize` with its own scheme, chip and length; "
                                 f"{', '.join(given)} cannot change them (quantize again instead)")
-
-
-def refuse_cpu_rounding_flags(npu_backend: str, flags: dict[str, object]) -> None:
-    """How xnnpack's 4-bit groups round is not an NPU scheme's to choose: any such flag given is refused (export
-    and eval alike)."""
-    for flag, value in flags.items():
-        if value is not None:
-            raise HandheldError(f"{flag} applies to xnnpack's 4-bit schemes; {npu_backend}'s schemes fix their own")
 
 
 def is_npu_artefact(path: str | Path) -> bool:

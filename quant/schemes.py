@@ -234,6 +234,14 @@ def prepare_checkpoint(path: Path, requested: str | None, *, max_seq_len: int, f
                          tokenizer=reader)
 
 
+def refuse_rounding_flags(flags: dict[str, object], why: str) -> None:
+    """The one group-size rule: how 4-bit groups round (--group-size, --scale-rule, --calib, ...) is chosen only
+    for xnnpack's 4-bit schemes. Any such flag given elsewhere is refused, `why` saying what the scheme is."""
+    given = [flag for flag, value in flags.items() if value is not None]
+    if given:
+        raise HandheldError(f"{', '.join(given)} applies to xnnpack's 4-bit schemes; {why}")
+
+
 def scheme_options(requested: str | None, group_size: int | None, checkpoint: Checkpoint, *,
                    scale_rule: str | None = None, calib: Path | None = None,
                    calib_tokens: int | None = None, budget_mb: float | None = None) -> SchemeOptions:
@@ -250,7 +258,7 @@ def scheme_options(requested: str | None, group_size: int | None, checkpoint: Ch
                                 f"{', '.join(given)} cannot change it")
         return SchemeOptions(group_size=group_size)
     if not get_scheme(requested or "fp32").quantized:
-        raise HandheldError(f"{', '.join(given)} applies to 4-bit schemes; scheme {requested or 'fp32'} has no groups")
+        refuse_rounding_flags(given, f"scheme {requested or 'fp32'} has no groups")
     defaults = SchemeOptions()
     return SchemeOptions(group_size=group_size or defaults.group_size, scale_rule=scale_rule or defaults.scale_rule,
                          calib=calib, calib_tokens=calib_tokens or defaults.calib_tokens, budget_mb=budget_mb)

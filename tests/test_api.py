@@ -53,7 +53,7 @@ def test_load_and_quantize_give_the_eager_models_export_lowers(odd_checkpoint, o
     quantized = EagerRunner(prepared.model).forward(tokens, 0)[-1]
     # 4-bit rounding moves the logits, but not past the float model's own spread.
     assert 0 < float((quantized - floating).abs().max()) < float(floating.std())
-    with pytest.raises(api.HandheldError, match="applies to 4-bit schemes"):
+    with pytest.raises(api.HandheldError, match="applies to xnnpack's 4-bit schemes"):
         api.quantize(odd_checkpoint, "fp32", max_seq_len=32, group_size=64)
 
 

@@ -109,12 +109,12 @@ def test_bad_calibration_text_is_one_line_and_nothing_is_written(capsys, byte_ch
 
 
 @pytest.mark.parametrize("flags, problem", [
-    (["--scheme", "fp32", "--calib", "x.txt"], r"--calib applies to 4-bit schemes; scheme fp32 has no groups"),
+    (["--scheme", "fp32", "--calib", "x.txt"], r"--calib applies to xnnpack's 4-bit schemes; scheme fp32 has no groups"),
     (["--scheme", "8da4w", "--scale-rule", "q9"], r"unknown scale rule 'q9'; known scale rules: weighted, extreme, absmax"),
     (["--scheme", "8da4w", "--calib", "x.txt", "--calib-tokens", "10"], r"--calib-tokens must be at least 1024"),
     (["--scheme", "8da4w", "--budget-mb", "1"], r"--budget-mb needs --calib TEXT"),
     (["--scheme", "8da4w", "--calib", "x.txt", "--budget-mb", "-2"], r"--budget-mb must be a positive number"),
-    (["--scheme", "bf16", "--calib", "x.txt", "--budget-mb", "2"], r"applies to 4-bit schemes; scheme bf16 has no groups"),
+    (["--scheme", "bf16", "--calib", "x.txt", "--budget-mb", "2"], r"applies to xnnpack's 4-bit schemes; scheme bf16 has no groups"),
 ])
 def test_options_that_cannot_apply_are_refused(capsys, byte_checkpoint, tmp_path, flags, problem):
     out = tmp_path / "out.pte"

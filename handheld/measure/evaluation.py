@@ -16,7 +16,7 @@ from typing import Callable
 from handheld.core.defaults import NPU_CALIB_SEQUENCES
 from handheld.core.errors import HandheldError
 from handheld.decoding.text import is_checkpoint_path
-from handheld.export.options import is_npu_artefact, refuse_cpu_rounding_flags
+from handheld.export.options import is_npu_artefact
 
 
 @dataclass(frozen=True)
@@ -133,7 +133,9 @@ def _simulated_logits_fn(model: Path, tokenizer: Path, options: EvalOptions, log
         if options.context > quantized.options.seq_len:
             raise HandheldError(f"--context {options.context} exceeds {model}'s {quantized.options.seq_len} tokens per call")
     else:
-        refuse_cpu_rounding_flags(options.backend, {"--group-size": options.group_size})
+        from handheld.quant.schemes import refuse_rounding_flags
+
+        refuse_rounding_flags({"--group-size": options.group_size}, f"{options.backend}'s schemes fix their own")
         npu = NpuOptions(options.backend, options.scheme, options.soc, seq_len=options.context)
         npu.resolve()
         quantized = calibrate_checkpoint(model, npu, options.calib, tokenizer, options.calib_sequences, log=log)

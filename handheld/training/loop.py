@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from handheld.training.calibration import batch_at
+from handheld.training.batches import batch_at
 from handheld.training.distributed import Group
 from handheld.training.finetune_data import Examples
 from handheld.training.options import TrainConfig

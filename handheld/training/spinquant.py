@@ -27,7 +27,7 @@ from handheld.quant.spinquant import (Rotations, apply_rotations, check_rotatabl
                                       massive_channels, rotatable_state)
 from handheld.quant.spinquant_r4 import fold_r4, unfold_r4
 from handheld.quant.calibration import choose_samples, text_sequences
-from handheld.training.calibration import batch_at
+from handheld.training.batches import batch_at
 from handheld.training.cayley import LearnState, learn_rotations
 from handheld.training.common import (check_ids_fit, job_tokenizer, job_tokenizer_path, progress_bar, require_float,
                                       write_float_output, write_quantized_output)
