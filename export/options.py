@@ -15,7 +15,7 @@ from pathlib import Path
 
 from typing import TYPE_CHECKING
 
-from handheld.core.defaults import MAX_SEQ_LEN, NPU_CALIB_SEQUENCES, NPU_SEQ_LEN
+from handheld.core.defaults import KV_CACHE, KV_CACHES, MAX_SEQ_LEN, NPU_CALIB_SEQUENCES, NPU_SEQ_LEN
 from handheld.core.errors import HandheldError
 
 if TYPE_CHECKING:
@@ -40,6 +40,7 @@ class ExportOptions:
     calib_sequences: int = NPU_CALIB_SEQUENCES
     skip_memory_check: bool = False
     llm_kv_ops: bool = True  # False keeps the plain indexed cache (benchmarks compare)
+    kv_cache: str = KV_CACHE  # CPU programs: fp32, or int8 (ExecuTorch's quantized cache; needs llm_kv_ops)
 
     def __post_init__(self) -> None:
         from handheld.quant.schemes import get_scheme, refuse_rounding_flags
@@ -47,6 +48,7 @@ class ExportOptions:
         backend = self.target  # an unknown name fails listing the known ones
         if self.max_seq_len is not None and self.max_seq_len < 2:
             raise HandheldError(f"--max-seq-len must be at least 2, got {self.max_seq_len}")
+        self._check_kv_cache(backend)
         if backend.npu is None:
             if self.soc is not None:
                 raise HandheldError(f"--soc names an NPU chip; backend {backend.name} runs on the CPU")
@@ -58,6 +60,16 @@ class ExportOptions:
                               f"{backend.name}'s schemes fix their own")
         if self.calib_sequences < 1:
             raise HandheldError(f"--calib-sequences must be at least 1, got {self.calib_sequences}")
+
+    def _check_kv_cache(self, backend: Backend) -> None:
+        if self.kv_cache not in KV_CACHES:
+            raise HandheldError(f"unknown --kv-cache {self.kv_cache!r}; known: {', '.join(KV_CACHES)}")
+        if self.kv_cache == "fp32":
+            return
+        if backend.npu is not None:
+            raise HandheldError(f"--kv-cache {self.kv_cache} is for CPU programs; {backend.name}'s schemes fix their cache")
+        if not self.llm_kv_ops:
+            raise HandheldError(f"--kv-cache {self.kv_cache} needs ExecuTorch's LLM ops (the indexed cache is float)")
 
     @classmethod
     def of(cls, **fields) -> ExportOptions:

@@ -69,12 +69,13 @@ def _export_eager(checkpoint_dir: Path, output: Path, options: ExportOptions,
     prepared = prepare_model(checkpoint, options.scheme, scheme_opts, max_seq_len=max_seq_len,
                              full_logits=options.full_logits, tokenizer=reader)
     model, scheme, args = prepared.model, prepared.scheme, checkpoint.args
-    _with_llm_kv_ops(model, options.llm_kv_ops)
+    _with_llm_kv_ops(model, options.llm_kv_ops, options.kv_cache)
     del checkpoint  # its tensors (often a memory-mapped file) are freed once the model no longer needs them
     metadata = program_metadata(
         args, max_seq_len=max_seq_len, bos_id=bos_id, eos_ids=eos_ids, scheme=prepared.label,
         backend=backend.name, full_logits=options.full_logits, group_size=prepared.group_size,
         quantization=prepared.quantization, weight_bytes=weight_bytes_by_kind(model), llm_kv_ops=options.llm_kv_ops,
+        kv_cache=options.kv_cache,
     )
     lowered = lower(model, scheme, backend, max_seq_len, log)
     del model, prepared  # the backend has serialized its own copy; the delegates now hold the last references
@@ -84,10 +85,13 @@ def _export_eager(checkpoint_dir: Path, output: Path, options: ExportOptions,
     return ExportResult(output, output.stat().st_size, time.perf_counter() - start, lowered.op_counts)
 
 
-def _with_llm_kv_ops(model: nn.Module, wanted: bool) -> None:
+def _with_llm_kv_ops(model: nn.Module, wanted: bool, kv_cache: str) -> None:
     if wanted:
         register_llm_ops()
-        model.use_llm_kv_ops()
+        if kv_cache == "int8":
+            # The out variants of the per-token rounding ops the quantized cache calls, which emission needs.
+            import executorch.kernels.quantized  # noqa: F401
+        model.use_llm_kv_ops(kv_cache)
 
 
 def register_llm_ops() -> None:

@@ -94,7 +94,7 @@ def export(checkpoint: str | Path, output: str | Path, options: ExportOptions | 
     (the default), or an NPU (qnn, mediatek; also from a `.pt2` of `quantize_npu`), where the vendor SDK is installed.
     `options`: a `handheld.export.options.ExportOptions`, or its fields as keywords, `handheld export`'s flags
     (scheme, backend, max_seq_len, tokenizer, full_logits, group_size, scale_rule, calib, calib_tokens, budget_mb,
-    soc, calib_sequences, skip_memory_check); `scheme` None keeps a pre-quantized checkpoint's own."""
+    soc, calib_sequences, skip_memory_check, kv_cache); `scheme` None keeps a pre-quantized checkpoint's own."""
     from handheld.export.options import ExportOptions
     from handheld.export.program import export_program
 

@@ -61,6 +61,27 @@ def test_eager_and_pte_perplexity_agree(odd_checkpoint, odd_full_logits_pte):
     assert abs(on_pte.perplexity / eager.perplexity - 1) < 0.005
 
 
+def test_int8_kv_cache_is_scored_through_the_cache_as_its_program_runs(byte_checkpoint, tmp_path):
+    """`handheld eval CHECKPOINT --kv-cache int8` scores the eager model through its quantized cache (a batched
+    forward has no cache to round): it equals the exported int8-cache program's perplexity to float32 rounding,
+    and differs from the float cache's (the rounding is scored). A .pte has its cache already: the flag is refused."""
+    from handheld import api
+
+    text = tmp_path / "text.txt"
+    text.write_text(" ".join(f"w{i % 37} x{(i * 7) % 23}" for i in range(200)), encoding="utf-8")
+    window = dict(tokenizer=byte_checkpoint / "tokenizer.model", context=PARITY_MAX_SEQ_LEN, stride=24, max_tokens=300)
+    eager = api.evaluate(byte_checkpoint, text, kv_cache="int8", **window)
+    float_cache = api.evaluate(byte_checkpoint, text, **window)
+    pte = api.export(byte_checkpoint, tmp_path / "int8.pte", scheme="fp32", max_seq_len=PARITY_MAX_SEQ_LEN,
+                     full_logits=True, kv_cache="int8").path
+    program = api.evaluate(pte, text, **window)
+    assert eager.scheme == program.scheme == "fp32, int8 KV cache" and eager.mode == "eager"
+    assert program.perplexity == pytest.approx(eager.perplexity, rel=1e-4)
+    assert eager.perplexity != float_cache.perplexity
+    with pytest.raises(HandheldError, match="--kv-cache applies to checkpoints"):
+        api.evaluate(pte, text, kv_cache="int8", **window)
+
+
 def test_last_logits_pte_cannot_be_evaluated(odd_fp32_pte):
     with pytest.raises(HandheldError, match="re-export it with --full-logits"):
         pte_logits_fn(PteProgram(odd_fp32_pte))

@@ -51,6 +51,33 @@ def test_llm_kv_ops_compute_what_the_indexed_cache_does():
 
 
 @torch.no_grad()
+def test_int8_kv_cache_rounds_rows_and_stays_within_their_rounding_of_the_float_cache():
+    """ExecuTorch's quantized cache (`--kv-cache int8`): int8 rows with a float32 scale and an int8 zero point per
+    token and head; each row read back is within half a step of what it stored, and the logits move by about what
+    that rounding moves attention (measured ~1% of the logits' spread here; 8-bit rows hold 1/255 of their range),
+    not by a wrong position or head (which moves them by their whole spread)."""
+    from handheld.core.llama.model import int8_per_token
+    from handheld.export.program import register_llm_ops
+
+    register_llm_ops()
+    tokens = torch.randint(0, ODD_ARGS.vocab_size, (1, 16), generator=torch.Generator().manual_seed(6))
+    floats, int8 = _model().use_llm_kv_ops(), _model().use_llm_kv_ops("int8")
+    attention = int8.layers[0].attention
+    assert int8.kv_cache == "int8" and attention.k_cache.dtype == torch.int8
+    assert attention.k_cache_scales.shape == attention.k_cache_zero_points.shape == (1, 32, ODD_ARGS.kv_heads, 1)
+    rows = torch.randn(1, 5, 2, 64, generator=torch.Generator().manual_seed(7)) * 3
+    ints, scales, zero_points = int8_per_token(rows)
+    assert ((ints.float() - zero_points) * scales - rows).abs().le(scales / 2 + 1e-6).all()
+    for model in (floats, int8):
+        steps = [model(tokens[:, :9], torch.tensor([0]))]
+        steps += [model(tokens[:, i : i + 1], torch.tensor([i])) for i in range(9, 16)]
+        model.outputs = torch.cat(steps, dim=1)
+    off = (int8.outputs - floats.outputs).abs().max() / floats.outputs.std()
+    assert 0 < off < 0.05, off
+    assert (int8.outputs.argmax(-1) == floats.outputs.argmax(-1)).float().mean() >= 0.9
+
+
+@torch.no_grad()
 def test_last_logits_mode_returns_only_the_last_position():
     tokens = torch.randint(0, ODD_ARGS.vocab_size, (1, 7))
     full = _model()(tokens, torch.tensor([0]))

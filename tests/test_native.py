@@ -187,12 +187,15 @@ def test_build_runner_command_prints_the_binary(host_runner, capsys):
     assert captured.out.strip() == str(host_runner) and "--prompt" in captured.err
 
 
-@pytest.mark.parametrize("heads, kv_heads", [(9, 3), (8, 2)])  # SmolLM2's and Llama 3.2 1B's query groups
+# SmolLM2's and Llama 3.2 1B's query groups; the int8 cache on one of them.
+@pytest.mark.parametrize("heads, kv_heads, kv_cache", [(9, 3, "fp32"), (8, 2, "fp32"), (9, 3, "int8")])
 @torch.no_grad()
-def test_llm_op_kernels_follow_eager_past_one_chunk_of_slots(heads, kv_heads, host_runner, tmp_path):
-    """handheld's own update_cache / custom_sdpa kernels, on the paths the demo's short prompts do not reach:
-    head size 64 with the group's heads side by side, and decode over several chunks of slots merged by their
-    peaks (prompt 300, chunks of 128), against the eager indexed cache, to float32 rounding of the logits."""
+def test_llm_op_kernels_follow_eager_past_one_chunk_of_slots(heads, kv_heads, kv_cache, host_runner, tmp_path):
+    """handheld's own update_cache / custom_sdpa / custom_quantized_sdpa kernels, on the paths the demo's short
+    prompts do not reach: head size 64 with the group's heads side by side, and decode over several chunks of slots
+    merged by their peaks (prompt 300, chunks of 128), against eager, to float32 rounding of the logits. fp32:
+    against the indexed cache. int8: against eager through ExecuTorch's own ops (which multiply the integers where
+    handheld's kernel reads the rows back to float: the same numbers summed in another order, 1e-4)."""
     from handheld.core.llama.config import ModelArgs
     from handheld.core.llama.model import Transformer
     from handheld.export.backends import get_backend
@@ -205,11 +208,16 @@ def test_llm_op_kernels_follow_eager_past_one_chunk_of_slots(heads, kv_heads, ho
     slots, prompt = 320, [(i * 37) % 290 + 5 for i in range(300)]
     eager = Transformer(args, max_seq_len=slots).eval()
     register_llm_ops()
+    if kv_cache == "int8":
+        import executorch.kernels.quantized  # noqa: F401  the per-token rounding ops' out variants
+
+        eager.use_llm_kv_ops(kv_cache)
     exported = Transformer(args, max_seq_len=slots, full_logits=False).eval()
     exported.load_state_dict(eager.state_dict())
-    lowered = lower(exported.use_llm_kv_ops(), get_scheme("fp32"), get_backend("xnnpack"), slots, log=lambda _: None)
+    lowered = lower(exported.use_llm_kv_ops(kv_cache), get_scheme("fp32"), get_backend("xnnpack"), slots,
+                    log=lambda _: None)
     meta = program_metadata(args, max_seq_len=slots, bos_id=1, eos_ids=[2], scheme="fp32", backend="xnnpack",
-                            full_logits=False, group_size=None, weight_bytes={}, llm_kv_ops=True)
+                            full_logits=False, group_size=None, weight_bytes={}, llm_kv_ops=True, kv_cache=kv_cache)
     pte = tmp_path / "grouped.pte"
     write_program(lowered.program, meta, pte, log=lambda _: None)
     result = run.run_native(host_runner, "host", pte, prompt, 4, threads=2, logits_path=tmp_path / "logits.f32")
@@ -218,7 +226,8 @@ def test_llm_op_kernels_follow_eager_past_one_chunk_of_slots(heads, kv_heads, ho
     for position, token in zip(range(len(prompt), len(prompt) + 3), result["tokens"]):
         rows.append(eager(torch.tensor([[token]]), torch.tensor([position]))[0, -1])
     expected = torch.stack(rows).numpy()
-    np.testing.assert_allclose(native, expected, atol=1e-5 * float(np.abs(expected).max()), rtol=0)
+    tolerance = 1e-5 if kv_cache == "fp32" else 1e-4
+    np.testing.assert_allclose(native, expected, atol=tolerance * float(np.abs(expected).max()), rtol=0)
 
 
 def test_eval_on_the_aarch64_target_agrees_with_the_host(demo_report, capsys):

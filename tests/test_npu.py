@@ -154,6 +154,8 @@ def test_quantize_then_eval_from_the_command_line(byte_checkpoint, calib_text, t
     (["--backend", "qnn", "--scheme", "16a4w", "--soc", "SM1"], "unknown --soc 'SM1' for backend qnn; known: SM8550"),
     (["--backend", "qnn"], "backend qnn needs --scheme, one of: 16a4w, 16a8w, 8a8w"),
     (["--backend", "qnn", "--scheme", "16a4w", "--group-size", "64"], "--group-size applies to xnnpack"),
+    (["--backend", "qnn", "--scheme", "16a4w", "--kv-cache", "int8"], "--kv-cache int8 is for CPU programs"),
+    (["--kv-cache", "int4"], "unknown --kv-cache 'int4'; known: fp32, int8"),
 ])
 def test_bad_names_fail_listing_the_known_ones(byte_checkpoint, tmp_path, capsys, args, message):
     assert main(["export", "--checkpoint", str(byte_checkpoint), *args, "-o", str(tmp_path / "x.pte")]) == 1

@@ -24,10 +24,11 @@ DECODE_STEPS = 8
 SHARE_OF_SPREAD = {"fp32": 1e-4, "bf16": 0.06, "fp16": 0.03}
 
 
-def _run_both(checkpoint, pte_path, scheme):
-    eager = EagerRunner(
-        apply_scheme(build_model(read_checkpoint(checkpoint), PARITY_MAX_SEQ_LEN, full_logits=False), scheme)
-    )
+def _run_both(checkpoint, pte_path, scheme, kv_cache=None):
+    model = apply_scheme(build_model(read_checkpoint(checkpoint), PARITY_MAX_SEQ_LEN, full_logits=False), scheme)
+    if kv_cache is not None:
+        model.use_llm_kv_ops(kv_cache)
+    eager = EagerRunner(model)
     program = PteProgram(pte_path)
     pairs = [(program.forward(PROMPT, 0)[-1], eager.forward(PROMPT, 0)[-1])]
     position = len(PROMPT)
@@ -49,6 +50,24 @@ def test_pte_matches_eager_prefill_and_decode(scheme, odd_checkpoint, request):
         assert off < SHARE_OF_SPREAD[scheme], f"step {step}: off by {off:.2e} of the logits' spread"
     top1 = sum(int(o.argmax()) == int(r.argmax()) for o, r in pairs)
     assert top1 >= len(pairs) - (0 if scheme == "fp32" else 1)
+
+
+def test_int8_kv_cache_program_says_so_and_matches_its_eager_model(odd_checkpoint, tmp_path):
+    """`--kv-cache int8`: ExecuTorch's quantized cache in the program and in its eager model (the same ops on both
+    sides), so they agree to float32 rounding, as fp32 programs do; the metadata names the cache."""
+    from handheld import api
+    from handheld.export.program import register_llm_ops
+
+    program = api.export(odd_checkpoint, tmp_path / "int8_cache.pte", scheme="fp32", max_seq_len=PARITY_MAX_SEQ_LEN,
+                         kv_cache="int8")
+    assert program.metadata.kv_cache == "int8" and program.metadata.llm_kv_ops
+    assert describe_pte(program.path)["metadata"]["handheld_kv_cache"] == "int8"
+    register_llm_ops()
+    import executorch.kernels.quantized  # noqa: F401  the eager model's per-token rounding ops
+
+    for step, (ours, reference) in enumerate(_run_both(odd_checkpoint, program.path, "fp32", kv_cache="int8")):
+        off = float((ours - reference).abs().max() / reference.std())
+        assert off < SHARE_OF_SPREAD["fp32"], f"step {step}: off by {off:.2e} of the logits' spread"
 
 
 def test_pte_carries_runner_and_handheld_metadata(odd_fp32_pte):

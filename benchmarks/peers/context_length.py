@@ -1,12 +1,13 @@
 """Decode and prefill at chat length: SmolLM2 8da4w programs by KV-cache design and capacity, against llama.cpp.
 
-Three programs from the shipped GGUF, all 8da4w: a 128-slot indexed cache (the old default), a 2,048-slot
-indexed cache (attention over every slot, filled or not), and a 2,048-slot cache through ExecuTorch's LLM ops
-(`update_cache` + `custom_sdpa`: attention over the filled slots only; the default now). Each runs on handheld's
+Four programs from the shipped GGUF, all 8da4w: a 128-slot indexed cache (the old default), a 2,048-slot
+indexed cache (attention over every slot, filled or not), a 2,048-slot cache through ExecuTorch's LLM ops
+(`update_cache` + `custom_sdpa`: attention over the filled slots only; the default now), and the same with
+`--kv-cache int8` (ExecuTorch's quantized cache, `custom_quantized_sdpa`). Each runs on handheld's
 native runner at prompt 64 and prompt 1,024 (where it fits), 64 generated tokens, and llama.cpp Q4_0 from the
 same weights at the same lengths and threads; rows are measured in interleaved rounds (benchmarks/rounds.py).
 
-    python benchmarks/peers/context_length.py --work /tmp/ctx      # ~15 min here: 3 exports, then the rounds
+    python benchmarks/peers/context_length.py --work /tmp/ctx      # ~20 min here: 4 exports, then the rounds
 
 Writes benchmarks/results/context_length_smollm2.json. Needs the peers extra (llama-cpp-python built for this
 CPU). Run it alone: two torch jobs on 2 cores slow each other many-fold.
@@ -23,8 +24,9 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE.parent / "results" / "context_length_smollm2.json"
-# name: (cache slots, through ExecuTorch's LLM ops)
-PROGRAMS = {"8da4w ctx128 indexed": (128, False), "8da4w ctx2048 indexed": (2048, False), "8da4w ctx2048": (2048, True)}
+# name: (cache slots, through ExecuTorch's LLM ops, what the cache stores)
+PROGRAMS = {"8da4w ctx128 indexed": (128, False, "fp32"), "8da4w ctx2048 indexed": (2048, False, "fp32"),
+            "8da4w ctx2048": (2048, True, "fp32"), "8da4w ctx2048 int8 cache": (2048, True, "int8")}
 PROMPT_LENS = (64, 1024)
 
 
@@ -37,11 +39,11 @@ def ensure_programs(gguf: Path, work: Path) -> tuple[dict[str, Path], list[dict]
     from handheld.export.program import export_program
 
     paths, exports = {}, []
-    for name, (slots, llm_ops) in PROGRAMS.items():
+    for name, (slots, llm_ops, kv_cache) in PROGRAMS.items():
         pte = work / (name.replace(" ", "_") + ".pte")
         if not pte.exists():
             log(f"exporting {name}")
-            options = ExportOptions(scheme="8da4w", max_seq_len=slots, llm_kv_ops=llm_ops)
+            options = ExportOptions(scheme="8da4w", max_seq_len=slots, llm_kv_ops=llm_ops, kv_cache=kv_cache)
             result = export_program(gguf, pte, options, log=lambda line: None)
             exports.append({"name": name, "seconds": round(result.seconds, 1), "file_bytes": result.file_bytes})
         paths[name] = pte
@@ -107,6 +109,7 @@ def main() -> None:
 class _Program:
     cache_slots: int
     llm_kv_ops: bool
+    kv_cache: str
 
 
 if __name__ == "__main__":

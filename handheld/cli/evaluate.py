@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from handheld.cli._shared import add_group_size, add_npu_arguments
+from handheld.core.defaults import KV_CACHE, KV_CACHES
 from handheld.core.errors import HandheldError
 
 HELP = "perplexity of a .pte or a checkpoint on a text, and agreement with a float reference"
@@ -25,6 +26,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--scheme", help="checkpoints only: scheme applied in eager PyTorch (default fp32), or with "
                    "--backend qnn|mediatek that NPU's scheme, calibrated on --calib and simulated on the CPU")
     add_group_size(p, "4-bit schemes (checkpoints only)")
+    p.add_argument("--kv-cache", default=KV_CACHE, help=f"checkpoints only: {' or '.join(KV_CACHES)}; int8 scores "
+                   "through ExecuTorch's quantized KV cache, as `handheld export --kv-cache int8` runs (default fp32)")
     p.add_argument("--backend", help="checkpoints only: qnn or mediatek, to score an NPU scheme (needs --calib)")
     add_npu_arguments(p)
     p.add_argument("--target", help="a .pte on handheld's native runner instead of ExecuTorch's Python runtime: host, "
@@ -49,6 +52,7 @@ def run(args: argparse.Namespace) -> None:
         args.model, args.text, tokenizer=args.tokenizer, context=args.context, stride=args.stride,
         max_tokens=args.max_tokens, reference=args.reference, scheme=args.scheme, group_size=args.group_size,
         backend=args.backend, soc=args.soc, calib=args.calib, calib_sequences=args.calib_sequences, target=args.target,
+        kv_cache=args.kv_cache,
         log=lambda line: print(line, file=sys.stderr, flush=True))
     record = result.as_dict()
     print(json.dumps(record, indent=2) if args.json else _summary(record))

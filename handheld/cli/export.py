@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 
 from handheld.cli._shared import add_group_size, add_memory_check_argument, add_npu_arguments
-from handheld.core.defaults import GPTQ_CALIB_TOKENS, MAX_SEQ_LEN, NPU_SEQ_LEN, SCALE_RULE
+from handheld.core.defaults import GPTQ_CALIB_TOKENS, KV_CACHE, MAX_SEQ_LEN, NPU_SEQ_LEN, SCALE_RULE
 
 HELP = "lower a checkpoint to an ExecuTorch .pte"
 
@@ -34,6 +34,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     add_npu_arguments(p)
     p.add_argument("--max-seq-len", type=int, help=f"KV cache length: prompt + generated tokens (default "
                    f"{MAX_SEQ_LEN}; NPU programs: {NPU_SEQ_LEN}, also their fixed tokens per call)")
+    p.add_argument("--kv-cache", default=KV_CACHE, help=f"what the KV cache stores (CPU programs): "
+                   f"{KV_CACHE} (default), or int8 per token and head (ExecuTorch's quantized cache: ~3.7x fewer bytes "
+                   f"per cached token, a small quality cost)")
     p.add_argument("--tokenizer", help="tokenizer for the BOS/EOS ids (default: the checkpoint's own)")
     add_memory_check_argument(p)
     p.add_argument("--full-logits", action="store_true", help="return logits for every position (needed by `handheld eval`)")
@@ -48,7 +51,7 @@ def run(args: argparse.Namespace) -> None:
         args.checkpoint, args.output, log=log, scheme=args.scheme, backend=args.backend, max_seq_len=args.max_seq_len,
         tokenizer=args.tokenizer, full_logits=args.full_logits, group_size=args.group_size, scale_rule=args.scale_rule,
         calib=args.calib, calib_tokens=args.calib_tokens, budget_mb=args.budget_mb, soc=args.soc,
-        calib_sequences=args.calib_sequences, skip_memory_check=args.skip_memory_check,
+        calib_sequences=args.calib_sequences, skip_memory_check=args.skip_memory_check, kv_cache=args.kv_cache,
     )
     meta = result.metadata
     print(f"wrote {result.path} ({result.file_bytes / 2**20:.1f} MiB) in {result.seconds:.0f} s: {meta.backend} "

@@ -30,13 +30,14 @@ _HANDHELD_METHODS = {
     "weight_bytes": "handheld_weight_bytes",
     "op_counts": "handheld_op_counts",
     "provenance": "handheld_provenance",
+    "kv_cache": "handheld_kv_cache",
 }
 _JSON_FIELDS = frozenset({"params", "quantization", "weight_bytes", "op_counts", "provenance"})
 # What each field must hold once read from a file.
 _FIELD_KINDS = {"max_seq_len": int, "vocab_size": int, "n_layers": int, "bos_id": int, "eos_ids": tuple, "model": str,
                 "params": dict, "scheme": str, "backend": str, "version": str, "full_logits": bool,
                 "group_size": (int, type(None)), "quantization": (dict, type(None)), "weight_bytes": dict, "op_counts": dict,
-               "provenance": dict, "llm_kv_ops": bool}
+               "provenance": dict, "llm_kv_ops": bool, "kv_cache": str}
 
 
 @dataclass(frozen=True)
@@ -63,6 +64,8 @@ class ProgramMetadata:
     provenance: dict[str, Any] = field(default_factory=dict)
     # The KV cache through ExecuTorch's LLM ops (update_cache, custom_sdpa): the runtime needs their kernels.
     llm_kv_ops: bool = False
+    # What the KV cache stores: fp32, or int8 rows with a scale and zero point each (llama::custom_quantized_sdpa).
+    kv_cache: str = "fp32"
 
     def to_constant_methods(self) -> dict[str, Any]:
         methods: dict[str, Any] = {

@@ -156,6 +156,7 @@ def bench_program(pte: Path, config: BenchConfig, progress: Callable[[str], None
         "scheme": metadata.scheme,
         "backend": metadata.backend,
         "max_seq_len": metadata.max_seq_len,
+        "kv_cache": metadata.kv_cache,
         "bytes_per_token": metadata.bytes_per_token(),
         "provenance": metadata.provenance,  # the commit and code that exported the program
         **asdict(config),

@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable
 
-from handheld.core.defaults import NPU_CALIB_SEQUENCES
+from handheld.core.defaults import KV_CACHE, KV_CACHES, NPU_CALIB_SEQUENCES
 from handheld.core.errors import HandheldError
 from handheld.decoding.text import is_checkpoint_path
 from handheld.export.options import is_npu_artefact
@@ -32,8 +32,11 @@ class EvalOptions:
     calib: Path | None = None
     calib_sequences: int = NPU_CALIB_SEQUENCES
     target: str | None = None  # a .pte on handheld's native runner there (host, qemu-aarch64, adb[:SERIAL], ...)
+    kv_cache: str = KV_CACHE  # checkpoints: int8 scores through ExecuTorch's quantized KV cache, as exported
 
     def __post_init__(self) -> None:
+        if self.kv_cache not in KV_CACHES:
+            raise HandheldError(f"unknown --kv-cache {self.kv_cache!r}; known: {', '.join(KV_CACHES)}")
         if self.max_tokens is not None and self.max_tokens < 2:
             raise HandheldError(f"--max-tokens must be at least 2 (a token and its successor), got {self.max_tokens}")
 
@@ -98,30 +101,46 @@ def _logits_fn(model: Path, tokenizer: Path, options: EvalOptions, log):
         return _simulated_logits_fn(model, tokenizer, options, log)
     if is_checkpoint_path(model):
         prepared = _eager(model, options)
-        return eager_logits_fn(prepared.model), "eager", prepared.label
+        return eager_logits_fn(prepared.model), "eager", _with_cache(prepared.label, options.kv_cache)
     from handheld.runtime_bindings.python.program import PteProgram
 
-    for flag, value in (("--scheme", options.scheme), ("--group-size", options.group_size)):
+    given = {"--scheme": options.scheme, "--group-size": options.group_size,
+             "--kv-cache": None if options.kv_cache == KV_CACHE else options.kv_cache}
+    for flag, value in given.items():
         if value is not None:
             raise HandheldError(f"{flag} applies to checkpoints; {model} already has its scheme")
     program = PteProgram(model)
     if options.context > program.max_seq_len:
         raise HandheldError(f"--context {options.context} exceeds {model}'s max sequence length {program.max_seq_len}")
+    scheme = _with_cache(program.metadata.scheme, program.metadata.kv_cache)
     if options.target:
-        return _native_logits_fn(model, program, options.target, log), f".pte on {options.target}", program.metadata.scheme
-    return pte_logits_fn(program), ".pte", program.metadata.scheme
+        return _native_logits_fn(model, program, options.target, log), f".pte on {options.target}", scheme
+    return pte_logits_fn(program), ".pte", scheme
+
+
+def _with_cache(scheme: str, kv_cache: str) -> str:
+    return scheme if kv_cache == "fp32" else f"{scheme}, {kv_cache} KV cache"
 
 
 def _eager(model: Path, options: EvalOptions):
     from handheld.quant.schemes import prepare_checkpoint
 
-    return prepare_checkpoint(model, options.scheme, group_size=options.group_size, max_seq_len=options.context,
-                              full_logits=True)
+    prepared = prepare_checkpoint(model, options.scheme, group_size=options.group_size, max_seq_len=options.context,
+                                  full_logits=True)
+    if options.kv_cache != "fp32":
+        from handheld.export.program import register_llm_ops
+
+        register_llm_ops()
+        prepared.model.use_llm_kv_ops(options.kv_cache)
+    return prepared
 
 
 def _simulated_logits_fn(model: Path, tokenizer: Path, options: EvalOptions, log):
     """An NPU scheme's converted graph run on the CPU: from a .pt2, or quantized here from a checkpoint."""
     from handheld.export.npu import NpuOptions, calibrate_checkpoint, load_quantized
+
+    if options.kv_cache != KV_CACHE:
+        raise HandheldError(f"--kv-cache {options.kv_cache} is for CPU programs; NPU schemes fix their cache")
 
     if is_npu_artefact(model):
         given = {"scheme": options.scheme, "backend": options.backend, "soc": options.soc, "calib": options.calib,

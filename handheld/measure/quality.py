@@ -77,8 +77,16 @@ def evaluate(
 
 
 def eager_logits_fn(model: torch.nn.Module) -> LogitsFn:
+    """A window's logits from position 0: batched without a cache, or, for a model whose KV cache is quantized
+    (its rounding is what is scored), through the cache as a program prefills."""
     @torch.no_grad()
     def run(window: list[int]) -> torch.Tensor:
+        if getattr(model, "kv_cache", "fp32") != "fp32":
+            from handheld.runtime_bindings.python.program import native_stderr_silenced
+
+            model.reset_cache()
+            with native_stderr_silenced():  # ExecuTorch's eager quantized SDPA logs a line per call from C++
+                return model(torch.tensor([window]), torch.tensor([0]))[0]
         return model.forward_batch(torch.tensor([window]))[0]
 
     return run

@@ -1,7 +1,8 @@
-// handheld's own kernels for the two ExecuTorch LLM ops that handheld's CPU programs call:
+// handheld's own kernels for the ExecuTorch LLM ops that handheld's CPU programs call:
 //   llama::update_cache.out  writes a step's keys or values into the cache at start_pos;
 //   llama::custom_sdpa.out   causal attention of the step's queries over cache slots [0, start_pos + T) only,
-//                            so a decode step costs what the context holds, not what the cache could hold.
+//                            so a decode step costs what the context holds, not what the cache could hold;
+//   llama::custom_quantized_sdpa.out  the same over int8 caches (`--kv-cache int8`).
 // The wheel ships these kernels only inside a library that needs libtorch and Python, so the native runner
 // (host, aarch64 under qemu, phones) carries this file instead. Same schemas and semantics as ExecuTorch's ops
 // (query [B, T, Hq, D], caches [B, S, Hkv, D], grouped-query heads, float32); no attention mask, no dropout.
@@ -336,6 +337,26 @@ void decode(const float* q, const float* k, const float* v, float* out, const Sh
   merge_chunks(partials, s, chunks, out);
 }
 
+// Causal (or full) attention of q [B,T,Hq,D] over slots [0, start_pos + T) of k, v [B,slots,Hkv,D], all float32.
+void attend(const float* qd, const float* kd, const float* vd, float* od, const Shapes& s, int64_t start_pos,
+            bool is_causal, std::optional<double> scale) {
+  const float softmax_scale = scale.has_value() ? static_cast<float>(*scale) : 1.0f / std::sqrt(float(s.head_dim));
+  if (s.steps == 1) {  // one step sees every filled slot, causal or not
+    decode(qd, kd, vd, od, s, start_pos, softmax_scale);
+    return;
+  }
+  const int64_t tiles = (s.steps + kRowsPerItem - 1) / kRowsPerItem;
+  executorch::extension::parallel_for(0, s.batch * s.q_heads * tiles, 1, [&](int64_t begin, int64_t end) {
+    std::vector<float> scores;
+    for (int64_t item = begin; item < end; ++item) {
+      const int64_t tile = item % tiles, head = (item / tiles) % s.q_heads, b = item / (tiles * s.q_heads);
+      const int64_t t0 = tile * kRowsPerItem;
+      const Item it{b, head, t0, std::min(kRowsPerItem, s.steps - t0)};
+      attend_item(qd, kd, vd, od, s, it, start_pos, is_causal, softmax_scale, scores);
+    }
+  });
+}
+
 bool sdpa_arguments_valid(const Tensor& q, const Tensor& k, const Tensor& v, int64_t start_pos) {
   for (const Tensor* t : {&q, &k, &v}) {
     if (t->dim() != 4 || t->scalar_type() != ScalarType::Float) return false;
@@ -356,23 +377,76 @@ Tensor& custom_sdpa_out(KernelRuntimeContext& ctx, const Tensor& q, const Tensor
     return out;
   }
   const Shapes s{q.size(0), q.size(1), q.size(2), k.size(2), q.size(3), k.size(1)};
-  const float softmax_scale = scale.has_value() ? static_cast<float>(*scale) : 1.0f / std::sqrt(float(s.head_dim));
-  const float *qd = q.const_data_ptr<float>(), *kd = k.const_data_ptr<float>(), *vd = v.const_data_ptr<float>();
-  float* od = out.mutable_data_ptr<float>();
-  if (s.steps == 1) {  // one step sees every filled slot, causal or not
-    decode(qd, kd, vd, od, s, start_pos, softmax_scale);
+  attend(q.const_data_ptr<float>(), k.const_data_ptr<float>(), v.const_data_ptr<float>(),
+         out.mutable_data_ptr<float>(), s, start_pos, is_causal, scale);
+  return out;
+}
+
+// llama::custom_quantized_sdpa.out: an int8 query and int8 caches, each row (batch, position, head) read back as
+// (int - zero point) * scale. handheld's kernel reads the query and the filled slots [0, start_pos + T) back to
+// float32 and attends as custom_sdpa does: the cache keeps a quarter of the bytes, the attention math is the
+// float kernel's (ExecuTorch's own kernel multiplies the integers; the two differ by float rounding only).
+struct QuantizedRows {
+  const Tensor* ints;
+  const std::optional<Tensor>* scales;
+  const std::optional<Tensor>* zero_points;
+};
+
+bool quantized_rows_valid(const QuantizedRows& r) {
+  const Tensor& t = *r.ints;
+  if (t.dim() != 4 || t.scalar_type() != ScalarType::Char || !r.scales->has_value() || !r.zero_points->has_value()) {
+    return false;
+  }
+  const Tensor &scales = r.scales->value(), &zero_points = r.zero_points->value();
+  return scales.scalar_type() == ScalarType::Float && zero_points.scalar_type() == ScalarType::Char &&
+         scales.numel() == t.numel() / t.size(3) && zero_points.numel() == scales.numel();
+}
+
+// The first `positions` positions of every batch, as float32 [B, positions, H, D].
+std::vector<float> dequantized(const QuantizedRows& r, int64_t positions) {
+  const Tensor& t = *r.ints;
+  const int64_t heads = t.size(2), d = t.size(3), stored = t.size(1);
+  const auto* ints = t.const_data_ptr<int8_t>();
+  const float* scales = r.scales->value().const_data_ptr<float>();
+  const int8_t* zero_points = r.zero_points->value().const_data_ptr<int8_t>();
+  std::vector<float> out(t.size(0) * positions * heads * d);
+  for (int64_t b = 0; b < t.size(0); ++b) {
+    for (int64_t row = 0; row < positions * heads; ++row) {
+      const int64_t at = b * stored * heads + row;
+      const float scale = scales[at], zero = zero_points[at];
+      float* o = out.data() + (b * positions * heads + row) * d;
+      for (int64_t c = 0; c < d; ++c) o[c] = (float(ints[at * d + c]) - zero) * scale;
+    }
+  }
+  return out;
+}
+
+Tensor& custom_quantized_sdpa_out(KernelRuntimeContext& ctx, const Tensor& q, const Tensor& k, const Tensor& v,
+                                  const int64_t start_pos, const std::optional<Tensor>& attn_mask,
+                                  const double dropout_p, const bool is_causal, const std::optional<double> scale,
+                                  const std::optional<Tensor>& q_zero_points, const std::optional<Tensor>& q_scales,
+                                  const std::optional<Tensor>& k_zero_points, const std::optional<Tensor>& k_scales,
+                                  const std::optional<Tensor>& v_zero_points, const std::optional<Tensor>& v_scales,
+                                  const bool is_seq_at_dim_2, Tensor& out) {
+  const QuantizedRows qr{&q, &q_scales, &q_zero_points}, kr{&k, &k_scales, &k_zero_points}, vr{&v, &v_scales, &v_zero_points};
+  const bool shapes_fit = q.dim() == 4 && k.dim() == 4 && k.sizes().equals(v.sizes()) && q.size(0) == k.size(0) &&
+                          q.size(3) == k.size(3) && k.size(2) > 0 && q.size(2) % k.size(2) == 0 && start_pos >= 0 &&
+                          start_pos + q.size(1) <= k.size(1);
+  if (!require(ctx, shapes_fit && quantized_rows_valid(qr) && quantized_rows_valid(kr) && quantized_rows_valid(vr),
+               "llama::custom_quantized_sdpa: int8 query [B,T,Hq,D] and caches [B,S,Hkv,D], a float32 scale and an "
+               "int8 zero point per row, start_pos + T <= S") ||
+      !require(ctx, !attn_mask.has_value() && dropout_p == 0.0 && !is_seq_at_dim_2,
+               "llama::custom_quantized_sdpa: handheld's kernel takes no mask, no dropout, positions at dim 1") ||
+      !require(ctx, out.scalar_type() == ScalarType::Float &&
+                        executorch::runtime::resize_tensor(out, q.sizes()) == Error::Ok,
+               "llama::custom_quantized_sdpa: cannot resize the float32 output to the query's shape")) {
     return out;
   }
-  const int64_t tiles = (s.steps + kRowsPerItem - 1) / kRowsPerItem;
-  executorch::extension::parallel_for(0, s.batch * s.q_heads * tiles, 1, [&](int64_t begin, int64_t end) {
-    std::vector<float> scores;
-    for (int64_t item = begin; item < end; ++item) {
-      const int64_t tile = item % tiles, head = (item / tiles) % s.q_heads, b = item / (tiles * s.q_heads);
-      const int64_t t0 = tile * kRowsPerItem;
-      const Item it{b, head, t0, std::min(kRowsPerItem, s.steps - t0)};
-      attend_item(qd, kd, vd, od, s, it, start_pos, is_causal, softmax_scale, scores);
-    }
-  });
+  const int64_t filled = start_pos + q.size(1);
+  const std::vector<float> query = dequantized(qr, q.size(1)), keys = dequantized(kr, filled),
+                           values = dequantized(vr, filled);
+  const Shapes s{q.size(0), q.size(1), q.size(2), k.size(2), q.size(3), filled};
+  attend(query.data(), keys.data(), values.data(), out.mutable_data_ptr<float>(), s, start_pos, is_causal, scale);
   return out;
 }
 
@@ -380,3 +454,4 @@ Tensor& custom_sdpa_out(KernelRuntimeContext& ctx, const Tensor& q, const Tensor
 
 EXECUTORCH_LIBRARY(llama, "update_cache.out", update_cache_out);
 EXECUTORCH_LIBRARY(llama, "custom_sdpa.out", custom_sdpa_out);
+EXECUTORCH_LIBRARY(llama, "custom_quantized_sdpa.out", custom_quantized_sdpa_out);

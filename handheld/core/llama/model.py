@@ -12,7 +12,8 @@
   this relies on the runtime handing out zeroed planned memory (so 0 * slot is never NaN).
 - LLM-ops variant (`use_llm_kv_ops()`, what CPU programs export): the cache is written by ExecuTorch's
   `llama::update_cache` and read by `llama::custom_sdpa`, which attends over the filled part of the cache only,
-  so a step costs what the context holds, not what the cache could hold.
+  so a step costs what the context holds, not what the cache could hold. `use_llm_kv_ops("int8")`: ExecuTorch's
+  quantized cache (int8 rows with a scale and zero point each, read by `llama::custom_quantized_sdpa`).
 - NPU variant (`npu=True`, an option, not a copy; traced with a fixed token count by handheld.export.npu):
   a finite mask (-255, as Qualcomm's static Llama: integer activations cannot hold -inf) and each RMSNorm as
   one `rms_norm` op, which NPU quantizers keep whole (quantized alone, the square of a residual stream with
@@ -68,6 +69,16 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, swap: torc
     return (x_float * cos + F.linear(x_float, swap) * sin).type_as(x)
 
 
+def int8_per_token(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """x rounded to int8 per row of its last axis, asymmetric: (ints, float32 scales, int8 zero points), each row
+    read back as (ints - zero point) * scale (the ops ExecuTorch's quantized cache uses)."""
+    import torch.ao.quantization.fx._decomposed  # noqa: F401  registers the quantized_decomposed ops
+
+    scales, zero_points = torch.ops.quantized_decomposed.choose_qparams_per_token_asymmetric.default(x, torch.int8)
+    ints = torch.ops.quantized_decomposed.quantize_per_token(x, scales, zero_points, -128, 127, torch.int8)
+    return ints, scales.float(), zero_points.to(torch.int8)
+
+
 class RMSNorm(nn.Module):
     def __init__(self, dim: int, eps: float, single_op: bool = False):
         super().__init__()
@@ -101,13 +112,23 @@ class Attention(nn.Module):
         self.register_buffer("k_cache", torch.zeros(cache_shape), persistent=False)
         self.register_buffer("v_cache", torch.zeros(cache_shape), persistent=False)
         self.llm_kv_ops = False
+        self.kv_cache = "fp32"  # "int8" with the LLM ops: a quantized cache
 
-    def use_llm_kv_ops(self) -> None:
-        """Switch to ExecuTorch's LLM ops: float32 caches [1, max_seq_len, kv_heads, head_dim], their layout."""
-        cache_shape = (1, self.k_cache.shape[1], self.n_kv_heads, self.head_dim)
-        self.register_buffer("k_cache", torch.zeros(cache_shape), persistent=False)
-        self.register_buffer("v_cache", torch.zeros(cache_shape), persistent=False)
-        self.llm_kv_ops = True
+    def use_llm_kv_ops(self, kv_cache: str = "fp32") -> None:
+        """Switch to ExecuTorch's LLM ops: caches [1, max_seq_len, kv_heads, head_dim], their layout; `kv_cache`
+        "int8" stores int8 values with a float32 scale and an int8 zero point per token and head (ExecuTorch's
+        quantized cache: a quarter of the bytes a step reads, plus 5 per row)."""
+        slots = self.k_cache.shape[1]
+        cache_shape, row_shape = (1, slots, self.n_kv_heads, self.head_dim), (1, slots, self.n_kv_heads, 1)
+        int8 = kv_cache == "int8"
+        for name in ("k", "v"):
+            self.register_buffer(f"{name}_cache", torch.zeros(cache_shape, dtype=torch.int8 if int8 else torch.float32),
+                                 persistent=False)
+            if int8:
+                self.register_buffer(f"{name}_cache_scales", torch.ones(row_shape), persistent=False)
+                self.register_buffer(f"{name}_cache_zero_points", torch.zeros(row_shape, dtype=torch.int8),
+                                     persistent=False)
+        self.llm_kv_ops, self.kv_cache = True, kv_cache
 
     def forward(self, x, positions, cos, sin, mask, swap, start_pos=None):
         # The token count is dynamic: shapes say -1 for it, never a symbolic size, which keeps the reshapes
@@ -133,9 +154,26 @@ class Attention(nn.Module):
 
     def attend_with_llm_ops(self, q, k, v, start_pos):
         """Write k, v at start_pos, then causal attention of q over cache slots [0, start_pos + T) (GQA inside)."""
+        if self.kv_cache == "int8":
+            return self.attend_with_int8_cache(q, k, v, start_pos)
         torch.ops.llama.update_cache(k.unsqueeze(0).float(), self.k_cache, start_pos)
         torch.ops.llama.update_cache(v.unsqueeze(0).float(), self.v_cache, start_pos)
         out = torch.ops.llama.custom_sdpa(q.float(), self.k_cache, self.v_cache, start_pos, None, 0.0, True)
+        return out.type_as(q)
+
+    def attend_with_int8_cache(self, q, k, v, start_pos):
+        """ExecuTorch's quantized cache: k and v rounded to int8 per token and head (asymmetric) and written at
+        start_pos with their scales and zero points; q rounded the same way; `custom_quantized_sdpa` attends over
+        slots [0, start_pos + T) from the integers."""
+        for name, value in (("k", k), ("v", v)):
+            ints, scales, zero_points = int8_per_token(value.unsqueeze(0).float())
+            torch.ops.llama.update_cache(ints, getattr(self, f"{name}_cache"), start_pos)
+            torch.ops.llama.update_cache(scales, getattr(self, f"{name}_cache_scales"), start_pos)
+            torch.ops.llama.update_cache(zero_points, getattr(self, f"{name}_cache_zero_points"), start_pos)
+        q_ints, q_scales, q_zero_points = int8_per_token(q.float())
+        out = torch.ops.llama.custom_quantized_sdpa(
+            q_ints, self.k_cache, self.v_cache, start_pos, None, 0.0, True, None, q_zero_points, q_scales,
+            self.k_cache_zero_points, self.k_cache_scales, self.v_cache_zero_points, self.v_cache_scales, False)
         return out.type_as(q)
 
     def forward_batch(self, x, cos, sin, swap):
@@ -230,11 +268,16 @@ class Transformer(nn.Module):
     def llm_kv_ops(self) -> bool:
         return self.layers[0].attention.llm_kv_ops
 
-    def use_llm_kv_ops(self) -> "Transformer":
+    @property
+    def kv_cache(self) -> str:
+        return self.layers[0].attention.kv_cache
+
+    def use_llm_kv_ops(self, kv_cache: str = "fp32") -> "Transformer":
         """Caches and attention through ExecuTorch's LLM ops (registered by importing
-        `executorch.extension.llm.custom_ops.custom_ops`): the CPU programs' cost follows the filled context."""
+        `executorch.extension.llm.custom_ops.custom_ops`): the CPU programs' cost follows the filled context.
+        `kv_cache` "int8": the quantized cache (`Attention.use_llm_kv_ops`)."""
         for layer in self.layers:
-            layer.attention.use_llm_kv_ops()
+            layer.attention.use_llm_kv_ops(kv_cache)
         return self
 
     def forward(self, tokens: torch.Tensor, input_pos: torch.Tensor) -> torch.Tensor:
@@ -285,8 +328,9 @@ class Transformer(nn.Module):
 
     def reset_cache(self) -> None:
         for layer in self.layers:
-            layer.attention.k_cache.zero_()
-            layer.attention.v_cache.zero_()
+            for name, buffer in layer.attention.named_buffers():
+                if name.startswith(("k_cache", "v_cache")):
+                    buffer.zero_()
 
 
 def parameter_count(model: nn.Module) -> int:
