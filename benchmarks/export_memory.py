@@ -39,7 +39,7 @@ def checkpoint_bytes(checkpoint: Path) -> int:
 
 def export_row(work: Path, model: str, scheme: str, max_seq_len: int, bench_runs: int) -> dict:
     from handheld.export.provenance import export_provenance
-    from handheld.measure.host import host_info
+    from handheld.measure.host import host_info, run_record
 
     checkpoint = Path(model).expanduser()
     if checkpoint.exists():  # a real checkpoint (a directory or a .gguf file): named by its file name
@@ -54,7 +54,8 @@ def export_row(work: Path, model: str, scheme: str, max_seq_len: int, bench_runs
                             "--max-seq-len", str(max_seq_len), "-o", str(pte)])
     row = {"model": model, "scheme": scheme, "max_seq_len": max_seq_len, "export_wall_s": seconds,
            "export_peak_rss_bytes": peak, "checkpoint_bytes": checkpoint_bytes(checkpoint),
-           "file_bytes": pte.stat().st_size, "provenance": export_provenance(), "host": host_info()}
+           "file_bytes": pte.stat().st_size, "provenance": export_provenance(), "host": host_info(),
+           "made_by": run_record()}
     print(f"{model} {scheme}: export {seconds:.0f} s, peak RSS {peak / 2**30:.2f} GiB", flush=True)
     if bench_runs:
         out = work / f"{model}-{scheme}.bench.json"

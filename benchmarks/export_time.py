@@ -23,7 +23,7 @@ from handheld.core.checkpoints import random_state, write_checkpoint
 from handheld.core.llama.config import ModelArgs
 from handheld.export.options import ExportOptions
 from handheld.export.program import export_program
-from handheld.measure.host import host_info
+from handheld.measure.host import host_info, run_record
 
 HERE = Path(__file__).resolve().parent
 
@@ -62,7 +62,7 @@ def run(args: argparse.Namespace) -> dict:
         "stages": [{"stage": name, "seconds": round(sec, 2)} for name, sec in spans],
         "partitions": counts.get("partitions", {}),
         "undelegated_ops": counts["portable"], "file_bytes": result.file_bytes,
-        "commit": _commit(), "host": host_info(), "python": platform.python_version(),
+        "commit": _commit(), "host": host_info(), "python": platform.python_version(), "made_by": run_record(),
     }
 
 

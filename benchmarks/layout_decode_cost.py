@@ -93,6 +93,9 @@ def main() -> None:
     result = measure({"8da4w": plain, args.layout: layout_pte}, args.prompt_len, args.gen_len, args.runs)
     base, other = result["8da4w"]["decode_tok_s"], result[args.layout]["decode_tok_s"]
     result["decode_cost_percent"] = 100 * (base - other) / base
+    from handheld.measure.host import run_record
+
+    result["made_by"] = run_record()
     print(json.dumps(result, indent=2))
     if args.json:
         args.json.write_text(json.dumps(result, indent=2) + "\n")

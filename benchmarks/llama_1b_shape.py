@@ -183,7 +183,9 @@ def main() -> None:
     log(f"memory bandwidth (triad, {args.threads} threads): {bandwidth:.1f} GB/s")
     ggufs = [] if args.no_peers else llama_cpp_ggufs(checkpoint, args.work)
     rows = measure_1b_rows(programs, [args.work / f"{name}.pte" for name in NATIVE_ROWS], ggufs, args.work, config)
-    results = {"schema": SCHEMA, "host": host_info(), "memory_bandwidth_gbs": bandwidth,
+    from handheld.measure.host import run_record
+
+    results = {"schema": SCHEMA, "made_by": run_record(), "host": host_info(), "memory_bandwidth_gbs": bandwidth,
                "bandwidth_threads": args.threads, "rows": rows}
     for row in results["rows"]:
         row.update(exports.get(row["name"].removesuffix(" [native runner]"), {}))

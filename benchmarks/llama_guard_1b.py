@@ -56,7 +56,9 @@ def main() -> None:
     bench_json = args.work / "bench.json"
     subprocess.run(["handheld", "bench", str(pte), "--prompt-len", str(GUARD_PROMPT_TOKENS), "--gen-len", "32",
                     "--runs", str(args.runs), "--threads", str(args.threads), "--json", str(bench_json)], check=True)
-    result = {"program_bytes": pte.stat().st_size, "release_bytes": RELEASE_BYTES,
+    from handheld.measure.host import run_record
+
+    result = {"made_by": run_record(), "program_bytes": pte.stat().st_size, "release_bytes": RELEASE_BYTES,
               "ratio_to_release": pte.stat().st_size / RELEASE_BYTES, "group_size": GROUP_SIZE,
               "max_seq_len": args.max_seq_len, "export": export, "bench": json.loads(bench_json.read_text())}
     out = HERE / "results" / "llama_guard_1b.json"

@@ -75,7 +75,9 @@ def main() -> None:
         done = subprocess.run([sys.executable, __file__, pte, "--steps", str(args.steps), "--threads", str(args.threads),
                                "--child"], capture_output=True, text=True, check=True)
         profile = json.loads(done.stdout.strip().splitlines()[-1])
-        profiles.append(profile)
+        from handheld.measure.host import run_record
+
+        profiles.append(profile | {"made_by": run_record()})
         print(f"\n{pte}: {profile['wall_ms_per_token']:.1f} ms per decoded token (wall), by event:")
         for name, ms in list(profile["ms_per_token"].items())[:15]:
             print(f"  {ms:8.2f} ms  {name}")

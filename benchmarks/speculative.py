@@ -87,7 +87,10 @@ def describe(args: argparse.Namespace) -> dict:
                 "model": meta.model, "export_commit": meta.provenance.get("commit")}
 
     provenance = export_provenance()
-    return {"label": args.label, "prompt": PROMPT, "max_new_tokens": args.max_new_tokens, "threads": args.threads,
+    from handheld.measure.host import run_record
+
+    return {"made_by": run_record(), "label": args.label, "prompt": PROMPT, "max_new_tokens": args.max_new_tokens,
+            "threads": args.threads,
             "repeats": args.repeats, "commit": provenance["commit"], "dirty": provenance["dirty"], "host": host_info(),
             "target": program(args.target), "draft": program(args.draft)}
 

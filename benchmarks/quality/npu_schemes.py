@@ -151,7 +151,9 @@ def main() -> None:
     jobs = [(b, s, str(c), sq, str(checkpoint), tokens) for sq, c in ((False, checkpoint), (True, rotated))
             for b, s in ROWS if not (sq and b == "float")]
     out = ROOT / "benchmarks" / "results" / f"npu_schemes_{args.model}.json"
-    results = {**describe_run(args.model, checkpoint, tokens), "complete": False, "rows": []}
+    from handheld.measure.host import run_record
+
+    results = {"made_by": run_record(), **describe_run(args.model, checkpoint, tokens), "complete": False, "rows": []}
     with ProcessPoolExecutor(args.workers, mp_context=get_context("spawn")) as pool:
         for future in as_completed([pool.submit(score, job) for job in jobs]):
             results["rows"].append(future.result())  # written row by row: a long run keeps what it measured

@@ -123,7 +123,10 @@ def main() -> None:
                                    ("fine-tuned float", "fine-tuned float, 8da4w RTN", ("QAT", "QAT + LoRA")))
         for m in methods for key in ("eager_ppl", "pte_ppl")
     }
-    report = {"model": "handheld proxy (handheld/proxy, trained on the Python 3.11 docs)", "test_text": "handheld/proxy/test.txt",
+    from handheld.measure.host import run_record
+
+    report = {"made_by": run_record(), "model": "handheld proxy (handheld/proxy, trained on the Python 3.11 docs)",
+              "test_text": "handheld/proxy/test.txt",
               "context": CONTEXT, "stride": STRIDE, "sq_steps": args.sq_steps, "sq_lr": args.sq_lr, "qat_steps": args.qat_steps,
               "machine": f"{platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}",
               "rows": rows, "recovered": summary, "seconds": times}

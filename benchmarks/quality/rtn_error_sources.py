@@ -102,7 +102,9 @@ def main() -> None:
     plain = build_model(checkpoint, max_seq_len=CONTEXT, full_logits=True).float().eval()
     rotated = fold_r4(fold_norms(copy.deepcopy(plain)))
     rotated = apply_rotations(rotated, initial_rotations(rotated.args, args.seed)).eval()
-    out = {"model": str(gguf_path.name), "eval_text": "handheld/proxy/test.txt", "tokens": len(ids),
+    from handheld.measure.host import run_record
+
+    out = {"made_by": run_record(), "model": str(gguf_path.name), "eval_text": "handheld/proxy/test.txt", "tokens": len(ids),
            "context": CONTEXT, "stride": STRIDE, "rotation_seed": args.seed,
            "commit": subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
                                     cwd=ROOT).stdout.strip(),

@@ -4,8 +4,9 @@ the same token ids and windows by the same code (`handheld.measure.quality.evalu
 Rows, per checkpoint (the shipped GGUF, whose weights sit on a Q4_1 grid, and a short float fine-tune of it that
 sits on no 4-bit grid, made as benchmarks/quality/scale_rules.py makes it):
 - handheld in eager PyTorch (the exact model `handheld export` lowers; the parity tests hold each .pte to it):
-  float, 8da4w with torchao's absmax rule, the data-free default, 8da4w-c4, `--calib` (GPTQ) and `--calib
-  --budget-mb B` (mixed precision) at budgets equal to llama.cpp's Q4_0, Q4_K_M and Q5_K_M bytes per token;
+  float, 8da4w with torchao's absmax rule, the data-free default, 8da4w-c4, `--calib` (GPTQ), the default with
+  `--kv-cache int8` (scored through the quantized cache, as its program prefills), and `--calib --budget-mb B`
+  (mixed precision) at budgets equal to llama.cpp's Q4_0, Q4_K_M and Q5_K_M bytes per token;
 - handheld through exported `.pte` files (`--full-logits`) for the default and the best option;
 - llama.cpp (llama-cpp-python, built for this CPU) on F32, Q8_0, Q4_0, Q4_K_M and Q5_K_M files that it quantized
   itself from an F32 GGUF of the same weights, its logits read for every window position.
@@ -16,7 +17,7 @@ Texts (kept in the repo): handheld/proxy/test.txt (Python documentation prose) a
 (the GPL-3 licence, legal prose; verbatim copying is permitted), first 4,096 tokens each, context 256, stride 128.
 
     pip install -e '.[peers]'   # llama-cpp-python; build it for this CPU (benchmarks/peers/llama_cpp_q4_0.py)
-    python benchmarks/quality/table.py [--work /tmp/quality-work] [--checkpoints shipped finetuned]
+    python benchmarks/quality/table.py [--work /tmp/quality-work] [--checkpoints shipped finetuned] [--rows NAME ...]
 
 Writes benchmarks/results/quality/table.json as rows finish (a rerun keeps rows of the same commit and redoes the
 rest), then renders from that JSON alone (`--render` re-renders only): table.md, summary.md and ppl_vs_bytes.png
@@ -63,12 +64,14 @@ class Row:
     name: str
     scheme: str = "8da4w"
     options: SchemeOptions | None = None  # None: the float model itself
+    kv_cache: str = "fp32"  # int8: scored through ExecuTorch's quantized KV cache, as `--kv-cache int8` exports
 
 
 def handheld_rows(budgets: dict[str, float]) -> list[Row]:
     rows = [Row("float"), Row("8da4w absmax", options=SchemeOptions(scale_rule="absmax")),
             Row("8da4w", options=SchemeOptions()), Row("8da4w-c4", "8da4w-c4", SchemeOptions()),
-            Row("8da4w --calib", options=SchemeOptions(calib=CALIB))]
+            Row("8da4w --calib", options=SchemeOptions(calib=CALIB)),
+            Row("8da4w --kv-cache int8", options=SchemeOptions(), kv_cache="int8")]
     rows += [Row(f"8da4w --calib --budget-mb @{peer}", options=SchemeOptions(calib=CALIB, budget_mb=mb))
              for peer, mb in budgets.items()]
     return rows
@@ -78,7 +81,13 @@ def eager_model(row: Row, base: torch.nn.Module, tokenizer) -> torch.nn.Module:
     if row.options is None:
         return base
     calibration = read_calibration(row.options, tokenizer, CONTEXT) if row.options.calib else None
-    return apply_scheme(copy.deepcopy(base), row.scheme, row.options, calibration).eval()
+    model = apply_scheme(copy.deepcopy(base), row.scheme, row.options, calibration).eval()
+    if row.kv_cache != "fp32":
+        from handheld.export.program import register_llm_ops
+
+        register_llm_ops()
+        model.use_llm_kv_ops(row.kv_cache)  # eager_logits_fn then scores through the cache
+    return model
 
 
 def bytes_per_token(model: torch.nn.Module) -> int:
@@ -115,6 +124,9 @@ class Table:
         self.report.update(producer="benchmarks/quality/table.py", command=command, commit=self.commit,
                            host=host_info(), texts={k: str(v.relative_to(ROOT)) for k, v in TEXTS.items()},
                            tokens=TOKENS, context=CONTEXT, stride=STRIDE, calib=str(CALIB.relative_to(ROOT)))
+        # Every run that added rows (the top-level command, commit and host are the latest one's).
+        self.report.setdefault("runs", []).append({"command": command, "commit": self.commit, "host": host_info(),
+                                                   "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})
 
     def has(self, key: str) -> bool:
         return self.report["rows"].get(key, {}).get("commit") == self.commit
@@ -129,16 +141,19 @@ class Table:
         print(f"{key:50s} {texts}  {row['bytes_per_token'] / 1e6:.2f} MB/token", flush=True)
 
 
-def run_checkpoint(which: str, path: Path, table: Table, work: Path, tokenizer, texts: dict, with_pte: bool) -> None:
-    from table_peers import llama_cpp_rows
+def run_checkpoint(which: str, path: Path, table: Table, work: Path, tokenizer, texts: dict, with_pte: bool,
+                   only: list[str] | None = None) -> None:
+    """Every row of one checkpoint; `only`: just these handheld eager rows, the rest kept as recorded (each row
+    records its commit), budgets from the recorded llama.cpp rows."""
+    from table_peers import llama_cpp_rows, recorded_peer_rows
 
     base = build_model(read_checkpoint(path), max_seq_len=CONTEXT, full_logits=True).float().eval()
     reference = eager_logits_fn(base)
-    peers = llama_cpp_rows(which, path, work, texts, reference, table)
+    peers = recorded_peer_rows(which, table) if only else llama_cpp_rows(which, path, work, texts, reference, table)
     budgets = {peer: peers[peer]["bytes_per_token"] / 1e6 for peer in BUDGETS_FROM}
     for row in handheld_rows(budgets):
         key = f"{which}:handheld eager:{row.name}"
-        if table.has(key):
+        if table.has(key) or (only and row.name not in only):
             continue
         started = time.perf_counter()
         model = eager_model(row, base, tokenizer)
@@ -148,7 +163,7 @@ def run_checkpoint(which: str, path: Path, table: Table, work: Path, tokenizer, 
                         "bytes_per_token": bytes_per_token(model), "file_bytes": sum(weight_bytes_by_kind(model).values()),
                         "file_kind": "stored weights", "quantize_seconds": built,
                         "options": _options_record(row)})
-    if with_pte:
+    if with_pte and not only:
         from table_pte import run_pte_rows
 
         run_pte_rows(which, path, work, table, texts, reference,
@@ -160,7 +175,7 @@ def _options_record(row: Row) -> dict | None:
         return None
     o = row.options
     return {"scheme": row.scheme, "scale_rule": o.scale_rule, "calib": o.calib.name if o.calib else None,
-            "calib_tokens": o.calib_tokens if o.calib else None, "budget_mb": o.budget_mb}
+            "calib_tokens": o.calib_tokens if o.calib else None, "budget_mb": o.budget_mb, "kv_cache": row.kv_cache}
 
 
 def main() -> None:
@@ -170,6 +185,8 @@ def main() -> None:
     parser.add_argument("--work", type=Path, default=Path("/tmp/quality-work"), help="GGUF files, .pte files, fine-tune")
     parser.add_argument("--checkpoints", nargs="+", default=["shipped", "finetuned"])
     parser.add_argument("--no-pte", action="store_true", help="skip the exported-program rows")
+    parser.add_argument("--rows", nargs="+", help="measure only these handheld eager rows (by name); every other row "
+                        "stays as recorded")
     parser.add_argument("--render", action="store_true", help="only re-render table.md and the chart from the JSON")
     args = parser.parse_args()
     path = RESULTS / "table.json"
@@ -188,7 +205,7 @@ def _measure(args: argparse.Namespace, table: Table) -> None:
     args.work.mkdir(parents=True, exist_ok=True)
     for which in args.checkpoints:
         path = gguf if which == "shipped" else finetuned_checkpoint(gguf, args.work / "smollm2-finetuned")
-        run_checkpoint(which, path, table, args.work, tokenizer, texts, with_pte=not args.no_pte)
+        run_checkpoint(which, path, table, args.work, tokenizer, texts, with_pte=not args.no_pte, only=args.rows)
 
 
 if __name__ == "__main__":

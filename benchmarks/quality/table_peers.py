@@ -27,6 +27,15 @@ def peer_info() -> dict:
             "system_info": llama_cpp.llama_print_system_info().decode().strip()}
 
 
+def recorded_peer_rows(which: str, table) -> dict[str, dict]:
+    """llama.cpp's rows of this checkpoint as the table recorded them (a run of a few handheld rows reuses them)."""
+    rows = {kind: table.report["rows"].get(f"{which}:llama.cpp:{kind}") for kind in LLAMA_CPP_TYPES}
+    missing = [kind for kind, row in rows.items() if row is None]
+    if missing:
+        raise SystemExit(f"the table has no llama.cpp {', '.join(missing)} rows for {which}: run it without --rows")
+    return rows
+
+
 def gguf_file(which: str, checkpoint: Path, work: Path, kind: str) -> Path:
     """The checkpoint's weights as a GGUF of `kind`: F32 written by handheld, the rest quantized by llama.cpp."""
     import llama_cpp

@@ -55,8 +55,10 @@ def run(args: argparse.Namespace) -> None:
                                log=print)
     print(summary_lines(results))
     if args.json:
-        with atomic_path(args.json) as tmp:
-            tmp.write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
+        from handheld.measure.host import run_record
+
+        with atomic_path(args.json) as tmp:  # the command line and commit too: a results file says how it was made
+            tmp.write_text(json.dumps(results | {"made_by": run_record()}, indent=2) + "\n", encoding="utf-8")
         print(f"wrote {args.json}")
     apply_gate(results, baseline, args.max_regression, args.gate)
 

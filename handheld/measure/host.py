@@ -85,3 +85,19 @@ def measure_bandwidth_gbs(threads: int, megabytes: int = 256, repeats: int = 8) 
         return 3 * n * 4 / best / 1e9
     finally:
         torch.set_num_threads(previous)
+
+
+def run_record() -> dict:
+    """What every results file records about its run: the script, its arguments, the commit (and whether the tree
+    was dirty) and the machine."""
+    import sys
+    from pathlib import Path
+
+    from handheld.export.provenance import export_provenance
+
+    script = Path(sys.argv[0]).resolve()
+    root = Path(__file__).resolve().parents[2]
+    producer = str(script.relative_to(root)) if script.is_relative_to(root) else script.name
+    provenance = export_provenance()
+    return {"producer": producer, "arguments": sys.argv[1:], "commit": provenance["commit"],
+            "dirty": provenance["dirty"], "host": host_info()}
