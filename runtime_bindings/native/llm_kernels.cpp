@@ -317,8 +317,10 @@ void merge_chunks(const std::vector<float>& partials, const Shapes& s, int64_t c
   }
 }
 
-void decode(const float* q, const float* k, const float* v, float* out, const Shapes& s, int64_t start_pos,
-            float scale) {
+// One decode step: the filled slots cut into chunks, `chunk_fn(chunk, its partials, scratch)` fills each chunk's
+// records for every query head of its KV head, and the chunks are merged by their peaks.
+template <typename ChunkFn>
+void decode_in_chunks(const Shapes& s, int64_t start_pos, float* out, ChunkFn&& chunk_fn) {
   const int64_t keys = start_pos + 1, chunk_keys = keys_per_chunk(keys), chunks = (keys + chunk_keys - 1) / chunk_keys;
   const int64_t rows = s.batch * s.q_heads;
   std::vector<float> partials(chunks * rows * (s.head_dim + 2));
@@ -330,11 +332,115 @@ void decode(const float* q, const float* k, const float* v, float* out, const Sh
       const int64_t chunk = item / s.batch, b = item % s.batch, lo = chunk * chunk_keys;
       for (int64_t kv_head = 0; kv_head < s.kv_heads; ++kv_head) {
         const Chunk c{b, kv_head, lo, std::min(keys, lo + chunk_keys)};
-        decode_chunk_item(q, k, v, s, c, scale, partials.data() + chunk * rows * (s.head_dim + 2), scores);
+        chunk_fn(c, partials.data() + chunk * rows * (s.head_dim + 2), scores);
       }
     }
   });
   merge_chunks(partials, s, chunks, out);
+}
+
+void decode(const float* q, const float* k, const float* v, float* out, const Shapes& s, int64_t start_pos,
+            float scale) {
+  decode_in_chunks(s, start_pos, out, [&](const Chunk& c, float* partials, std::vector<float>& scores) {
+    decode_chunk_item(q, k, v, s, c, scale, partials, scores);
+  });
+}
+
+// An int8 cache as ExecuTorch's quantized cache stores it: values [B, S, Hkv, D], and per row (batch, slot,
+// head) a float32 scale and an int8 zero point; a row reads back as (value - zero point) * scale.
+struct Int8Cache {
+  const int8_t* ints;
+  const float* scales;
+  const int8_t* zero_points;
+};
+
+HANDHELD_INLINE Lanes load_lanes(const int8_t* p) {
+  typedef int8_t Bytes __attribute__((vector_size(16)));
+  Bytes bytes;
+  std::memcpy(&bytes, p, sizeof bytes);
+  return __builtin_convertvector(bytes, Lanes);
+}
+
+// decode_chunk_grouped over an int8 cache, without reading rows back to float: a score is
+// scale * (q . ints - zero point * sum(q)), and the values' zero points come off once per head at the end
+// (sum_j w_j scale_j (v_j - z_j) = sum_j (w_j scale_j) v_j - sum_j w_j scale_j z_j).
+template <int64_t kDim, int64_t kGroup>
+HANDHELD_INLINE void decode_chunk_int8(const float* q, const Int8Cache& k, const Int8Cache& v, const Shapes& s,
+                                       const Chunk& c, float scale, float* partials, std::vector<float>& scores) {
+  constexpr int64_t kParts = kDim / 16, kRecord = kDim + 2;
+  const int64_t n = c.hi - c.lo, first_head = c.b * s.q_heads + c.kv_head * kGroup;
+  const int64_t first_row = (c.b * s.slots + c.lo) * s.kv_heads + c.kv_head;  // slot c.lo, this KV head
+  scores.resize(kGroup * n);
+  Lanes query[kGroup][kParts];
+  float query_sum[kGroup];
+  for (int64_t g = 0; g < kGroup; ++g) {
+    Lanes total = {};
+    for (int64_t i = 0; i < kParts; ++i) {
+      query[g][i] = load_lanes(q + (first_head + g) * kDim + 16 * i) * scale;
+      total += query[g][i];
+    }
+    query_sum[g] = lane_sum(total);
+  }
+  for (int64_t j = 0; j < n; ++j) {
+    const int64_t row = first_row + j * s.kv_heads;
+    __builtin_prefetch(k.ints + (row + kPrefetchRows * s.kv_heads) * kDim);
+    Lanes key[kParts];
+    for (int64_t i = 0; i < kParts; ++i) key[i] = load_lanes(k.ints + row * kDim + 16 * i);
+    const float key_scale = k.scales[row], key_zero = k.zero_points[row];
+    for (int64_t g = 0; g < kGroup; ++g) {
+      Lanes acc = query[g][0] * key[0];
+      for (int64_t i = 1; i < kParts; ++i) acc += query[g][i] * key[i];
+      scores[g * n + j] = key_scale * (lane_sum(acc) - key_zero * query_sum[g]);
+    }
+  }
+  float* records = partials + first_head * kRecord;
+  for (int64_t g = 0; g < kGroup; ++g) records[g * kRecord + 1] = softmax_numerators(scores.data() + g * n, n, records[g * kRecord]);
+  Lanes acc[kGroup][kParts] = {};
+  float zero_sum[kGroup] = {};
+  for (int64_t j = 0; j < n; ++j) {
+    const int64_t row = first_row + j * s.kv_heads;
+    __builtin_prefetch(v.ints + (row + kPrefetchRows * s.kv_heads) * kDim);
+    const float value_scale = v.scales[row], value_zero = v.zero_points[row];
+    Lanes value[kParts];
+    for (int64_t i = 0; i < kParts; ++i) value[i] = load_lanes(v.ints + row * kDim + 16 * i);
+    for (int64_t g = 0; g < kGroup; ++g) {
+      const float weight = scores[g * n + j] * value_scale;
+      zero_sum[g] += weight * value_zero;
+      for (int64_t i = 0; i < kParts; ++i) acc[g][i] += weight * value[i];
+    }
+  }
+  for (int64_t g = 0; g < kGroup; ++g) {
+    for (int64_t i = 0; i < kParts; ++i) {
+      const Lanes result = acc[g][i] - zero_sum[g];
+      std::memcpy(records + g * kRecord + 2 + 16 * i, &result, sizeof(Lanes));
+    }
+  }
+}
+
+// The head sizes and query groups of Llama 3.2 1B / 3B and SmolLM2 (others read the rows back to float).
+bool int8_decode_fits(const Shapes& s) {
+  const int64_t group = s.q_heads / s.kv_heads;
+  return (s.head_dim == 64 && (group == 3 || group == 4)) || (s.head_dim == 128 && group == 3);
+}
+
+HANDHELD_VECTOR_CLONES
+void decode_chunk_int8_item(const float* q, const Int8Cache& k, const Int8Cache& v, const Shapes& s, const Chunk& c,
+                            float scale, float* partials, std::vector<float>& scores) {
+  const int64_t group = s.q_heads / s.kv_heads;
+  if (s.head_dim == 64 && group == 3) {
+    decode_chunk_int8<64, 3>(q, k, v, s, c, scale, partials, scores);
+  } else if (s.head_dim == 64 && group == 4) {
+    decode_chunk_int8<64, 4>(q, k, v, s, c, scale, partials, scores);
+  } else {
+    decode_chunk_int8<128, 3>(q, k, v, s, c, scale, partials, scores);
+  }
+}
+
+void decode_int8(const float* q, const Int8Cache& k, const Int8Cache& v, float* out, const Shapes& s,
+                 int64_t start_pos, float scale) {
+  decode_in_chunks(s, start_pos, out, [&](const Chunk& c, float* partials, std::vector<float>& scores) {
+    decode_chunk_int8_item(q, k, v, s, c, scale, partials, scores);
+  });
 }
 
 // Causal (or full) attention of q [B,T,Hq,D] over slots [0, start_pos + T) of k, v [B,slots,Hkv,D], all float32.
@@ -383,9 +489,10 @@ Tensor& custom_sdpa_out(KernelRuntimeContext& ctx, const Tensor& q, const Tensor
 }
 
 // llama::custom_quantized_sdpa.out: an int8 query and int8 caches, each row (batch, position, head) read back as
-// (int - zero point) * scale. handheld's kernel reads the query and the filled slots [0, start_pos + T) back to
-// float32 and attends as custom_sdpa does: the cache keeps a quarter of the bytes, the attention math is the
-// float kernel's (ExecuTorch's own kernel multiplies the integers; the two differ by float rounding only).
+// (int - zero point) * scale. The query is read back to float32 (a step's few rows). A decode step reads the
+// cache's integers directly (decode_chunk_int8: a quarter of the float cache's bytes); prefill reads the filled
+// slots [0, start_pos + T) back to float32 once and attends as custom_sdpa does. ExecuTorch's own kernel also
+// multiplies integer queries; the two differ by float rounding only.
 struct QuantizedRows {
   const Tensor* ints;
   const std::optional<Tensor>* scales;
@@ -421,6 +528,11 @@ std::vector<float> dequantized(const QuantizedRows& r, int64_t positions) {
   return out;
 }
 
+Int8Cache int8_cache(const QuantizedRows& r) {
+  return {r.ints->const_data_ptr<int8_t>(), r.scales->value().const_data_ptr<float>(),
+          r.zero_points->value().const_data_ptr<int8_t>()};
+}
+
 Tensor& custom_quantized_sdpa_out(KernelRuntimeContext& ctx, const Tensor& q, const Tensor& k, const Tensor& v,
                                   const int64_t start_pos, const std::optional<Tensor>& attn_mask,
                                   const double dropout_p, const bool is_causal, const std::optional<double> scale,
@@ -442,9 +554,17 @@ Tensor& custom_quantized_sdpa_out(KernelRuntimeContext& ctx, const Tensor& q, co
                "llama::custom_quantized_sdpa: cannot resize the float32 output to the query's shape")) {
     return out;
   }
+  const std::vector<float> query = dequantized(qr, q.size(1));
+  const Shapes whole{q.size(0), q.size(1), q.size(2), k.size(2), q.size(3), k.size(1)};
+  if (whole.steps == 1 && int8_decode_fits(whole)) {  // decode: straight from the integers
+    const float softmax_scale = scale.has_value() ? static_cast<float>(*scale) : 1.0f / std::sqrt(float(whole.head_dim));
+    decode_int8(query.data(), int8_cache(kr), int8_cache(vr), out.mutable_data_ptr<float>(), whole, start_pos,
+                softmax_scale);
+    return out;
+  }
+  // Prefill (and other shapes): the filled rows read back to float once, shared by every query row.
   const int64_t filled = start_pos + q.size(1);
-  const std::vector<float> query = dequantized(qr, q.size(1)), keys = dequantized(kr, filled),
-                           values = dequantized(vr, filled);
+  const std::vector<float> keys = dequantized(kr, filled), values = dequantized(vr, filled);
   const Shapes s{q.size(0), q.size(1), q.size(2), k.size(2), q.size(3), filled};
   attend(query.data(), keys.data(), values.data(), out.mutable_data_ptr<float>(), s, start_pos, is_causal, scale);
   return out;
