@@ -29,6 +29,7 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import shlex
 import subprocess
 import sys
 import time
@@ -117,16 +118,19 @@ def commit() -> str:
 class Table:
     """The results JSON, saved after every row; rows of this commit already there are kept."""
 
-    def __init__(self, path: Path, command: str):
+    def __init__(self, path: Path, command: str, partial: bool = False):
+        """`partial`: a run of a few rows (--rows), listed under "runs"; the whole table's command and host stay."""
         self.path = path
         self.report = json.loads(path.read_text()) if path.exists() else {"rows": {}}
         self.commit = commit()
+        run = {"command": command, "commit": self.commit, "host": host_info(),
+               "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+        if partial:
+            self.report.setdefault("runs", []).append(run)
+            return
         self.report.update(producer="benchmarks/quality/table.py", command=command, commit=self.commit,
-                           host=host_info(), texts={k: str(v.relative_to(ROOT)) for k, v in TEXTS.items()},
-                           tokens=TOKENS, context=CONTEXT, stride=STRIDE, calib=str(CALIB.relative_to(ROOT)))
-        # Every run that added rows (the top-level command, commit and host are the latest one's).
-        self.report.setdefault("runs", []).append({"command": command, "commit": self.commit, "host": host_info(),
-                                                   "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})
+                           host=run["host"], texts={k: str(v.relative_to(ROOT)) for k, v in TEXTS.items()},
+                           tokens=TOKENS, context=CONTEXT, stride=STRIDE, calib=str(CALIB.relative_to(ROOT)), runs=[])
 
     def has(self, key: str) -> bool:
         return self.report["rows"].get(key, {}).get("commit") == self.commit
@@ -191,7 +195,8 @@ def main() -> None:
     args = parser.parse_args()
     path = RESULTS / "table.json"
     if not args.render:
-        _measure(args, Table(path, "python benchmarks/quality/table.py " + " ".join(sys.argv[1:])))
+        command = "python benchmarks/quality/table.py " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+        _measure(args, Table(path, command.strip(), partial=bool(args.rows)))
     render_all(json.loads(path.read_text()), RESULTS, docs=ROOT)
 
 

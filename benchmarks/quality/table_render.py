@@ -29,17 +29,24 @@ def checkpoint_table(report: dict, checkpoint: str) -> list[str]:
     return lines
 
 
+def _machine(host: dict) -> str:
+    flags = ", ".join(f for f in host["cpu_flags"] if f.startswith(("avx", "fma", "f16c", "amx")))
+    return f"{host['cpu']} ({host['usable_cores']} cores; flags {flags})"
+
+
 def render_markdown(report: dict) -> str:
     host = report["host"]
     peers = next((r for r in report["rows"].values() if r["kind"] == "llama.cpp"), {})
-    commits = sorted({r["commit"] for r in report["rows"].values()})
-    out = [f"Made by `{report['command']}` at commit(s) {', '.join(commits)} on {host['cpu']} ({host['usable_cores']} "
-           f"cores; flags {', '.join(f for f in host['cpu_flags'] if f.startswith(('avx', 'fma', 'f16c', 'amx')))}).",
-           f"Texts: {', '.join(f'{k} ({v})' for k, v in report['texts'].items())}; first {report['tokens']} tokens, "
-           f"context {report['context']}, stride {report['stride']}; KL and top-1 against the same checkpoint's float "
-           f"model; `--calib` reads {report['calib']}.",
-           f"llama.cpp: llama-cpp-python {peers.get('llama_cpp_python', '?')}, system_info `{peers.get('system_info', '?')}`.",
-           ""]
+    later = report.get("runs", [])
+    commits = sorted({r["commit"] for r in report["rows"].values()} - {run["commit"] for run in later})
+    out = [f"Made by `{report['command']}` at commit(s) {', '.join(commits)} on {_machine(host)}."]
+    out += [f"Rows added by `{run['command']}` at commit {run['commit']} on {_machine(run['host'])}." for run in later]
+    out += [f"Texts: {', '.join(f'{k} ({v})' for k, v in report['texts'].items())}; first {report['tokens']} tokens, "
+            f"context {report['context']}, stride {report['stride']}; KL and top-1 against the same checkpoint's float "
+            f"model; `--calib` reads {report['calib']}.",
+            f"llama.cpp: llama-cpp-python {peers.get('llama_cpp_python', '?')}, system_info "
+            f"`{peers.get('system_info', '?')}`.",
+            ""]
     for checkpoint in sorted({r["checkpoint"] for r in report["rows"].values()}, key=lambda c: c != "shipped"):
         out += [f"### {checkpoint}", ""] + checkpoint_table(report, checkpoint) + [""]
     return "\n".join(out)
