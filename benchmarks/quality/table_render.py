@@ -34,13 +34,22 @@ def _machine(host: dict) -> str:
     return f"{host['cpu']} ({host['usable_cores']} cores; flags {flags})"
 
 
+def _same_run(run: dict) -> str:
+    """The baselines a partial run measured beside its rows (its own machine), for the differences that matter."""
+    measured = [f"{row['row']} ({row['checkpoint']}) " + ", ".join(f"{text} {s['perplexity']:.3f}"
+                                                                   for text, s in row["scores"].items())
+                for row in run.get("same_run_baselines", {}).values()]
+    return f"; beside them, in that run: {'; '.join(measured)}" if measured else ""
+
+
 def render_markdown(report: dict) -> str:
     host = report["host"]
     peers = next((r for r in report["rows"].values() if r["kind"] == "llama.cpp"), {})
     later = report.get("runs", [])
     commits = sorted({r["commit"] for r in report["rows"].values()} - {run["commit"] for run in later})
     out = [f"Made by `{report['command']}` at commit(s) {', '.join(commits)} on {_machine(host)}."]
-    out += [f"Rows added by `{run['command']}` at commit {run['commit']} on {_machine(run['host'])}." for run in later]
+    out += [f"Rows added by `{run['command']}` at commit {run['commit']} on {_machine(run['host'])}"
+            f"{_same_run(run)}." for run in later]
     out += [f"Texts: {', '.join(f'{k} ({v})' for k, v in report['texts'].items())}; first {report['tokens']} tokens, "
             f"context {report['context']}, stride {report['stride']}; KL and top-1 against the same checkpoint's float "
             f"model; `--calib` reads {report['calib']}.",
