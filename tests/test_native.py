@@ -261,10 +261,10 @@ def smollm2_8da4w_pte(tmp_path_factory):
     return api.export(api.fetch(), out, scheme="8da4w", max_seq_len=64, full_logits=True).path
 
 
-# ~4.5 min (the export 3-3.5, scoring under qemu 40 s): past what CI's 25 minutes leave (the full suite with it
-# measured 24:17 wall on a slow hour); the proxy's check above runs in CI, this one on request.
-@pytest.mark.skipif(not os.environ.get("HANDHELD_ARM_SMOLLM2"),
-                    reason="SmolLM2 on the aarch64 target takes ~4.5 min: run with HANDHELD_ARM_SMOLLM2=1")
+# Part of CI: 3:03 on an Intel Xeon VM (the export 2:23, scoring under qemu 39 s), ~4.5 min on the AMD VM; the
+# whole suite with it stays inside CI's 25 minutes (README, "Tests and CI"). HANDHELD_SKIP_ARM_SMOLLM2=1 leaves it
+# out on a slower machine.
+@pytest.mark.skipif(bool(os.environ.get("HANDHELD_SKIP_ARM_SMOLLM2")), reason="HANDHELD_SKIP_ARM_SMOLLM2 is set")
 def test_smollm2_eval_on_the_aarch64_target_agrees_with_the_host(smollm2_8da4w_pte, capsys):
     """The real model's 8da4w program scored through the aarch64 runner under qemu, beside ExecuTorch's Python
     runtime here on the same windows. Kernel builds round SmolLM2's outlier-heavy 8-bit activations differently:
