@@ -69,7 +69,8 @@ def _export_eager(checkpoint_dir: Path, output: Path, options: ExportOptions,
     prepared = prepare_model(checkpoint, options.scheme, scheme_opts, max_seq_len=max_seq_len,
                              full_logits=options.full_logits, tokenizer=reader)
     model, scheme, args = prepared.model, prepared.scheme, checkpoint.args
-    _with_llm_kv_ops(model, options.llm_kv_ops, options.kv_cache)
+    if options.llm_kv_ops:
+        with_llm_kv_ops(model, options.kv_cache)
     del checkpoint  # its tensors (often a memory-mapped file) are freed once the model no longer needs them
     metadata = program_metadata(
         args, max_seq_len=max_seq_len, bos_id=bos_id, eos_ids=eos_ids, scheme=prepared.label,
@@ -85,19 +86,21 @@ def _export_eager(checkpoint_dir: Path, output: Path, options: ExportOptions,
     return ExportResult(output, output.stat().st_size, time.perf_counter() - start, lowered.op_counts)
 
 
-def _with_llm_kv_ops(model: nn.Module, wanted: bool, kv_cache: str) -> None:
-    if wanted:
-        register_llm_ops()
-        if kv_cache == "int8":
-            # The out variants of the per-token rounding ops the quantized cache calls, which emission needs.
-            import executorch.kernels.quantized  # noqa: F401
-        model.use_llm_kv_ops(kv_cache)
+def with_llm_kv_ops(model: nn.Module, kv_cache: str = "fp32") -> nn.Module:
+    """The model's cache and attention through ExecuTorch's LLM ops, `kv_cache` fp32 or int8, the ops registered
+    first: what export lowers, and what eval scores for a checkpoint."""
+    register_llm_ops(kv_cache)
+    return model.use_llm_kv_ops(kv_cache)
 
 
-def register_llm_ops() -> None:
-    """ExecuTorch's LLM ops (`llama::update_cache`, `llama::custom_sdpa`) exist in torch once their AOT library
-    is imported; the runtimes that run the programs carry the kernels (handheld's native runner its own)."""
+def register_llm_ops(kv_cache: str = "fp32") -> None:
+    """ExecuTorch's LLM ops (`llama::update_cache`, `llama::custom_sdpa`, `llama::custom_quantized_sdpa`) exist in
+    torch once their AOT library is imported; the runtimes that run the programs carry the kernels (handheld's
+    native runner its own). An int8 cache also calls the per-token rounding ops, whose out variants emission needs."""
     import executorch.extension.llm.custom_ops.custom_ops  # noqa: F401  (the import registers them)
+
+    if kv_cache == "int8":
+        import executorch.kernels.quantized  # noqa: F401
 
 
 def _read_for_export(checkpoint_dir: Path, scheme_name: str | None, log: Callable[[str], None],

@@ -87,10 +87,9 @@ def eager_model(row: Row, base: torch.nn.Module, tokenizer) -> torch.nn.Module:
     calibration = read_calibration(row.options, tokenizer, CONTEXT) if row.options.calib else None
     model = apply_scheme(copy.deepcopy(base), row.scheme, row.options, calibration).eval()
     if row.kv_cache != "fp32":
-        from handheld.export.program import register_llm_ops
+        from handheld.export.program import with_llm_kv_ops
 
-        register_llm_ops()
-        model.use_llm_kv_ops(row.kv_cache)  # eager_logits_fn then scores through the cache
+        with_llm_kv_ops(model, row.kv_cache)  # eager_logits_fn then scores through the cache
     return model
 
 

@@ -128,10 +128,9 @@ def _eager(model: Path, options: EvalOptions):
     prepared = prepare_checkpoint(model, options.scheme, group_size=options.group_size, max_seq_len=options.context,
                                   full_logits=True)
     if options.kv_cache != "fp32":
-        from handheld.export.program import register_llm_ops
+        from handheld.export.program import with_llm_kv_ops
 
-        register_llm_ops()
-        prepared.model.use_llm_kv_ops(options.kv_cache)
+        with_llm_kv_ops(prepared.model, options.kv_cache)
     return prepared
 
 
