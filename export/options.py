@@ -1,7 +1,7 @@
 """`handheld export`'s options as one typed, frozen object for every backend, validated once, here.
 
 A CPU backend (xnnpack) takes an eager scheme and, for 4-bit schemes, how groups round (`--group-size`,
-`--scale-rule`, `--calib` for GPTQ, `--calib-tokens`, `--budget-mb`). An NPU backend (qnn, mediatek) takes a
+`--scale-rule`, `--calib` for GPTQ, `--calib-tokens`, `--budget-mb`, `--rotation`). An NPU backend (qnn, mediatek) takes a
 calibrated scheme, a chip (`--soc`) and a calibration text (`--calib`, `--calib-sequences`), or a `.pt2` that
 `handheld quantize` wrote, whose scheme, chip and length are already fixed. Which option applies where is
 decided in this file and nowhere else. Free of torch at import, so the CLI's --help stays instant.
@@ -36,6 +36,7 @@ class ExportOptions:
     calib: Path | None = None  # also the NPU's: its activation ranges are set on this text
     calib_tokens: int | None = None
     budget_mb: float | None = None
+    rotation: str | None = None  # None: ROTATION
     soc: str | None = None  # the NPU chip
     calib_sequences: int = NPU_CALIB_SEQUENCES
     skip_memory_check: bool = False
@@ -56,7 +57,8 @@ class ExportOptions:
                 get_scheme(self.scheme)
             return
         refuse_rounding_flags({"--group-size": self.group_size, "--scale-rule": self.scale_rule,
-                               "--calib-tokens": self.calib_tokens, "--budget-mb": self.budget_mb},
+                               "--calib-tokens": self.calib_tokens, "--budget-mb": self.budget_mb,
+                               "--rotation": self.rotation},
                               f"{backend.name}'s schemes fix their own")
         if self.calib_sequences < 1:
             raise HandheldError(f"--calib-sequences must be at least 1, got {self.calib_sequences}")

@@ -62,7 +62,8 @@ def _export_eager(checkpoint_dir: Path, output: Path, options: ExportOptions,
     if tokenizer_path is None:
         log(f"no tokenizer given: BOS/EOS ids assume Llama 3's layout (BOS {bos_id})")
     scheme_opts = scheme_options(options.scheme, options.group_size, checkpoint, scale_rule=options.scale_rule,
-                                 calib=options.calib, calib_tokens=options.calib_tokens, budget_mb=options.budget_mb)
+                                 calib=options.calib, calib_tokens=options.calib_tokens, budget_mb=options.budget_mb,
+                                 rotation=options.rotation)
     if options.calib is not None:
         log(f"GPTQ on {options.calib} (the slow step before lowering)")
     reader = load_tokenizer(tokenizer_path) if options.calib is not None and tokenizer_path else None

@@ -77,15 +77,17 @@ def load(checkpoint: str | Path, *, max_seq_len: int = MAX_SEQ_LEN, full_logits:
 def quantize(checkpoint: str | Path, scheme: str = "8da4w", *, max_seq_len: int = MAX_SEQ_LEN,
              full_logits: bool = False, tokenizer: str | Path | None = None, group_size: int | None = None,
              scale_rule: str | None = None, calib: str | Path | None = None, calib_tokens: int | None = None,
-             budget_mb: float | None = None):
+             budget_mb: float | None = None, rotation: str | None = None):
     """The eager model `export` would lower for this scheme (its oracle): a `handheld.quant.schemes.PreparedModel`
     (.model, .label, .group_size, .quantization: how the 4-bit weights were rounded). The options become one typed,
-    validated `SchemeOptions` (an option the scheme would ignore is refused); `calib` (a UTF-8 text) runs GPTQ."""
+    validated `SchemeOptions` (an option the scheme would ignore is refused); `calib` (a UTF-8 text) runs GPTQ,
+    after `rotation` ("quarot": random Hadamard rotations, the best quality per byte measured on SmolLM2)."""
     from handheld.quant.schemes import prepare_checkpoint
 
     return prepare_checkpoint(Path(checkpoint), scheme, max_seq_len=max_seq_len, full_logits=full_logits,
                               group_size=group_size, tokenizer=_optional(tokenizer), scale_rule=scale_rule,
-                              calib=_optional(calib), calib_tokens=calib_tokens, budget_mb=budget_mb)
+                              calib=_optional(calib), calib_tokens=calib_tokens, budget_mb=budget_mb,
+                              rotation=rotation)
 
 
 def export(checkpoint: str | Path, output: str | Path, options: ExportOptions | None = None, *, log=lambda _: None,
@@ -93,7 +95,7 @@ def export(checkpoint: str | Path, output: str | Path, options: ExportOptions | 
     """A checkpoint (Meta, Hugging Face or GGUF) as a `.pte`, written atomically at `output`, for any backend: xnnpack
     (the default), or an NPU (qnn, mediatek; also from a `.pt2` of `quantize_npu`), where the vendor SDK is installed.
     `options`: a `handheld.export.options.ExportOptions`, or its fields as keywords, `handheld export`'s flags
-    (scheme, backend, max_seq_len, tokenizer, full_logits, group_size, scale_rule, calib, calib_tokens, budget_mb,
+    (scheme, backend, max_seq_len, tokenizer, full_logits, group_size, scale_rule, calib, calib_tokens, budget_mb, rotation,
     soc, calib_sequences, skip_memory_check, kv_cache); `scheme` None keeps a pre-quantized checkpoint's own."""
     from handheld.export.options import ExportOptions
     from handheld.export.program import export_program

@@ -15,7 +15,8 @@ import torch
 from torch import nn
 
 from handheld.core.checkpoints import Checkpoint, build_model
-from handheld.core.defaults import CALIB_SEQ_LEN, GPTQ_CALIB_TOKENS, GPTQ_MIN_CALIB_TOKENS, GROUP_SIZE, SCALE_RULE
+from handheld.core.defaults import (CALIB_SEQ_LEN, GPTQ_CALIB_TOKENS, GPTQ_MIN_CALIB_TOKENS, GROUP_SIZE, ROTATION,
+                                    SCALE_RULE)
 from handheld.core.errors import HandheldError
 from handheld.quant.calibration import text_tokens, windows_of
 from handheld.quant.gptq import sequential_gptq
@@ -23,6 +24,7 @@ from handheld.quant.linears import block_linears
 from handheld.quant.mixed_precision import choose_eight_bit
 from handheld.quant.mobile_8da4w import quantize_8da4w
 from handheld.quant.prequantized import build_prequantized_model
+from handheld.quant.rotation import check_rotation, rotate, rotation_record
 from handheld.quant.scale_rules import check_scale_rule
 from handheld.quant.torchao_adapter import int_bits, is_int_weight
 
@@ -39,9 +41,14 @@ class SchemeOptions:
     # Mixed precision: MB (10^6 bytes) of weights a decoded token may read; the block linears whose 4-bit rounding
     # costs the most loss per extra byte (measured on `calib`) stay 8-bit within it. None: every linear 4-bit.
     budget_mb: float | None = None
+    rotation: str = ROTATION  # applied before GPTQ (quant/rotation.py); needs `calib`
 
     def __post_init__(self):
         check_scale_rule(self.scale_rule)
+        check_rotation(self.rotation)
+        if self.rotation != "none" and self.calib is None:
+            raise HandheldError(f"--rotation {self.rotation} needs --calib TEXT: rotated weights round well only with "
+                                "GPTQ (without it SmolLM2 loses more than unrotated: benchmarks/results/rotations_smollm2.json)")
         if self.calib_tokens < GPTQ_MIN_CALIB_TOKENS:
             raise HandheldError(f"--calib-tokens must be at least {GPTQ_MIN_CALIB_TOKENS}, got {self.calib_tokens}")
         if self.budget_mb is not None and not self.budget_mb > 0:
@@ -109,10 +116,11 @@ def _to_8da4w_c4(model: nn.Module, options: SchemeOptions, calibration: Calibrat
 
 def _to_mobile(model: nn.Module, options: SchemeOptions, calibration: Calibration | None,
                classifier_bits: int) -> nn.Module:
-    """8da4w; with a calibration, the block linears' integers from GPTQ on it (block by block, act order, float32)."""
+    """8da4w; with a calibration, the block linears' integers from GPTQ on it (block by block, act order, float32),
+    after the options' rotation."""
     int_weights, eight_bit = None, frozenset()
     if calibration is not None:
-        model = model.float()
+        model = rotate(model.float(), options.rotation)
         if options.budget_mb is not None:
             eight_bit = choose_eight_bit(model, calibration.sequences, options.group_size, classifier_bits,
                                          options.scale_rule, round(options.budget_mb * 1e6))
@@ -206,6 +214,8 @@ def prepare_model(checkpoint: Checkpoint, requested: str | None, options: Scheme
         return PreparedModel(model, scheme, scheme.name, None)
     record = {"group_size": options.group_size, "scale_rule": options.scale_rule,
               "calibration": calibration.record() if calibration else None}
+    if rotation_record(options.rotation):
+        record["rotation"] = rotation_record(options.rotation)
     if options.budget_mb is not None:
         record.update(budget_mb=options.budget_mb, sensitivity="fisher", eight_bit_linears=eight_bit_linears(model))
     return PreparedModel(model, scheme, scheme.name, options.group_size, record)
@@ -219,7 +229,7 @@ def eight_bit_linears(model: nn.Module) -> list[str]:
 def prepare_checkpoint(path: Path, requested: str | None, *, max_seq_len: int, full_logits: bool,
                        group_size: int | None = None, tokenizer: Path | None = None, **flags) -> PreparedModel:
     """A checkpoint file's eager model under a scheme, its options validated (`flags`: scale_rule, calib,
-    calib_tokens, budget_mb); the tokenizer (given, else the checkpoint's own) is read only for `calib`."""
+    calib_tokens, budget_mb, rotation); the tokenizer (given, else the checkpoint's own) is read only for `calib`."""
     from handheld.core.checkpoints import read_checkpoint
 
     checkpoint = read_checkpoint(path)
@@ -244,10 +254,11 @@ def refuse_rounding_flags(flags: dict[str, object], why: str) -> None:
 
 def scheme_options(requested: str | None, group_size: int | None, checkpoint: Checkpoint, *,
                    scale_rule: str | None = None, calib: Path | None = None,
-                   calib_tokens: int | None = None, budget_mb: float | None = None) -> SchemeOptions:
+                   calib_tokens: int | None = None, budget_mb: float | None = None,
+                   rotation: str | None = None) -> SchemeOptions:
     """Options for `requested` on this checkpoint, validated once; an option that would be ignored is refused."""
     given = {"--group-size": group_size, "--scale-rule": scale_rule, "--calib": calib, "--calib-tokens": calib_tokens,
-             "--budget-mb": budget_mb}
+             "--budget-mb": budget_mb, "--rotation": rotation}
     given = {flag: value for flag, value in given.items() if value is not None}
     if not given:
         return SchemeOptions()
@@ -261,7 +272,8 @@ def scheme_options(requested: str | None, group_size: int | None, checkpoint: Ch
         refuse_rounding_flags(given, f"scheme {requested or 'fp32'} has no groups")
     defaults = SchemeOptions()
     return SchemeOptions(group_size=group_size or defaults.group_size, scale_rule=scale_rule or defaults.scale_rule,
-                         calib=calib, calib_tokens=calib_tokens or defaults.calib_tokens, budget_mb=budget_mb)
+                         calib=calib, calib_tokens=calib_tokens or defaults.calib_tokens, budget_mb=budget_mb,
+                         rotation=rotation or defaults.rotation)
 
 
 def checkpoint_model(checkpoint: Checkpoint, max_seq_len: int, full_logits: bool = True) -> nn.Module:

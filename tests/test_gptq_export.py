@@ -1,5 +1,5 @@
-"""`handheld export --scheme 8da4w --calib TEXT [--budget-mb MB]`: GPTQ on the user's text and mixed precision within a
-byte budget, recorded in the .pte and shown by inspect; bad text refused."""
+"""`handheld export --scheme 8da4w --calib TEXT [--budget-mb MB] [--rotation quarot]`: GPTQ on the user's text, after a
+rotation, and mixed precision within a byte budget, recorded in the .pte and shown by inspect; bad text refused."""
 
 import hashlib
 
@@ -31,10 +31,11 @@ def budget_mb(checkpoint) -> float:
 
 @pytest.fixture(scope="module")
 def gptq_pte(byte_checkpoint, calib_text, tmp_path_factory):
-    """One export serves GPTQ and mixed precision (exports are the slow part of the suite)."""
+    """One export serves GPTQ, the rotation and mixed precision (exports are the slow part of the suite)."""
     out = tmp_path_factory.mktemp("gptq") / "gptq.pte"
     code = run_cli_plain("export", "--checkpoint", str(byte_checkpoint), "--scheme", "8da4w", "--calib", str(calib_text),
-                         "--budget-mb", str(budget_mb(byte_checkpoint)), "--max-seq-len", str(PARITY_MAX_SEQ_LEN), "-o", str(out))
+                         "--budget-mb", str(budget_mb(byte_checkpoint)), "--rotation", "quarot",
+                         "--max-seq-len", str(PARITY_MAX_SEQ_LEN), "-o", str(out))
     assert code == 0
     return out
 
@@ -53,7 +54,8 @@ def test_calibrated_program_records_its_text_and_follows_its_oracle(byte_checkpo
     assert record["scale_rule"] == "weighted" and record["group_size"] == 32
     assert record["calibration"]["sha256"] == hashlib.sha256(calib_text.read_bytes()).hexdigest()
     assert record["calibration"]["method"] == "gptq" and record["calibration"]["seq_len"] == PARITY_MAX_SEQ_LEN
-    options = SchemeOptions(calib=calib_text, budget_mb=budget_mb(byte_checkpoint))
+    assert record["rotation"] == {"method": "quarot", "seed": 0}
+    options = SchemeOptions(calib=calib_text, budget_mb=budget_mb(byte_checkpoint), rotation="quarot")
     oracle, data_free, floating = _eager(byte_checkpoint, options, True), _eager(byte_checkpoint), _eager(byte_checkpoint, None)
     ids = list(range(1, 40))
     ours = program.forward(ids, 0)[-1]
@@ -76,6 +78,7 @@ def test_mixed_precision_program_stays_within_its_budget_and_says_which_linears_
     assert metadata.weight_bytes["8-bit linears"] > 0
     shown = format_pte(describe_pte(gptq_pte))
     assert f"budget {budget:g} MB per token; {len(eight)} block linears 8-bit by fisher sensitivity" in shown
+    assert "rotation                 quarot (seed 0), before GPTQ" in shown
     assert all(f"    {name}" in shown.splitlines() for name in eight)
 
 
@@ -115,9 +118,30 @@ def test_bad_calibration_text_is_one_line_and_nothing_is_written(capsys, byte_ch
     (["--scheme", "8da4w", "--budget-mb", "1"], r"--budget-mb needs --calib TEXT"),
     (["--scheme", "8da4w", "--calib", "x.txt", "--budget-mb", "-2"], r"--budget-mb must be a positive number"),
     (["--scheme", "bf16", "--calib", "x.txt", "--budget-mb", "2"], r"applies to xnnpack's 4-bit schemes; scheme bf16 has no groups"),
+    (["--scheme", "8da4w", "--rotation", "quarot"], r"--rotation quarot needs --calib TEXT"),
+    (["--scheme", "8da4w", "--calib", "x.txt", "--rotation", "spin"], r"unknown rotation 'spin'; known rotations: none, quarot"),
+    (["--scheme", "fp16", "--rotation", "quarot"], r"--rotation applies to xnnpack's 4-bit schemes; scheme fp16 has no groups"),
 ])
 def test_options_that_cannot_apply_are_refused(capsys, byte_checkpoint, tmp_path, flags, problem):
     out = tmp_path / "out.pte"
     code, _, err = run_cli(capsys, "export", "--checkpoint", str(byte_checkpoint), *flags, "-o", str(out))
     assert_clean_error(code, err, problem)
     assert not out.exists()
+
+
+def test_quarot_keeps_the_float_function_and_none_keeps_the_model(byte_checkpoint):
+    import copy
+
+    import torch
+
+    from handheld.quant.rotation import rotate
+
+    model = _eager(byte_checkpoint, None)
+    ids = list(range(1, 40))
+    before = eager_logits_fn(model)(ids)
+    assert rotate(model, "none") is model
+    rotated = rotate(copy.deepcopy(model), "quarot").eval()
+    after = eager_logits_fn(rotated)(ids)
+    assert rotated.output.weight is not rotated.tok_embeddings.weight  # the classifier is untied, its norm folded in
+    assert (after - before).abs().max() < 1e-4 * before.std()  # float64 rotations, stored in float32
+    assert rotated.layers[0].feed_forward.online_hadamard

@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 
 from handheld.cli._shared import add_group_size, add_memory_check_argument, add_npu_arguments
-from handheld.core.defaults import GPTQ_CALIB_TOKENS, KV_CACHE, MAX_SEQ_LEN, NPU_SEQ_LEN, SCALE_RULE
+from handheld.core.defaults import GPTQ_CALIB_TOKENS, KV_CACHE, MAX_SEQ_LEN, NPU_SEQ_LEN, ROTATION, SCALE_RULE
 
 HELP = "lower a checkpoint to an ExecuTorch .pte"
 
@@ -30,6 +30,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--budget-mb", type=float, help="xnnpack 4-bit schemes with --calib: mixed precision; MB of weights a "
                    "decoded token may read, the linears whose 4-bit rounding costs most (measured on --calib) kept "
                    "8-bit within it")
+    p.add_argument("--rotation", help=f"xnnpack 4-bit schemes with --calib: rotate before GPTQ: quarot (random Hadamard "
+                   f"rotations, folded in; a larger file, the best quality per byte measured) or none; default {ROTATION}")
     p.add_argument("--backend", default="xnnpack", help="delegate to lower to: xnnpack (default), qnn, mediatek")
     add_npu_arguments(p)
     p.add_argument("--max-seq-len", type=int, help=f"KV cache length: prompt + generated tokens (default "
@@ -50,7 +52,7 @@ def run(args: argparse.Namespace) -> None:
     result = api.export(
         args.checkpoint, args.output, log=log, scheme=args.scheme, backend=args.backend, max_seq_len=args.max_seq_len,
         tokenizer=args.tokenizer, full_logits=args.full_logits, group_size=args.group_size, scale_rule=args.scale_rule,
-        calib=args.calib, calib_tokens=args.calib_tokens, budget_mb=args.budget_mb, soc=args.soc,
+        calib=args.calib, calib_tokens=args.calib_tokens, budget_mb=args.budget_mb, rotation=args.rotation, soc=args.soc,
         calib_sequences=args.calib_sequences, skip_memory_check=args.skip_memory_check, kv_cache=args.kv_cache,
     )
     meta = result.metadata

@@ -111,6 +111,9 @@ def format_quantization(record: dict[str, Any]) -> list[str]:
         lines.append(f"  {'calibration':24} {calibration.get('method')} on {calibration.get('text')} "
                      f"(sha256 {str(calibration.get('sha256'))[:12]}..., {calibration.get('sequences')} x "
                      f"{calibration.get('seq_len')} tokens)")
+    if record.get("rotation"):
+        lines.append(f"  {'rotation':24} {record['rotation'].get('method')} (seed {record['rotation'].get('seed')}), "
+                     "before GPTQ")
     if "budget_mb" in record:
         eight = record.get("eight_bit_linears") or []
         kinds: dict[str, int] = {}
