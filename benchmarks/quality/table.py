@@ -5,8 +5,9 @@ Rows, per checkpoint (the shipped GGUF, whose weights sit on a Q4_1 grid, and a 
 sits on no 4-bit grid, made as benchmarks/quality/scale_rules.py makes it):
 - handheld in eager PyTorch (the exact model `handheld export` lowers; the parity tests hold each .pte to it):
   float, 8da4w with torchao's absmax rule, the data-free default, 8da4w-c4, `--calib` (GPTQ), the default with
-  `--kv-cache int8` (scored through the quantized cache, as its program prefills), and `--calib --budget-mb B`
-  (mixed precision) at budgets equal to llama.cpp's Q4_0, Q4_K_M and Q5_K_M bytes per token;
+  `--kv-cache int8` (scored through the quantized cache, as its program prefills), `--calib --budget-mb B`
+  (mixed precision) at budgets equal to llama.cpp's Q4_0, Q4_K_M and Q5_K_M bytes per token, and `--calib` and
+  `--calib --budget-mb B` after `--rotation quarot`;
 - handheld through exported `.pte` files (`--full-logits`) for the default and the best option;
 - llama.cpp (llama-cpp-python, built for this CPU) on F32, Q8_0, Q4_0, Q4_K_M and Q5_K_M files that it quantized
   itself from an F32 GGUF of the same weights, its logits read for every window position.
@@ -57,10 +58,10 @@ CONTEXT, STRIDE, TOKENS = 256, 128, 4096
 CALIB = proxy_dir() / "calib.txt"  # held out from both texts
 LLAMA_CPP_TYPES = ("F32", "Q8_0", "Q4_0", "Q4_K_M", "Q5_K_M")
 BUDGETS_FROM = ("Q4_0", "Q4_K_M", "Q5_K_M")  # mixed-precision budgets: these files' bytes per token
-PTE_ROWS = ("8da4w", "8da4w --calib --budget-mb @Q4_K_M")
+PTE_ROWS = ("8da4w", "8da4w --calib --budget-mb @Q4_K_M", "8da4w --calib --rotation quarot --budget-mb @Q4_K_M")
 # A row measured alone later (--rows) is compared with its baseline measured again in the same run, on the same
 # machine: the table's own baseline row may come from another machine, and the difference may be smaller than theirs.
-SAME_RUN_BASELINE = {"8da4w --kv-cache int8": "8da4w"}
+SAME_RUN_BASELINE = {"8da4w --kv-cache int8": "8da4w", "8da4w --calib --rotation quarot": "8da4w"}
 
 
 @dataclass(frozen=True)
@@ -78,6 +79,9 @@ def handheld_rows(budgets: dict[str, float]) -> list[Row]:
             Row("8da4w --kv-cache int8", options=SchemeOptions(), kv_cache="int8")]
     rows += [Row(f"8da4w --calib --budget-mb @{peer}", options=SchemeOptions(calib=CALIB, budget_mb=mb))
              for peer, mb in budgets.items()]
+    rows.append(Row("8da4w --calib --rotation quarot", options=SchemeOptions(calib=CALIB, rotation="quarot")))
+    rows += [Row(f"8da4w --calib --rotation quarot --budget-mb @{peer}",
+                 options=SchemeOptions(calib=CALIB, budget_mb=mb, rotation="quarot")) for peer, mb in budgets.items()]
     return rows
 
 
@@ -172,11 +176,11 @@ def run_checkpoint(which: str, path: Path, table: Table, work: Path, tokenizer, 
                         "bytes_per_token": bytes_per_token(model), "file_bytes": sum(weight_bytes_by_kind(model).values()),
                         "file_kind": "stored weights", "quantize_seconds": built,
                         "options": _options_record(row)}, same_run_baseline=bool(only) and row.name not in only)
-    if with_pte and not only:
+    if with_pte:  # a run of a few rows (--rows) exports those of them that are PTE_ROWS
         from table_pte import run_pte_rows
 
         run_pte_rows(which, path, work, table, texts, reference,
-                     {row.name: row for row in handheld_rows(budgets) if row.name in PTE_ROWS})
+                     {row.name: row for row in handheld_rows(budgets) if row.name in PTE_ROWS and row.name in (only or PTE_ROWS)})
 
 
 def _options_record(row: Row) -> dict | None:
@@ -184,7 +188,8 @@ def _options_record(row: Row) -> dict | None:
         return None
     o = row.options
     return {"scheme": row.scheme, "scale_rule": o.scale_rule, "calib": o.calib.name if o.calib else None,
-            "calib_tokens": o.calib_tokens if o.calib else None, "budget_mb": o.budget_mb, "kv_cache": row.kv_cache}
+            "calib_tokens": o.calib_tokens if o.calib else None, "budget_mb": o.budget_mb, "kv_cache": row.kv_cache,
+            "rotation": o.rotation}
 
 
 def main() -> None:

@@ -21,7 +21,7 @@ def run_pte_rows(which: str, checkpoint: Path, work: Path, table, texts: dict, r
         o = row.options
         options = ExportOptions(scheme=row.scheme, max_seq_len=CONTEXT, full_logits=True, scale_rule=o.scale_rule,
                                 calib=o.calib, calib_tokens=o.calib_tokens if o.calib else None,
-                                budget_mb=o.budget_mb)
+                                budget_mb=o.budget_mb, rotation=o.rotation)
         exported = export_program(checkpoint, out, options, log=lambda _: None)
         program = PteProgram(out)
         table.add(key, {"checkpoint": which, "kind": "handheld .pte", "row": name,

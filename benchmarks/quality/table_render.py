@@ -84,9 +84,14 @@ def _chart_panel(ax, rows: list[dict], base: dict, text: str, title: str) -> Non
     def increase(r):
         return 100 * (r["scores"][text]["perplexity"] / base["scores"][text]["perplexity"] - 1)
 
-    curve = [r for r in rows if r["kind"] == "handheld eager" and r["row"].startswith("8da4w --calib")]
-    ax.plot([r["bytes_per_token"] / 1e6 for r in curve], [increase(r) for r in curve], "o-", color="tab:blue",
-            label="handheld --calib (+ --budget-mb)")
+    curves = {"handheld --calib (+ --budget-mb)": ([r for r in rows if r["kind"] == "handheld eager" and r["row"].startswith(
+        "8da4w --calib") and "--rotation" not in r["row"]], "tab:blue"),
+              "handheld --calib --rotation quarot (+ --budget-mb)": ([r for r in rows if r["kind"] == "handheld eager"
+                                                                      and r["row"].startswith("8da4w --calib --rotation")], "tab:purple")}
+    for label, (curve, color) in curves.items():
+        curve.sort(key=lambda r: r["bytes_per_token"])
+        ax.plot([r["bytes_per_token"] / 1e6 for r in curve], [increase(r) for r in curve], "o-", color=color, label=label)
+    curve = [r for points, _ in curves.values() for r in points]
     styles = {"handheld eager": ("s", "tab:green"), "handheld .pte": ("x", "black"), "llama.cpp": ("^", "tab:red")}
     for r in rows:
         if r in curve:
@@ -125,7 +130,11 @@ def replace_block(doc: Path, name: str, text: str) -> None:
 
 SUMMARY_ROWS = (("handheld eager", "8da4w absmax"), ("handheld eager", "8da4w"), ("handheld .pte", "8da4w"),
                 ("handheld eager", "8da4w --calib"), ("handheld eager", "8da4w --calib --budget-mb @Q4_K_M"),
-                ("handheld .pte", "8da4w --calib --budget-mb @Q4_K_M"), ("llama.cpp", "Q4_0"), ("llama.cpp", "Q4_K_M"),
+                ("handheld .pte", "8da4w --calib --budget-mb @Q4_K_M"),
+                ("handheld eager", "8da4w --calib --rotation quarot"),
+                ("handheld eager", "8da4w --calib --rotation quarot --budget-mb @Q4_K_M"),
+                ("handheld .pte", "8da4w --calib --rotation quarot --budget-mb @Q4_K_M"),
+                ("llama.cpp", "Q4_0"), ("llama.cpp", "Q4_K_M"),
                 ("llama.cpp", "Q5_K_M"))
 
 
