@@ -9,8 +9,8 @@
   the massive ones too: with GPTQ that measured better than keeping them out
   (benchmarks/results/rotations_smollm2.json). Rounded without calibration, rotated SmolLM2 loses more than the
   unrotated default, so a rotation needs --calib.
-Costs: the untied embedding adds its bytes to the file (not to what a decoded token reads), and each layer
-runs one small online Hadamard (two Kronecker factors).
+Cost: each layer runs one small online Hadamard (two Kronecker factors). The untied classifier costs nothing
+more: 8da4w stores its 8-bit embedding and classifier apart anyway.
 """
 
 from __future__ import annotations
