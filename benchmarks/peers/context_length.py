@@ -87,6 +87,7 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--out", type=Path, default=RESULTS, help=f"results file (default {RESULTS.relative_to(HERE.parent.parent)})")
     args = parser.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)
     gguf = smollm2()[0]
@@ -97,12 +98,12 @@ def main() -> None:
     results = {"producer": "benchmarks/peers/context_length.py", "arguments": sys.argv[1:], "started": started,
                "provenance": export_provenance(), "host": host_info(), "programs": {name: dataclasses.asdict(_Program(*spec)) for name, spec in PROGRAMS.items()},
                "exports": exports, "rows": rows}
-    RESULTS.write_text(json.dumps(results, indent=1) + "\n")
+    args.out.write_text(json.dumps(results, indent=1) + "\n")
     for row in rows:
         stats = row["stats"]
         log(f"{row['name']:<24} prompt {row['prompt_len']:>5}: decode {stats['decode_tok_s']['median']:7.1f} tok/s, "
             f"prefill {stats['prefill_tok_s']['median']:7.1f} tok/s, peak RSS {stats['peak_rss_bytes']['median'] / 2**20:.0f} MiB")
-    log(f"wrote {RESULTS}")
+    log(f"wrote {args.out}")
 
 
 @dataclasses.dataclass
