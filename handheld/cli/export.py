@@ -31,7 +31,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    "decoded token may read, the linears whose 4-bit rounding costs most (measured on --calib) kept "
                    "8-bit within it")
     p.add_argument("--rotation", help=f"xnnpack 4-bit schemes with --calib: rotate before GPTQ: quarot (random Hadamard "
-                   f"rotations, folded in; a larger file, the best quality per byte measured) or none; default {ROTATION}")
+                   f"rotations folded in, one small online Hadamard per layer; the best quality per byte measured) or "
+                   f"none; default {ROTATION}")
     p.add_argument("--backend", default="xnnpack", help="delegate to lower to: xnnpack (default), qnn, mediatek")
     add_npu_arguments(p)
     p.add_argument("--max-seq-len", type=int, help=f"KV cache length: prompt + generated tokens (default "
