@@ -214,8 +214,8 @@ def prepare_model(checkpoint: Checkpoint, requested: str | None, options: Scheme
         return PreparedModel(model, scheme, scheme.name, None)
     record = {"group_size": options.group_size, "scale_rule": options.scale_rule,
               "calibration": calibration.record() if calibration else None}
-    if rotation_record(options.rotation):
-        record["rotation"] = rotation_record(options.rotation)
+    if rotated := rotation_record(options.rotation):
+        record["rotation"] = rotated
     if options.budget_mb is not None:
         record.update(budget_mb=options.budget_mb, sensitivity="fisher", eight_bit_linears=eight_bit_linears(model))
     return PreparedModel(model, scheme, scheme.name, options.group_size, record)

@@ -179,8 +179,9 @@ def run_checkpoint(which: str, path: Path, table: Table, work: Path, tokenizer, 
     if with_pte:  # a run of a few rows (--rows) exports those of them that are PTE_ROWS
         from table_pte import run_pte_rows
 
+        wanted = set(PTE_ROWS).intersection(only or PTE_ROWS)
         run_pte_rows(which, path, work, table, texts, reference,
-                     {row.name: row for row in handheld_rows(budgets) if row.name in PTE_ROWS and row.name in (only or PTE_ROWS)})
+                     {row.name: row for row in handheld_rows(budgets) if row.name in wanted})
 
 
 def _options_record(row: Row) -> dict | None:

@@ -84,14 +84,13 @@ def _chart_panel(ax, rows: list[dict], base: dict, text: str, title: str) -> Non
     def increase(r):
         return 100 * (r["scores"][text]["perplexity"] / base["scores"][text]["perplexity"] - 1)
 
-    curves = {"handheld --calib (+ --budget-mb)": ([r for r in rows if r["kind"] == "handheld eager" and r["row"].startswith(
-        "8da4w --calib") and "--rotation" not in r["row"]], "tab:blue"),
-              "handheld --calib --rotation quarot (+ --budget-mb)": ([r for r in rows if r["kind"] == "handheld eager"
-                                                                      and r["row"].startswith("8da4w --calib --rotation")], "tab:purple")}
-    for label, (curve, color) in curves.items():
-        curve.sort(key=lambda r: r["bytes_per_token"])
-        ax.plot([r["bytes_per_token"] / 1e6 for r in curve], [increase(r) for r in curve], "o-", color=color, label=label)
-    curve = [r for points, _ in curves.values() for r in points]
+    calibrated = [r for r in rows if r["kind"] == "handheld eager" and r["row"].startswith("8da4w --calib")]
+    curve = []  # the calibrated rows, unrotated and rotated: each option's ppl-vs-bytes line
+    for rotated, color in ((False, "tab:blue"), (True, "tab:purple")):
+        points = sorted((r for r in calibrated if ("--rotation" in r["row"]) == rotated), key=lambda r: r["bytes_per_token"])
+        label = "handheld --calib" + (" --rotation quarot" if rotated else "") + " (+ --budget-mb)"
+        ax.plot([r["bytes_per_token"] / 1e6 for r in points], [increase(r) for r in points], "o-", color=color, label=label)
+        curve += points
     styles = {"handheld eager": ("s", "tab:green"), "handheld .pte": ("x", "black"), "llama.cpp": ("^", "tab:red")}
     for r in rows:
         if r in curve:
